@@ -1,0 +1,128 @@
+"""YAML recipes validated with pydantic, and `key.sub=value` command-line overrides.
+
+Every recipe model derives from `StrictModel` (unknown keys are errors). `load_config` reads a YAML file,
+applies overrides and validates, turning the first problem into a one-line `UnmirageError` that names the
+file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from unmirage.errors import UnmirageError
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base for every recipe section: unknown keys and wrong types are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b.c=value` into (["a", "b", "c"], value), the value parsed as YAML (`1e-5`, `true`, `[1,2]`)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UnmirageError(f"override '{text}' must look like key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    # YAML 1.1 reads 5e-7 as a string; numbers written that way are numbers on a command line.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value.lower() for c in ".e") else int(value)
+        except ValueError:
+            pass
+    return [part for part in key.strip().split(".")], value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Return a copy of `data` with each `key.sub=value` override set (creating nested tables as needed)."""
+    result = _deep_copy(data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = result
+        for i, key in enumerate(keys[:-1]):
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            elif not isinstance(child, dict):
+                raise UnmirageError(f"override '{text}': '{'.'.join(keys[: i + 1])}' is not a table")
+            node = child
+        node[keys[-1]] = value
+    return result
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file, bad YAML or a non-mapping is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise UnmirageError("recipe file not found", file=path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UnmirageError(f"not valid YAML{where}", file=path) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UnmirageError("a recipe must be a YAML mapping of keys to values", file=path)
+    return data
+
+
+def validate(model: type[T], data: Mapping[str, Any], source: str | os.PathLike = "<config>") -> T:
+    """Validate `data` against `model`; the first error becomes `file: key.sub: message (got value)`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise UnmirageError(format_validation_error(err), file=source) from None
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line for the first pydantic error, naming the dotted key."""
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        message = "unknown key"
+    elif kind == "missing":
+        message = "required key is missing"
+    else:
+        message = first["msg"]
+        if "input" in first and not isinstance(first["input"], dict | list):
+            message += f" (got {first['input']!r})"
+    more = len(err.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{key}: {message}{suffix}"
+
+
+def load_config(model: type[T], path: str | os.PathLike | None = None, overrides: Iterable[str] = (),
+                base: Mapping[str, Any] | None = None) -> T:
+    """Load a recipe: YAML file (or `base`), then overrides, then validation against `model`."""
+    data = dict(base or {})
+    if path is not None:
+        data.update(read_yaml(path))
+    data = apply_overrides(data, overrides)
+    return validate(model, data, source=path or "<command line>")
+
+
+def dump_config(config: BaseModel) -> dict[str, Any]:
+    """The resolved config as plain JSON-able data (for manifests)."""
+    return config.model_dump(mode="json")

@@ -1,0 +1,196 @@
+"""Run folders: atomic writes, hashes, manifests and the bookkeeping that makes long jobs resumable."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import IO, Any
+
+TRACKED_LIBRARIES = ("torch", "transformers", "tokenizers", "peft", "accelerate", "deepspeed", "safetensors",
+                     "pydantic", "vllm")
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+    """Open a temporary file next to `path`; rename it over `path` only if the block ends without error."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` so that readers see either the old file or the whole new one."""
+    with atomic_open(path) as handle:
+        handle.write(text)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
+    """Write `obj` as JSON atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    if hasattr(obj, "__dataclass_fields__"):
+        import dataclasses
+
+        return dataclasses.asdict(obj)
+    if isinstance(obj, set):
+        return sorted(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def git_revision(start: str | os.PathLike | None = None) -> str | None:
+    """The git commit of the unmirage source tree (with `-dirty` when modified), or None outside git."""
+    where = Path(start) if start else Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{rev}-dirty" if dirty else rev
+
+
+def library_versions(names: Iterable[str] = TRACKED_LIBRARIES) -> dict[str, str]:
+    """Installed versions of the libraries that decide a run's numbers (missing ones are left out)."""
+    versions = {"python": platform.python_version()}
+    for name in names:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def build_manifest(*, command: str, config: Any = None, inputs: Iterable[str | os.PathLike] = (),
+                   outputs: Iterable[str | os.PathLike] = (), seed: int | None = None,
+                   **extra: Any) -> dict[str, Any]:
+    """The provenance record every run writes next to its outputs."""
+    from unmirage import __version__
+
+    def hashes(paths: Iterable[str | os.PathLike]) -> dict[str, str]:
+        return {str(p): sha256_file(p) for p in paths if Path(p).is_file()}
+
+    manifest: dict[str, Any] = {
+        "command": command,
+        "argv": sys.argv,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "unmirage_version": __version__,
+        "git_revision": git_revision(),
+        "libraries": library_versions(),
+        "seed": seed,
+        "config": config,
+        "inputs": hashes(inputs),
+        "outputs": hashes(outputs),
+    }
+    manifest.update(extra)
+    return manifest
+
+
+def write_manifest(out_dir: str | os.PathLike, name: str = "manifest.json", **kwargs: Any) -> Path:
+    """Build a manifest (see `build_manifest`) and write it atomically to `out_dir/name`."""
+    path = Path(out_dir) / name
+    atomic_write_json(path, build_manifest(**kwargs))
+    return path
+
+
+class JsonlAppender:
+    """Append-only JSON-lines writer for resumable jobs.
+
+    Lines are written whole and flushed after each batch, so a killed job leaves at most a torn last line,
+    which `read_jsonl_resumable` drops (and truncates) on restart.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self.path, "a", encoding="utf-8")
+
+    def write_many(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Append rows and flush them to disk."""
+        text = "".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in rows)
+        self._handle.write(text)
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> JsonlAppender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_jsonl_resumable(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read a JSON-lines file written by `JsonlAppender`, cutting off a torn last line if a run was killed."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows: list[dict[str, Any]] = []
+    good_bytes = 0
+    with open(path, "rb") as handle:
+        for raw in handle:
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                rows.append(json.loads(raw))
+            except json.JSONDecodeError:
+                break
+            good_bytes += len(raw)
+    if good_bytes != path.stat().st_size:
+        with open(path, "r+b") as handle:
+            handle.truncate(good_bytes)
+    return rows
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read a JSON-lines file strictly: a bad line is a one-line error naming the file and line."""
+    from unmirage.errors import UnmirageError
+
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UnmirageError(f"line {number} is not valid JSON ({err.msg})", file=path) from None
+            if not isinstance(row, dict):
+                raise UnmirageError(f"line {number} is not a JSON object", file=path)
+            rows.append(row)
+    return rows

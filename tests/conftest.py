@@ -1,0 +1,23 @@
+"""Shared fixtures. Tests that need the real VLGuard text files find them through UNMIRAGE_VLGUARD_DIR."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)  # pytest-xdist runs one worker per core
+
+
+@pytest.fixture(scope="session")
+def vlguard_dir() -> Path:
+    """The folder with the real VLGuard train.json/test.json and the two attack files, or a skip."""
+    value = os.environ.get("UNMIRAGE_VLGUARD_DIR")
+    if not value:
+        pytest.skip("UNMIRAGE_VLGUARD_DIR is not set (the Makefile sets it when ../shared/data/vlguard exists)")
+    path = Path(value)
+    if not (path / "train.json").is_file():
+        pytest.skip(f"UNMIRAGE_VLGUARD_DIR={path} has no train.json")
+    return path
