@@ -16,7 +16,9 @@ def vlguard_dir() -> Path:
     """The folder with the real VLGuard train.json/test.json and the two attack files, or a skip."""
     value = os.environ.get("UNMIRAGE_VLGUARD_DIR")
     if not value:
-        pytest.skip("UNMIRAGE_VLGUARD_DIR is not set (the Makefile sets it when ../shared/data/vlguard exists)")
+        pytest.skip(
+            "UNMIRAGE_VLGUARD_DIR is not set (the Makefile sets it when ../shared/data/vlguard exists)"
+        )
     path = Path(value)
     if not (path / "train.json").is_file():
         pytest.skip(f"UNMIRAGE_VLGUARD_DIR={path} has no train.json")

@@ -113,8 +113,12 @@ def format_validation_error(err: ValidationError) -> str:
     return f"{key}: {message}{suffix}"
 
 
-def load_config(model: type[T], path: str | os.PathLike | None = None, overrides: Iterable[str] = (),
-                base: Mapping[str, Any] | None = None) -> T:
+def load_config(
+    model: type[T],
+    path: str | os.PathLike | None = None,
+    overrides: Iterable[str] = (),
+    base: Mapping[str, Any] | None = None,
+) -> T:
     """Load a recipe: YAML file (or `base`), then overrides, then validation against `model`."""
     data = dict(base or {})
     if path is not None:

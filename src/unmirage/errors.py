@@ -6,8 +6,14 @@ from __future__ import annotations
 class UnmirageError(Exception):
     """A user-facing error. The CLI prints `error: <message>` on one line and exits with status 2."""
 
-    def __init__(self, message: str, *, file: object | None = None, record: object | None = None,
-                 field: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: object | None = None,
+        record: object | None = None,
+        field: str | None = None,
+    ) -> None:
         parts = []
         if file is not None:
             parts.append(str(file))

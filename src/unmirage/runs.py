@@ -16,8 +16,17 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
-TRACKED_LIBRARIES = ("torch", "transformers", "tokenizers", "peft", "accelerate", "deepspeed", "safetensors",
-                     "pydantic", "vllm")
+TRACKED_LIBRARIES = (
+    "torch",
+    "transformers",
+    "tokenizers",
+    "peft",
+    "accelerate",
+    "deepspeed",
+    "safetensors",
+    "pydantic",
+    "vllm",
+)
 
 
 @contextlib.contextmanager
@@ -76,10 +85,17 @@ def git_revision(start: str | os.PathLike | None = None) -> str | None:
     """The git commit of the unmirage source tree (with `-dirty` when modified), or None outside git."""
     where = Path(start) if start else Path(__file__).resolve().parent
     try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
-                             timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{rev}-dirty" if dirty else rev
@@ -94,9 +110,15 @@ def library_versions(names: Iterable[str] = TRACKED_LIBRARIES) -> dict[str, str]
     return versions
 
 
-def build_manifest(*, command: str, config: Any = None, inputs: Iterable[str | os.PathLike] = (),
-                   outputs: Iterable[str | os.PathLike] = (), seed: int | None = None,
-                   **extra: Any) -> dict[str, Any]:
+def build_manifest(
+    *,
+    command: str,
+    config: Any = None,
+    inputs: Iterable[str | os.PathLike] = (),
+    outputs: Iterable[str | os.PathLike] = (),
+    seed: int | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     """The provenance record every run writes next to its outputs."""
     from unmirage import __version__
 

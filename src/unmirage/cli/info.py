@@ -6,7 +6,9 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    app.command("info", help="Print versions of unmirage and its libraries, the device and CPU threads.")(info)
+    app.command("info", help="Print versions of unmirage and its libraries, the device and CPU threads.")(
+        info
+    )
 
 
 def info() -> None:

@@ -1,15 +1,19 @@
-"""The `unmirage` command. Each module in COMMAND_MODULES adds its commands through `register(app)`."""
+"""The `unmirage` command. Every module of this package except `main` adds its commands through `register(app)`."""
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import sys
 
 import typer
 
+import unmirage.cli as _cli_package
 from unmirage.errors import UnmirageError
 
-COMMAND_MODULES = ("info",)
+COMMAND_MODULES = tuple(
+    sorted(m.name for m in pkgutil.iter_modules(_cli_package.__path__) if m.name != "main")
+)
 
 app = typer.Typer(
     name="unmirage",
@@ -19,7 +23,6 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
 
 
 @app.callback()
