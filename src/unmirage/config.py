@@ -7,6 +7,7 @@ file and the dotted key.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -37,10 +38,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = raw
     # YAML 1.1 reads 5e-7 as a string; numbers written that way are numbers on a command line.
     if isinstance(value, str):
-        try:
+        with contextlib.suppress(ValueError):
             value = float(value) if any(c in value.lower() for c in ".e") else int(value)
-        except ValueError:
-            pass
     return [part for part in key.strip().split(".")], value
 
 

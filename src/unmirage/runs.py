@@ -158,7 +158,7 @@ class JsonlAppender:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(self.path, "a", encoding="utf-8")
+        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
 
     def write_many(self, rows: Iterable[dict[str, Any]]) -> None:
         """Append rows and flush them to disk."""
