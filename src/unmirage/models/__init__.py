@@ -1,0 +1,19 @@
+"""The model layer: load any HF VLM or causal LM, family adapters, and tiny models for tests and demos."""
+
+from unmirage.models.families import FAMILIES, FamilyAdapter, family_for, get_family, unwrap
+from unmirage.models.load import LoadedModel, load_model
+from unmirage.models.tiny import TINY_FAMILIES, TinySpec, build_tiny, save_tiny
+
+__all__ = [
+    "FAMILIES",
+    "TINY_FAMILIES",
+    "FamilyAdapter",
+    "LoadedModel",
+    "TinySpec",
+    "build_tiny",
+    "family_for",
+    "get_family",
+    "load_model",
+    "save_tiny",
+    "unwrap",
+]

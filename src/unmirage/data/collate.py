@@ -1,0 +1,263 @@
+"""Collation for training: images processed at collate time, labels on the answer tokens only.
+
+`Collator` turns `TrainExample`s into a model batch (input_ids, attention_mask, labels, pixel values and
+whatever else the processor returns). `PairedDataset` + `PairedCollator` feed unlearning methods with
+`{"forget": batch, "retain": batch}`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from unmirage.errors import UnmirageError
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TrainExample:
+    """One (image, question, answer) training item. `image` is a PIL image, a path, or None (text only)."""
+
+    id: str
+    question: str
+    answer: str
+    image: Any = None
+    index: int = -1
+
+
+ImageLoader = Callable[[TrainExample], "Image.Image | None"]
+
+
+def default_image_loader(example: TrainExample) -> Image.Image | None:
+    """PIL images pass through; paths are opened as RGB; None stays None."""
+    if example.image is None or isinstance(example.image, Image.Image):
+        return example.image
+    try:
+        with Image.open(example.image) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError) as err:
+        raise UnmirageError(f"cannot read image ({err})", file=example.image, record=example.id) from None
+
+
+def _field(obj: Any, key: str) -> Any:
+    if isinstance(obj, dict):
+        return obj.get(key)
+    return getattr(obj, key, None)
+
+
+def placeholder_size(processor: Any) -> tuple[int, int]:
+    """(width, height) of the image a processor expects: its crop size, else its square size, else 336."""
+    image_processor = getattr(processor, "image_processor", None)
+    crop = getattr(image_processor, "crop_size", None)
+    if crop is not None and _field(crop, "height"):
+        return int(_field(crop, "width")), int(_field(crop, "height"))
+    size = getattr(image_processor, "size", None)
+    if size is not None and _field(size, "height"):
+        return int(_field(size, "width")), int(_field(size, "height"))
+    if size is not None and _field(size, "longest_edge") and getattr(image_processor, "merge_size", None):
+        edge = int(_field(size, "shortest_edge") ** 0.5)  # Qwen2-VL: sizes are pixel counts
+        return edge, edge
+    if size is not None and _field(size, "shortest_edge"):
+        edge = int(_field(size, "shortest_edge"))
+        return edge, edge
+    return 336, 336
+
+
+def placeholder_image(processor: Any) -> Image.Image:
+    """A mid-grey RGB image of the processor's size (for text-only experiments; outputs must say so)."""
+    return Image.new("RGB", placeholder_size(processor), (128, 128, 128))
+
+
+class Collator:
+    """Builds padded training batches whose labels cover exactly the answer tokens (and the end-of-turn).
+
+    The answer's token count is measured on the text before image-token expansion (prompt vs prompt+answer),
+    so it is exact whatever the image size; a tokenizer that merges tokens across the prompt/answer boundary
+    is detected and reported. Sequences are right-padded; a sequence longer than `max_length` loses answer
+    tokens from its end, and one whose prompt (image tokens included) does not fit is an error.
+    """
+
+    def __init__(
+        self,
+        loaded: Any,
+        *,
+        template: str = "v1",
+        max_length: int = 2048,
+        image_loader: ImageLoader | None = None,
+        placeholder_images: bool = False,
+        system: str | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.family = loaded.family
+        self.processor = loaded.processor
+        self.tokenizer = loaded.tokenizer
+        self.template = template
+        self.max_length = max_length
+        self.image_loader = image_loader or default_image_loader
+        self.placeholder_images = placeholder_images
+        self.system = system
+
+    def _image(self, example: TrainExample) -> Image.Image | None:
+        if not self.family.multimodal:
+            return None
+        image = self.image_loader(example)
+        if image is None and self.placeholder_images:
+            image = placeholder_image(self.processor)
+        return image
+
+    def answer_token_count(self, prompt: str, full: str, example_id: str) -> int:
+        """Tokens that the answer adds to the prompt (checked to be a clean suffix)."""
+        prompt_ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        full_ids = self.tokenizer(full, add_special_tokens=True)["input_ids"]
+        if full_ids[: len(prompt_ids)] != prompt_ids:
+            raise UnmirageError(
+                "the tokenizer merges the prompt's last token with the answer; labels would be "
+                "misaligned (use another template)",
+                record=example_id,
+            )
+        return len(full_ids) - len(prompt_ids)
+
+    def __call__(self, examples: Sequence[TrainExample]) -> dict[str, torch.Tensor]:
+        if not examples:
+            raise UnmirageError("cannot collate an empty batch")
+        images = [self._image(e) for e in examples]
+        has_image = [img is not None for img in images]
+        if any(has_image) and not all(has_image):
+            raise UnmirageError(
+                "a batch mixes examples with and without images "
+                f"(e.g. record {examples[has_image.index(False)].id}); use --placeholder-images"
+            )
+        texts, n_answer = [], []
+        for example, with_image in zip(examples, has_image):
+            prompt = self.family.build_prompt(
+                example.question,
+                template=self.template,
+                processor=self.processor,
+                has_image=with_image,
+                system=self.system,
+            )
+            full = prompt + self.family.answer_text(
+                example.answer, template=self.template, processor=self.processor
+            )
+            texts.append(full)
+            n_answer.append(self.answer_token_count(prompt, full, example.id))
+        batch = self._encode(texts, images if all(has_image) else None)
+        return self._labels_and_truncate(batch, n_answer, examples)
+
+    def _encode(self, texts: list[str], images: list[Image.Image] | None) -> dict[str, torch.Tensor]:
+        tokenizer = self.tokenizer
+        side = tokenizer.padding_side
+        tokenizer.padding_side = "right"
+        try:
+            if images is not None:
+                batch = self.processor(images=images, text=texts, padding=True, return_tensors="pt")
+            elif self.family.multimodal:
+                batch = self.processor(text=texts, padding=True, return_tensors="pt")
+            else:
+                batch = tokenizer(texts, padding=True, return_tensors="pt")
+        finally:
+            tokenizer.padding_side = side
+        return dict(batch)
+
+    def _labels_and_truncate(
+        self, batch: dict[str, torch.Tensor], n_answer: list[int], examples: Sequence[TrainExample]
+    ) -> dict[str, torch.Tensor]:
+        input_ids, attention = batch["input_ids"], batch["attention_mask"]
+        lengths = attention.sum(dim=1)
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
+        image_mask = self.family.image_mask(input_ids, self.loaded.model)
+        for row, (length, count) in enumerate(zip(lengths.tolist(), n_answer)):
+            prompt_len = length - count
+            if prompt_len > self.max_length:
+                raise UnmirageError(
+                    f"the prompt has {prompt_len} tokens (image tokens included) but max_length is "
+                    f"{self.max_length}; truncation would cut the image or question",
+                    record=examples[row].id,
+                )
+            labels[row, prompt_len:length] = input_ids[row, prompt_len:length]
+        if input_ids.shape[1] > self.max_length:
+            batch = {
+                k: (
+                    v[:, : self.max_length]
+                    if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == input_ids.shape[1]
+                    else v
+                )
+                for k, v in batch.items()
+            }
+            labels = labels[:, : self.max_length]
+            image_mask = image_mask[:, : self.max_length]
+        if (labels[image_mask] != IGNORE_INDEX).any():
+            raise UnmirageError("internal error: an image token was labelled")
+        batch["labels"] = labels
+        if all(e.index >= 0 for e in examples):
+            batch["index"] = torch.tensor([e.index for e in examples], dtype=torch.long)
+        return batch
+
+
+class PairedDataset(Dataset):
+    """Pairs each retain example with a forget example; epochs run over `epoch_over` and the other side cycles.
+
+    The reference counts epochs over the retain set (`epoch_over="retain"`); the cycling side follows a
+    seeded permutation that is reshuffled on every pass.
+    """
+
+    def __init__(
+        self,
+        forget: Sequence[TrainExample],
+        retain: Sequence[TrainExample],
+        *,
+        epoch_over: str = "retain",
+        seed: int = 0,
+    ) -> None:
+        if not forget:
+            raise UnmirageError("the forget set is empty")
+        if not retain:
+            raise UnmirageError("the retain set is empty")
+        if epoch_over not in ("retain", "forget", "max"):
+            raise UnmirageError(f"epoch_over must be retain, forget or max (got '{epoch_over}')")
+        self.forget = [_with_index(e, i) for i, e in enumerate(forget)]
+        self.retain = [_with_index(e, i) for i, e in enumerate(retain)]
+        self.length = {"retain": len(retain), "forget": len(forget), "max": max(len(forget), len(retain))}[
+            epoch_over
+        ]
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _cycled(self, items: list[TrainExample], i: int) -> TrainExample:
+        n = len(items)
+        if i < n and self.length <= n:
+            return items[i]
+        rng = random.Random(self.seed * 1_000_003 + i // n)
+        order = list(range(n))
+        rng.shuffle(order)
+        return items[order[i % n]]
+
+    def __getitem__(self, i: int) -> dict[str, TrainExample]:
+        return {"forget": self._cycled(self.forget, i), "retain": self._cycled(self.retain, i)}
+
+
+def _with_index(example: TrainExample, index: int) -> TrainExample:
+    if example.index == index:
+        return example
+    return TrainExample(
+        id=example.id, question=example.question, answer=example.answer, image=example.image, index=index
+    )
+
+
+class PairedCollator:
+    """Collates `PairedDataset` items into `{"forget": batch, "retain": batch}`."""
+
+    def __init__(self, collator: Collator) -> None:
+        self.collator = collator
+
+    def __call__(self, items: Sequence[dict[str, TrainExample]]) -> dict[str, dict[str, torch.Tensor]]:
+        return {side: self.collator([item[side] for item in items]) for side in ("forget", "retain")}

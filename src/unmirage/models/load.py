@@ -1,0 +1,175 @@
+"""Load any Hugging Face VLM (or plain causal LM) with its processor and family adapter."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unmirage.errors import UnmirageError
+from unmirage.models.families import FamilyAdapter, family_for, get_family, unwrap
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+TINY_PREFIX = "tiny-"
+
+
+@dataclass
+class LoadedModel:
+    """A model, its processor (or tokenizer for text-only models) and its family adapter."""
+
+    model: Any
+    processor: Any
+    family: FamilyAdapter
+    source: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    @property
+    def multimodal(self) -> bool:
+        return self.family.multimodal
+
+    @property
+    def device(self) -> torch.device:
+        return next(unwrap(self.model).parameters()).device
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
+    """'auto' (the checkpoint's dtype), a torch dtype, or one of float32/bfloat16/float16 (fp32/bf16/fp16)."""
+    if dtype is None or dtype == "auto":
+        return "auto"
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise UnmirageError(f"unknown dtype '{dtype}' (choose from auto, {', '.join(DTYPES)})")
+    return DTYPES[dtype]
+
+
+def load_model(
+    source: str | os.PathLike,
+    *,
+    dtype: str | torch.dtype | None = "auto",
+    device_map: str | dict | None = None,
+    attn_implementation: str | None = None,
+    adapter: str | os.PathLike | None = None,
+    trainable_adapter: bool = False,
+    trust_remote_code: bool = False,
+    family: str | None = None,
+    tiny_sizes: dict[str, Any] | None = None,
+) -> LoadedModel:
+    """Load a model by Hub id or local folder (safetensors only), or build `tiny-llava` / `tiny-qwen2_5_vl`.
+
+    Vision-language models load through `AutoModelForImageTextToText`, other models through
+    `AutoModelForCausalLM`. `adapter` applies a PEFT (LoRA) adapter folder on top. `trust_remote_code` stays
+    off unless the caller asks for it.
+    """
+    source = str(source)
+    torch_dtype = resolve_dtype(dtype)
+    if source.startswith(TINY_PREFIX) and not Path(source).exists():
+        from unmirage.models.tiny import build_tiny
+
+        model, processor = build_tiny(source[len(TINY_PREFIX) :], **(tiny_sizes or {}))
+        if isinstance(torch_dtype, torch.dtype):
+            model = model.to(torch_dtype)
+        if device_map not in (None, "cpu"):
+            model = model.to(device_map if isinstance(device_map, str) and device_map != "auto" else "cuda")
+    else:
+        model, processor = _load_pretrained(
+            source, torch_dtype, device_map, attn_implementation, trust_remote_code
+        )
+    adapter_info = None
+    if adapter is not None:
+        model = _apply_adapter(model, adapter, trainable_adapter)
+        adapter_info = str(adapter)
+    fam = get_family(family) if family else family_for(model)
+    if fam.name == "generic" and hasattr(fam, "bind"):
+        fam.bind(model)
+    return LoadedModel(
+        model=model,
+        processor=processor,
+        family=fam,
+        source=source,
+        info={"dtype": str(next(unwrap(model).parameters()).dtype), "adapter": adapter_info},
+    )
+
+
+def _is_image_text_model(config: Any) -> bool:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    return config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+
+def _load_pretrained(
+    source: str, dtype: Any, device_map: Any, attn_implementation: str | None, trust_remote_code: bool
+) -> tuple[Any, Any]:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    if (
+        Path(source).exists()
+        and not any(Path(source).glob("*.safetensors"))
+        and not any(Path(source).glob("*.safetensors.index.json"))
+    ):
+        raise UnmirageError(
+            "no *.safetensors weights in this folder (unmirage loads safetensors only)", file=source
+        )
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise UnmirageError(f"cannot load a model config: {str(err).splitlines()[0]}", file=source) from None
+    auto = AutoModelForImageTextToText if _is_image_text_model(config) else AutoModelForCausalLM
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": trust_remote_code}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    model = auto.from_pretrained(source, **kwargs).eval()
+    return model, load_processor(source, config.model_type, trust_remote_code=trust_remote_code)
+
+
+def load_processor(source: str, model_type: str, *, trust_remote_code: bool = False) -> Any:
+    """The model's processor (tokenizer for text-only models); Qwen2.5-VL gets the image-only processor."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    if model_type == "qwen2_5_vl":
+        from transformers import Qwen2VLImageProcessorPil
+
+        from unmirage.models.processors import Qwen25VLImageProcessor
+
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(source)
+        return Qwen25VLImageProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            chat_template=getattr(tokenizer, "chat_template", None) or _saved_chat_template(source),
+        )
+    if _is_image_text_model(type("C", (), {"model_type": model_type})):
+        return AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _saved_chat_template(source: str) -> str | None:
+    path = Path(source) / "chat_template.jinja"
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+def _apply_adapter(model: Any, adapter: str | os.PathLike, trainable: bool) -> Any:
+    from peft import PeftModel
+
+    if not Path(adapter).exists():
+        raise UnmirageError("LoRA adapter folder not found", file=adapter)
+    return PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)

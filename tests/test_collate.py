@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from unmirage.data.collate import (
+    IGNORE_INDEX,
+    Collator,
+    PairedCollator,
+    PairedDataset,
+    TrainExample,
+    placeholder_size,
+)
+from unmirage.errors import UnmirageError
+from unmirage.models import load_model
+
+
+@pytest.fixture(scope="module", params=["llava", "qwen2_5_vl"])
+def tiny(request):
+    return load_model(f"tiny-{request.param}")
+
+
+def _examples(n=3):
+    answers = ["A red ring.", "Sure, here is the recipe: mix, heat and stir slowly.", "I cannot help."]
+    return [
+        TrainExample(
+            id=f"r{i}",
+            question=f"What is object number {i}?",
+            answer=answers[i % 3],
+            image=Image.new("RGB", (48, 40), (30 * i, 60, 90)),
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("template", ["v1", "chat"])
+def test_labels_cover_exactly_the_answer(tiny, template):
+    examples = _examples()
+    batch = Collator(tiny, template=template)(examples)
+    tok = tiny.tokenizer
+    end = tiny.family.answer_text("", template=template, processor=tiny.processor)
+    for row, example in enumerate(examples):
+        labels = batch["labels"][row]
+        ids = batch["input_ids"][row]
+        positions = (labels != IGNORE_INDEX).nonzero().flatten()
+        # contiguous, ends at the last real token, and the labels equal the input ids there
+        assert torch.equal(positions, torch.arange(positions[0], positions[-1] + 1))
+        assert positions[-1] == batch["attention_mask"][row].sum() - 1
+        assert torch.equal(labels[positions], ids[positions])
+        # token by token: the labelled tokens are exactly the tokenised answer (+ end of turn)
+        expected = tok(
+            tiny.family.answer_text(example.answer, template=template, processor=tiny.processor),
+            add_special_tokens=False,
+        )["input_ids"]
+        assert labels[positions].tolist() == expected, (tok.decode(labels[positions]), example.answer + end)
+        # no image token and no padding is labelled
+        assert not (labels[ids == tiny.family.image_token_id(tiny.model)] != IGNORE_INDEX).any()
+        assert not (labels[batch["attention_mask"][row] == 0] != IGNORE_INDEX).any()
+    out = tiny.model(**{k: v for k, v in batch.items() if k != "index"})
+    assert torch.isfinite(out.loss)
+
+
+def test_truncation_cuts_answer_never_image(tiny):
+    collator = Collator(tiny, template="v1", max_length=10_000)
+    batch = collator(_examples(2))
+    long_row = int(batch["attention_mask"].sum(1).argmax())
+    n_answer = int((batch["labels"][long_row] != IGNORE_INDEX).sum())
+    length = int(batch["attention_mask"][long_row].sum())
+    cut = Collator(tiny, template="v1", max_length=length - 2)(_examples(2))
+    assert cut["input_ids"].shape[1] == length - 2
+    assert int((cut["labels"][long_row] != IGNORE_INDEX).sum()) == n_answer - 2
+    with pytest.raises(UnmirageError, match="record r0.*max_length"):
+        Collator(tiny, template="v1", max_length=length - n_answer - 1)(_examples(1))
+
+
+def test_placeholder_and_mixed_batches(tiny):
+    text_only = [TrainExample(id="t", question="What?", answer="It is.")]
+    batch = Collator(tiny, template="v1", placeholder_images=True)(text_only)
+    assert (batch["input_ids"] == tiny.family.image_token_id(tiny.model)).any()
+    width, height = placeholder_size(tiny.processor)
+    assert width == height == 32
+    with pytest.raises(UnmirageError, match="mixes examples"):
+        Collator(tiny, template="v1")(_examples(1) + text_only)
+
+
+def test_causal_lm_text_only():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from unmirage.models.families import family_for
+    from unmirage.models.load import LoadedModel
+    from unmirage.models.tiny import build_tokenizer
+
+    tok = build_tokenizer("llava")
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+        )
+    )
+    loaded = LoadedModel(model=model, processor=tok, family=family_for(model), source="test")
+    batch = Collator(loaded, template="v1")(_examples(2))
+    assert "pixel_values" not in batch
+    assert int((batch["labels"][0] != IGNORE_INDEX).sum()) == len(
+        tok(" A red ring.</s>", add_special_tokens=False)["input_ids"]
+    )
+
+
+def test_paired_dataset_cycles_and_indexes(tiny):
+    forget = [TrainExample(id=f"f{i}", question="Q", answer="A") for i in range(3)]
+    retain = [TrainExample(id=f"r{i}", question="Q", answer="A") for i in range(7)]
+    data = PairedDataset(forget, retain, seed=1)
+    assert len(data) == 7
+    pass_one = [data[i]["forget"].id for i in range(3)]
+    assert sorted(pass_one) == ["f0", "f1", "f2"]
+    assert [data[i]["retain"].index for i in range(7)] == list(range(7))
+    assert len(PairedDataset(forget, retain, epoch_over="forget")) == 3
+    with pytest.raises(UnmirageError, match="empty"):
+        PairedDataset([], retain)
+    batch = PairedCollator(Collator(tiny, template="v1", placeholder_images=True))([data[0], data[1]])
+    assert set(batch) == {"forget", "retain"}
+    assert batch["forget"]["index"].tolist() == [data[0]["forget"].index, data[1]["forget"].index]
