@@ -1,0 +1,11 @@
+"""Batched, resumable generation (Hugging Face backend; vLLM optional)."""
+
+from unmirage.generate.batched import (
+    BatchedGenerator,
+    GenerationConfig,
+    GenItem,
+    merge_shards,
+    run_generation,
+)
+
+__all__ = ["BatchedGenerator", "GenItem", "GenerationConfig", "merge_shards", "run_generation"]
