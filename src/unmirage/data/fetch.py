@@ -77,7 +77,7 @@ def url_downloader(base_url: str = ATTACK_BASE_URL, timeout: float = 60.0) -> Do
 
     def download(remote: RemoteFile, dest: Path) -> None:
         url = f"{base_url.rstrip('/')}/{remote.name}"
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as handle:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as handle:
             shutil.copyfileobj(response, handle, 1 << 20)
 
     return download
