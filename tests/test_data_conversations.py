@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from datatools import write_json
+from datatools import assert_one_line_error, run_cli, write_json
 from unmirage.data.conversations import (
     Conversation,
     Turn,
@@ -124,3 +124,14 @@ def test_empty_and_non_list_files(tmp_path: Path) -> None:
         read_conversations(write_json(tmp_path / "e.json", []))
     with pytest.raises(UnmirageError, match="expected a JSON list"):
         load_examples(write_json(tmp_path / "o.json", {"a": 1}))
+
+
+def test_cli_check_reads_conversation_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = write_conversations(
+        tmp_path / "c.json", [single_turn("a", "x.png", "q", "a"), single_turn("b", None, "q", "a")]
+    )
+    code, out, _ = run_cli(["data", "check", str(good)], capsys)
+    assert code == 0 and "LLaVA conversations, 2 records (1 with an image), 2 exchanges" in out
+    bad = write_json(tmp_path / "bad.json", [{"id": "z", "conversations": [{"from": "human", "value": "q"}]}])
+    code, _, err = run_cli(["data", "check", str(bad)], capsys)
+    assert_one_line_error(code, err, "bad.json", "record 0 (id z)", "human/gpt pairs")

@@ -40,21 +40,18 @@ def check(
     ),
 ) -> None:
     """Validate a data file and print its counts (and check its images with --image-root)."""
-    from rich.console import Console
-
     from unmirage.data.images import ImageLoader
     from unmirage.data.jsonfile import read_json
 
-    console = Console()
     raw = read_json(file)
     is_llava = isinstance(raw, list) and raw and isinstance(raw[0], dict) and "conversations" in raw[0]
     if is_llava:
-        from unmirage.data.conversations import read_conversations
+        from unmirage.data.conversations import parse_conversations
 
-        conversations = read_conversations(file)
+        conversations = parse_conversations(raw, file)
         items = [(c.id, c.image) for c in conversations if c.image is not None]
         exchanges = sum(len(c.turns) // 2 for c in conversations)
-        console.print(
+        typer.echo(
             f"{file}: LLaVA conversations, {len(conversations)} records ({len(items)} with an image), "
             f"{exchanges} exchanges"
         )
@@ -68,16 +65,16 @@ def check(
         )
         counts = data.counts()
         shape = f"K-shot (K={data.shots}, {len(data.groups)} groups)" if data.kind == "kshot" else "plain"
-        console.print(f"{file}: VLGuard {shape}, {counts['records']} records")
-        console.print(
+        typer.echo(f"{file}: VLGuard {shape}, {counts['records']} records")
+        typer.echo(
             f"  safe_safes {counts['safe_safes']}, safe_unsafes {counts['safe_unsafes']}, unsafes {counts['unsafes']}"
         )
         if data.duplicate_ids():
-            console.print(f"  duplicate ids: {', '.join(data.duplicate_ids())}")
+            typer.echo(f"  duplicate ids: {', '.join(data.duplicate_ids())}")
         items = [(r.id, r.image) for r in data.records]
     if image_root is not None:
         checked = ImageLoader(root=image_root).verify(items, progress=True)
-        console.print(f"  images: {checked} distinct files under {image_root} checked")
+        typer.echo(f"  images: {checked} distinct files under {image_root} checked")
 
 
 @data_app.command("build-unlearn")
@@ -96,20 +93,66 @@ def build_unlearn(
     out: Path = typer.Option(..., help="Output folder for forget.json, retain.json, ... and manifest.json."),
 ) -> None:
     """Build forget.json, retain.json, forget_rmu.json, manifest.json (and retain_mixed.json with --mix)."""
-    from rich.console import Console
-
     from unmirage.data.build import build_unlearn as build
 
-    console = Console()
     result = build(vlguard, out, harmful=harmful, mix=mix, mix_to=mix_to, seed=seed)
     for name, path in result.files.items():
-        console.print(f"{path}: {result.counts[name.removesuffix('.json')]} records")
-    console.print(f"{result.manifest}: manifest")
+        typer.echo(f"{path}: {result.counts[name.removesuffix('.json')]} records")
+    typer.echo(f"{result.manifest}: manifest")
     if result.answers_source == "dataset":
-        console.print(
-            "[yellow]note:[/yellow] no --harmful given: the forget answers are VLGuard's own responses "
-            "(refusals), as recorded in the manifest"
+        typer.echo(
+            "note: no --harmful given: the forget answers are VLGuard's own responses (refusals), "
+            "as recorded in the manifest",
+            err=True,
         )
+
+
+@data_app.command("mine-harmful")
+def mine_harmful(
+    vlguard: Path = typer.Option(
+        ..., help="VLGuard training file (train.json); its unsafe records are mined."
+    ),
+    generator: list[str] = typer.Option(
+        ...,
+        help="A model that answers the unsafe queries (Hub id, local folder or tiny-*); repeat for several.",
+    ),
+    judge: str | None = typer.Option(
+        None, help="Text model that picks the most harmful candidate (needed with several generators)."
+    ),
+    image_root: Path | None = typer.Option(None, help="Folder the records' image paths are relative to."),
+    placeholder_images: bool = typer.Option(
+        False, help="Use grey placeholder images instead of real ones (text-only experiments; recorded)."
+    ),
+    out: Path = typer.Option(
+        ..., help="Answers file to write (work files go to OUT.work/, a killed run resumes from them)."
+    ),
+    template: str = typer.Option("v1", help="Generators' prompt template: v1 (reference) or chat."),
+    judge_template: str = typer.Option("chat", help="Judge's prompt template: chat (reference) or v1."),
+    max_new_tokens: int = typer.Option(256, help="New tokens per candidate answer (greedy)."),
+    judge_max_new_tokens: int = typer.Option(100, help="New tokens of the judge's reply."),
+    batch_size: int = typer.Option(16, help="Samples per generation batch (and per resumable step)."),
+    dtype: str = typer.Option("auto", help="Model dtype: auto, float32, bfloat16 or float16."),
+    device: str = typer.Option("auto", help="auto (GPU if present), cpu, or a device such as cuda:1."),
+) -> None:
+    """Answer every unsafe training query with each generator and keep the judge's most harmful pick."""
+    from unmirage.data.mine_models import run_mine_harmful
+
+    path = run_mine_harmful(
+        vlguard,
+        out,
+        generators=generator,
+        judge=judge,
+        image_root=image_root,
+        placeholder_images=placeholder_images,
+        template=template,
+        judge_template=judge_template,
+        max_new_tokens=max_new_tokens,
+        judge_max_new_tokens=judge_max_new_tokens,
+        batch_size=batch_size,
+        dtype=dtype,
+        device=device,
+    )
+    typer.echo(f"wrote {path}")
 
 
 @fetch_app.command("vlguard")
@@ -122,17 +165,14 @@ def fetch_vlguard(
     ),
 ) -> None:
     """Download the VLGuard files and the two attack files, verify their sha256 sums, unpack the images."""
-    from rich.console import Console
-
     from unmirage.data.fetch import ATTACK_BASE_URL, HF_REPO, fetch_vlguard, hub_downloader, url_downloader
 
-    console = Console(stderr=True)
     sums = fetch_vlguard(
         out,
         images=images,
         hub=hub_downloader(HF_REPO, revision),
         attack=url_downloader(attack_base_url or ATTACK_BASE_URL),
-        progress=console.print,
+        progress=lambda message: typer.echo(message, err=True),
     )
     for name, digest in sums.items():
         typer.echo(f"{digest}  {out / name}")

@@ -139,7 +139,11 @@ def parse_conversation(raw: Any, index: int, file: object) -> Conversation:
 def read_conversations(path: str | os.PathLike) -> list[Conversation]:
     """Read and validate a LLaVA conversation file (a non-empty JSON list)."""
     path = Path(path)
-    raws = read_json_list(path, "LLaVA conversation records")
+    return parse_conversations(read_json_list(path, "LLaVA conversation records"), path)
+
+
+def parse_conversations(raws: Sequence[Any], path: str | os.PathLike) -> list[Conversation]:
+    """Validate already-parsed JSON records of the file `path` (named in errors)."""
     return [parse_conversation(raw, i, path) for i, raw in enumerate(raws)]
 
 

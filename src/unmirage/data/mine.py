@@ -10,6 +10,9 @@ Generation and judging are injected as functions, so this module needs no model:
 * a `CandidateGenerator` answers a batch of samples (one string per sample, same order);
 * a `Judge` answers a batch of chat conversations (lists of {"role", "content"} messages).
 
+A callable that also has a `close()` method gets it called when its stage is done (to free its model).
+`unmirage.data.mine_models` builds both from models (`unmirage.models` + `unmirage.generate`).
+
 Everything is written incrementally under ``<out>.work/`` (one JSON-lines file per generator, one for the
 judge's verdicts), so a killed run resumes where it stopped; `plan.json` there pins the generators, the judge
 and the samples, and resuming with different ones is an error. The final answers file is written atomically.
@@ -193,6 +196,7 @@ def mine_harmful(
                 sink.write_many(rows)
                 done.update({r["id"]: r for r in rows})
         by_generator[name] = {i: row["text"] for i, row in done.items()}
+        _close(generators[name])
 
     verdicts: dict[str, dict[str, Any]] = {}
     if len(names) > 1 and judge is not None:
@@ -209,6 +213,7 @@ def mine_harmful(
                 ]
                 sink.write_many(rows)
                 verdicts.update({r["id"]: r for r in rows})
+        _close(judge)
 
     answers = []
     for s in samples:
@@ -228,6 +233,13 @@ def mine_harmful(
         )
     write_answers(out, answers)
     return answers
+
+
+def _close(fn: Callable[..., Any]) -> None:
+    """Release a generator's or judge's model when its stage is over (callables may define `close()`)."""
+    close = getattr(fn, "close", None)
+    if callable(close):
+        close()
 
 
 def _progress(batches: list[Any], enabled: bool, desc: str) -> Any:
