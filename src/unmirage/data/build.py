@@ -1,0 +1,197 @@
+"""Forget/retain sets for unlearning, built from a VLGuard training file (spec section 3).
+
+* forget.json: every unsafe-image record -> (image, instruction, harmful answer); the answers are mined ones
+  (`--harmful`) or, without it, the data set's own responses (refusals; the manifest says which).
+* retain.json: every safe-image record -> (image, safe_instruction, its response); the unsafe_instruction
+  pairs of safe images are left out.
+* retain_mixed.json (with a general data set): the retain set plus records drawn at random from the general
+  set up to `mix_to` items, then shuffled; the reference semantics, reproduced exactly: a `random.Random(seed)`
+  draws `random.sample(general, min(mix_to - len(retain), len(general)))`, then shuffles retain + drawn.
+* forget_rmu.json: forget.json with the answer appended to the question turn (question + newline + answer);
+  the gpt turn keeps the answer.
+
+All files are LLaVA conversation files (`unmirage.data.conversations`); `load_examples` reads them back as
+(id, image, question, answer) examples. Everything is validated before anything is written, each file is
+written atomically, and manifest.json (counts, seed, sha256 of inputs and outputs) is written last.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from unmirage.data.conversations import GPT, HUMAN, Conversation, Turn, read_conversations, single_turn
+from unmirage.data.mine import load_harmful_answers
+from unmirage.data.vlguard import Sample, load_vlguard, view
+from unmirage.errors import UnmirageError
+from unmirage.runs import atomic_write_json, write_manifest
+
+FORGET = "forget.json"
+RETAIN = "retain.json"
+RETAIN_MIXED = "retain_mixed.json"
+FORGET_RMU = "forget_rmu.json"
+MANIFEST = "manifest.json"
+DEFAULT_MIX_TO = 2000
+
+
+@dataclass(frozen=True)
+class UnlearnSets:
+    """The forget/retain sets in memory, before they are written."""
+
+    forget: list[Conversation]
+    retain: list[Conversation]
+    retain_mixed: list[Conversation] | None
+    forget_rmu: list[Conversation]
+    answers_source: str
+    mix_added: int
+    duplicate_ids: list[str]
+
+
+@dataclass(frozen=True)
+class UnlearnBuild:
+    """What `build_unlearn` wrote: file paths by name, counts and the manifest."""
+
+    out: Path
+    files: dict[str, Path]
+    counts: dict[str, int]
+    answers_source: str
+    manifest: Path
+
+
+def forget_answers(samples: Sequence[Sample], harmful: str | os.PathLike | None) -> list[str]:
+    """The answer of each forget sample: mined (matched by image path, id checked) or the data set's own."""
+    if harmful is None:
+        return [s.response for s in samples]
+    answers = load_harmful_answers(harmful)
+    result = []
+    for s in samples:
+        entry = answers.get(s.image)
+        if entry is None:
+            raise UnmirageError(
+                f"no harmful answer for this unsafe record's image {s.image!r}",
+                file=harmful,
+                record=f"id {s.id}",
+            )
+        if entry.id is not None and entry.id != s.id:
+            raise UnmirageError(
+                f"answer for image {s.image!r} is for id {entry.id}, the training record is {s.id}",
+                file=harmful,
+                record=f"id {s.id}",
+            )
+        result.append(entry.answer)
+    return result
+
+
+def rmu_form(conversation: Conversation) -> Conversation:
+    """The RMU forget form: every gpt answer appended (after a newline) to the first human turn."""
+    answers = "\n".join(t.value for t in conversation.turns if t.role == GPT)
+    turns = list(conversation.turns)
+    first = next(i for i, t in enumerate(turns) if t.role == HUMAN)
+    turns[first] = Turn(HUMAN, f"{turns[first].value}\n{answers}")
+    return Conversation(id=conversation.id, image=conversation.image, turns=tuple(turns))
+
+
+def mix_retain(
+    retain: Sequence[Conversation], general: Sequence[Conversation], mix_to: int, seed: int
+) -> tuple[list[Conversation], int]:
+    """Retain + random general records up to `mix_to` items, shuffled (reference semantics, seeded)."""
+    rng = random.Random(seed)
+    needed = max(0, mix_to - len(retain))
+    drawn = rng.sample(list(general), min(needed, len(general)))
+    combined = list(retain) + drawn
+    rng.shuffle(combined)
+    return combined, len(drawn)
+
+
+def make_unlearn_sets(
+    vlguard: str | os.PathLike,
+    *,
+    harmful: str | os.PathLike | None = None,
+    mix: str | os.PathLike | None = None,
+    mix_to: int | None = None,
+    seed: int = 42,
+) -> UnlearnSets:
+    """Build the sets in memory (all validation happens here)."""
+    if mix_to is not None and mix is None:
+        raise UnmirageError("--mix-to needs --mix (the general instruction data to draw from)")
+    if mix_to is not None and mix_to < 1:
+        raise UnmirageError(f"--mix-to must be positive, got {mix_to}")
+    data = load_vlguard(vlguard, kind="plain", allow_duplicate_ids=True)
+    forget_samples = view(data, "unsafes")
+    retain_samples = view(data, "safe_safes")
+    answers = forget_answers(forget_samples, harmful)
+    forget = [single_turn(s.id, s.image, s.question, a) for s, a in zip(forget_samples, answers, strict=True)]
+    retain = [single_turn(s.id, s.image, s.question, s.response) for s in retain_samples]
+    retain_mixed = None
+    added = 0
+    if mix is not None:
+        general = read_conversations(mix)
+        retain_mixed, added = mix_retain(retain, general, mix_to or DEFAULT_MIX_TO, seed)
+    return UnlearnSets(
+        forget=forget,
+        retain=retain,
+        retain_mixed=retain_mixed,
+        forget_rmu=[rmu_form(c) for c in forget],
+        answers_source="mined" if harmful is not None else "dataset",
+        mix_added=added,
+        duplicate_ids=data.duplicate_ids(),
+    )
+
+
+def build_unlearn(
+    vlguard: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    harmful: str | os.PathLike | None = None,
+    mix: str | os.PathLike | None = None,
+    mix_to: int | None = None,
+    seed: int = 42,
+) -> UnlearnBuild:
+    """Build and write forget.json, retain.json, [retain_mixed.json], forget_rmu.json and manifest.json."""
+    sets = make_unlearn_sets(vlguard, harmful=harmful, mix=mix, mix_to=mix_to, seed=seed)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UnmirageError("output exists and is not a folder", file=out)
+    contents: dict[str, list[Conversation]] = {FORGET: sets.forget, RETAIN: sets.retain}
+    if sets.retain_mixed is not None:
+        contents[RETAIN_MIXED] = sets.retain_mixed
+    contents[FORGET_RMU] = sets.forget_rmu
+    files = {}
+    for name, conversations in contents.items():
+        files[name] = out / name
+        atomic_write_json(files[name], [c.to_json() for c in conversations])
+    counts = {name.removesuffix(".json"): len(conversations) for name, conversations in contents.items()}
+    inputs = [p for p in (vlguard, harmful, mix) if p is not None]
+    config: dict[str, Any] = {
+        "vlguard": str(vlguard),
+        "harmful": str(harmful) if harmful is not None else None,
+        "mix": str(mix) if mix is not None else None,
+        "mix_to": (mix_to or DEFAULT_MIX_TO) if mix is not None else None,
+        "seed": seed,
+    }
+    manifest = write_manifest(
+        out,
+        name=MANIFEST,
+        command="data build-unlearn",
+        config=config,
+        inputs=inputs,
+        outputs=list(files.values()),
+        seed=seed,
+        counts=counts,
+        format="llava-conversations",
+        forget_answers=sets.answers_source,
+        forget_answers_note=(
+            "forget answers are harmful answers mined by `unmirage data mine-harmful`"
+            if sets.answers_source == "mined"
+            else "forget answers are the data set's own responses (refusals), not harmful answers"
+        ),
+        mix_added=sets.mix_added,
+        source_duplicate_ids=sets.duplicate_ids,
+    )
+    return UnlearnBuild(
+        out=out, files=files, counts=counts, answers_source=sets.answers_source, manifest=manifest
+    )

@@ -1,0 +1,201 @@
+"""Images: paths resolved under an image root (no escapes), checked, and loaded as PIL RGB images.
+
+Every problem is a one-line `UnmirageError` naming the record id and the image path: a path that is
+absolute, contains `..` or resolves (through a symlink) outside the root; a missing, empty, corrupt or
+absurdly large file. The opt-in placeholder mode returns a grey image of a fixed size without touching the
+disk, for text-only experiments; outputs made that way record it (see `ImageLoader.provenance`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import TYPE_CHECKING, Any, cast
+
+from unmirage.errors import UnmirageError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+DEFAULT_MAX_PIXELS = 100_000_000
+"""Largest accepted width x height (VLGuard images are below 20 megapixels)."""
+DEFAULT_MAX_BYTES = 200 * 1024 * 1024
+"""Largest accepted file size."""
+PLACEHOLDER_GREY = (128, 128, 128)
+
+
+def _label(record_id: str | None) -> str | None:
+    return f"id {record_id}" if record_id is not None else None
+
+
+def resolve_image_path(root: str | os.PathLike, image: str, record_id: str | None = None) -> Path:
+    """The file of `image` (a path relative to `root`), refusing paths that escape the root or are missing."""
+    root = Path(root)
+    label = _label(record_id)
+    if not image or not image.strip():
+        raise UnmirageError("image path is empty", record=label, field="image")
+    posix, windows = PurePosixPath(image), PureWindowsPath(image)
+    if posix.is_absolute() or windows.is_absolute() or windows.drive or image.startswith(("/", "\\")):
+        raise UnmirageError(
+            f"image path {image!r} is absolute; it must be relative to the image root", record=label
+        )
+    if ".." in re.split(r"[\\/]", image):
+        raise UnmirageError(
+            f"image path {image!r} contains '..' and would escape the image root", record=label
+        )
+    if not root.is_dir():
+        raise UnmirageError(f"image root {str(root)!r} is not a folder", record=label)
+    candidate = root / posix
+    if not os.path.lexists(candidate):
+        raise UnmirageError(f"image not found: {str(candidate)!r}", record=label)
+    try:
+        resolved = candidate.resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise UnmirageError(
+            f"image path {str(candidate)!r} is a broken or looping link", record=label
+        ) from None
+    if not resolved.is_relative_to(root.resolve()):
+        raise UnmirageError(
+            f"image path {str(candidate)!r} resolves outside the image root (to {str(resolved)!r})",
+            record=label,
+        )
+    if not resolved.is_file():
+        raise UnmirageError(f"image path {str(candidate)!r} is not a regular file", record=label)
+    return candidate
+
+
+def check_image_file(
+    path: Path,
+    record_id: str | None = None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    decode: bool = True,
+) -> Image.Image | None:
+    """Open an image and check it: not empty, not too large, readable.
+
+    With `decode` the pixels are loaded and returned as RGB; without, the file is only verified (None).
+    """
+    from PIL import Image
+
+    label = _label(record_id)
+    size = path.stat().st_size
+    if size == 0:
+        raise UnmirageError(f"image file is empty: {str(path)!r}", record=label)
+    if size > max_bytes:
+        raise UnmirageError(
+            f"image file is too large ({size} bytes > {max_bytes}): {str(path)!r}", record=label
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width < 1 or height < 1 or width * height > max_pixels:
+                    raise UnmirageError(
+                        f"image is {width}x{height} pixels (limit {max_pixels} pixels): {str(path)!r}",
+                        record=label,
+                    )
+                if not decode:
+                    img.verify()
+                    return None
+                img.load()
+                return img.convert("RGB")
+    except UnmirageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UnmirageError(
+            f"image is absurdly large (decompression bomb guard): {str(path)!r}", record=label
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise UnmirageError(
+            f"image is corrupt or unreadable ({reason}): {str(path)!r}", record=label
+        ) from None
+
+
+def placeholder_image(size: int | tuple[int, int]) -> Image.Image:
+    """A uniform grey RGB image; `size` is an int (square) or (width, height)."""
+    from PIL import Image
+
+    width, height = (size, size) if isinstance(size, int) else size
+    if width < 1 or height < 1:
+        raise UnmirageError(f"placeholder image size must be positive, got {width}x{height}")
+    return Image.new("RGB", (width, height), PLACEHOLDER_GREY)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'336' -> (336, 336); '640x480' -> (640, 480); anything else is a one-line error."""
+    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", text)
+    if not match:
+        raise UnmirageError(f"image size {text!r} must look like 336 or 640x480")
+    width = int(match.group(1))
+    height = int(match.group(2) or width)
+    if width < 1 or height < 1:
+        raise UnmirageError(f"image size {text!r} must be positive")
+    return width, height
+
+
+@dataclass(frozen=True)
+class ImageLoader:
+    """Loads the images of records: `loader(image, record_id)` -> PIL RGB image.
+
+    Either `root` is set (files resolved and checked under it) or `placeholder` is a (width, height) and
+    every image is a grey stand-in (explicit opt-in for text-only runs; nothing is read from disk).
+    """
+
+    root: Path | None = None
+    placeholder: tuple[int, int] | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+    def __post_init__(self) -> None:
+        if self.root is None and self.placeholder is None:
+            raise UnmirageError("no image root given (pass an image root, or opt in to placeholder images)")
+        if self.root is not None:
+            object.__setattr__(self, "root", Path(self.root))
+            if not Path(self.root).is_dir():
+                raise UnmirageError(f"image root {str(self.root)!r} is not a folder")
+
+    def path(self, image: str, record_id: str | None = None) -> Path:
+        """The checked file path of `image` (error in placeholder mode, where there are no files)."""
+        if self.root is None:
+            raise UnmirageError("placeholder images have no files", record=_label(record_id))
+        return resolve_image_path(self.root, image, record_id)
+
+    def __call__(self, image: str, record_id: str | None = None) -> Image.Image:
+        if self.placeholder is not None:
+            return placeholder_image(self.placeholder)
+        path = self.path(image, record_id)
+        img = check_image_file(path, record_id, max_pixels=self.max_pixels, max_bytes=self.max_bytes)
+        return cast("Image.Image", img)
+
+    def verify(self, items: Iterable[tuple[str, str]], *, progress: bool = False) -> int:
+        """Check every (record_id, image) up front (path, size, header, integrity) without decoding pixels.
+
+        Returns the number of distinct images checked; the first problem is a one-line error.
+        """
+        if self.placeholder is not None:
+            return 0
+        seen: set[str] = set()
+        todo = [(rid, img) for rid, img in items if not (img in seen or seen.add(img))]
+        if progress:
+            from tqdm import tqdm
+
+            todo = tqdm(todo, desc="checking images", unit="img")
+        for rid, image in todo:
+            check_image_file(
+                self.path(image, rid), rid, max_pixels=self.max_pixels, max_bytes=self.max_bytes, decode=False
+            )
+        return len(seen)
+
+    def provenance(self) -> dict[str, Any]:
+        """What a manifest records about the images of a run."""
+        return {
+            "image_root": str(self.root) if self.root is not None else None,
+            "placeholder_images": list(self.placeholder) if self.placeholder is not None else None,
+        }

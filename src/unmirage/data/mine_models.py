@@ -1,0 +1,243 @@
+"""`data mine-harmful` with real (or tiny) models: batched greedy generators, a text judge, the whole run.
+
+The selection logic and the resumable bookkeeping are in `unmirage.data.mine`; this module only turns model
+sources into the callables it expects. Models are loaded on first use and released when their stage ends,
+so several generators never sit in memory together, and a resumed run whose stages are done loads nothing.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from unmirage.data.images import ImageLoader
+from unmirage.data.mine import Message, mine_harmful
+from unmirage.data.vlguard import Sample, load_vlguard, view
+from unmirage.errors import UnmirageError
+from unmirage.runs import write_manifest
+
+
+def resolve_device(device: str) -> str | None:
+    """'auto' -> 'cuda' when a GPU is there, else None (CPU); 'cpu' -> None; anything else as given."""
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else None
+    return None if device == "cpu" else device
+
+
+def _release() -> None:
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class ModelCandidateGenerator:
+    """A `CandidateGenerator` backed by `unmirage.generate.BatchedGenerator` (greedy, batched)."""
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        image_root: Path | None,
+        placeholder_images: bool = False,
+        template: str = "v1",
+        max_new_tokens: int = 256,
+        batch_size: int = 16,
+        dtype: str = "auto",
+        device_map: str | None = None,
+    ) -> None:
+        self.source = source
+        self.image_root = image_root
+        self.placeholder_images = placeholder_images
+        self.template = template
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.dtype = dtype
+        self.device_map = device_map
+        self._generator: Any = None
+
+    def _load(self) -> Any:
+        from unmirage.data.collate import placeholder_size
+        from unmirage.generate import BatchedGenerator, GenerationConfig, GenItem
+        from unmirage.models import load_model
+
+        loaded = load_model(self.source, dtype=self.dtype, device_map=self.device_map)
+        if self.placeholder_images:
+            images = ImageLoader(placeholder=placeholder_size(loaded.processor))
+        else:
+            images = ImageLoader(root=self.image_root)
+
+        def load_image(item: GenItem) -> Any:
+            return images(str(item.image), str(item.id))
+
+        config = GenerationConfig(
+            template=self.template, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size
+        )
+        return BatchedGenerator(loaded, config, image_loader=load_image)
+
+    def __call__(self, batch: Sequence[Sample]) -> list[str]:
+        from unmirage.generate import GenItem
+
+        if self._generator is None:
+            self._generator = self._load()
+        items = [GenItem(id=s.id, question=s.question, image=s.image) for s in batch]
+        return [row["answer"] for row in self._generator(items)]
+
+    def close(self) -> None:
+        """Free the model."""
+        self._generator = None
+        _release()
+
+
+class ModelJudge:
+    """A `Judge` backed by a text model: each chat is (system, user), answered greedily."""
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        template: str = "chat",
+        max_new_tokens: int = 100,
+        batch_size: int = 8,
+        dtype: str = "auto",
+        device_map: str | None = None,
+    ) -> None:
+        self.source = source
+        self.template = template
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.dtype = dtype
+        self.device_map = device_map
+        self._loaded: Any = None
+        self._generators: dict[str, Any] = {}
+
+    def _generator(self, system: str) -> Any:
+        from unmirage.generate import BatchedGenerator, GenerationConfig
+        from unmirage.models import load_model
+
+        if self._loaded is None:
+            self._loaded = load_model(self.source, dtype=self.dtype, device_map=self.device_map)
+        if system not in self._generators:
+            config = GenerationConfig(
+                template=self.template,
+                max_new_tokens=self.max_new_tokens,
+                batch_size=self.batch_size,
+                system=system,
+            )
+            self._generators[system] = BatchedGenerator(self._loaded, config)
+        return self._generators[system]
+
+    def __call__(self, chats: Sequence[list[Message]]) -> list[str]:
+        from unmirage.generate import GenItem
+
+        by_system: dict[str, list[int]] = {}
+        for i, chat in enumerate(chats):
+            if [m.get("role") for m in chat] != ["system", "user"]:
+                raise UnmirageError("a judge chat must be one system and one user message")
+            by_system.setdefault(chat[0]["content"], []).append(i)
+        replies = [""] * len(chats)
+        for system, indices in by_system.items():
+            items = [GenItem(id=str(i), question=chats[i][1]["content"]) for i in indices]
+            for i, row in zip(indices, self._generator(system)(items), strict=True):
+                replies[i] = row["answer"]
+        return replies
+
+    def close(self) -> None:
+        """Free the model."""
+        self._loaded = None
+        self._generators.clear()
+        _release()
+
+
+def run_mine_harmful(
+    vlguard: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    generators: Sequence[str],
+    judge: str | None,
+    image_root: str | os.PathLike | None,
+    placeholder_images: bool = False,
+    template: str = "v1",
+    judge_template: str = "chat",
+    max_new_tokens: int = 256,
+    judge_max_new_tokens: int = 100,
+    batch_size: int = 16,
+    dtype: str = "auto",
+    device: str = "auto",
+    progress: bool = True,
+) -> Path:
+    """Mine harmful answers for the unsafe records of a VLGuard training file; writes `out` and a manifest."""
+    out = Path(out)
+    if not generators:
+        raise UnmirageError("give at least one --generator")
+    if len(set(generators)) != len(generators):
+        raise UnmirageError("each --generator must be a different model")
+    if len(generators) > 1 and judge is None:
+        raise UnmirageError("several generators need a --judge to choose among their answers")
+    if (image_root is None) == (not placeholder_images):
+        raise UnmirageError("pass either --image-root or --placeholder-images (for text-only experiments)")
+    samples = view(load_vlguard(vlguard, kind="plain", allow_duplicate_ids=True), "unsafes")
+    root = Path(image_root) if image_root is not None else None
+    if root is not None:
+        ImageLoader(root=root).verify([(s.id, s.image) for s in samples], progress=progress)
+    device_map = resolve_device(device)
+    settings = {"template": template, "batch_size": batch_size, "dtype": dtype, "device_map": device_map}
+    gens = {
+        src: ModelCandidateGenerator(
+            src,
+            image_root=root,
+            placeholder_images=placeholder_images,
+            max_new_tokens=max_new_tokens,
+            **settings,
+        )
+        for src in generators
+    }
+    judge_fn = None
+    if judge is not None and len(generators) > 1:
+        judge_fn = ModelJudge(
+            judge,
+            template=judge_template,
+            max_new_tokens=judge_max_new_tokens,
+            batch_size=batch_size,
+            dtype=dtype,
+            device_map=device_map,
+        )
+    answers = mine_harmful(
+        samples, gens, judge_fn, out, judge_name=judge, batch_size=batch_size, progress=progress
+    )
+    config = {
+        "vlguard": str(vlguard),
+        "generators": list(generators),
+        "judge": judge,
+        "template": template,
+        "judge_template": judge_template,
+        "max_new_tokens": max_new_tokens,
+        "judge_max_new_tokens": judge_max_new_tokens,
+        "batch_size": batch_size,
+        "dtype": dtype,
+        "device": device,
+    }
+    write_manifest(
+        out.parent,
+        name=f"{out.stem}.manifest.json",
+        command="data mine-harmful",
+        config=config,
+        inputs=[vlguard],
+        outputs=[out],
+        seed=None,
+        samples=len(answers),
+        choices={str(k): v for k, v in sorted(Counter(a.choice for a in answers).items())},
+        images={
+            "image_root": str(root) if root is not None else None,
+            "placeholder_images": placeholder_images,
+        },
+        decoding="greedy",
+    )
+    return out
