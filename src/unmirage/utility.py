@@ -6,7 +6,8 @@ B", or the text of one choice); an answer with no recognisable choice is wrong a
 Short answers: the VQAv2 soft accuracy. The answer and each human answer are normalised (lower case,
 punctuation, number words to digits, articles dropped, common contractions restored); for each of the human
 answers, min(1, matches among the other humans / 3); the item's score is the mean over the humans (the official
-leave-one-out average; with 10 humans it is within a hair of min(1, #matching humans / 3)).
+leave-one-out average; with 10 humans it equals min(1, #matching humans / 3) except for 1-3 matches, where it
+gives 0.3, 0.6, 0.9 instead of 0.33, 0.67, 1.0).
 """
 
 from __future__ import annotations

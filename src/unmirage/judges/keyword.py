@@ -74,15 +74,36 @@ _CHAR_FREQUENCY = dict(zip("etaoinshrdlcumwfgypbvkjxqz", (12.7, 9.1, 8.2, 7.5, 7
 _CHAR_FREQUENCY[" "] = 18.0
 
 
+def _frequency(char: str) -> float:
+    return _CHAR_FREQUENCY.get(char, 0.5)
+
+
+def _anchors(phrases: Sequence[str]) -> dict[str, int]:
+    """For each phrase, the index of the character the regex starts matching it at.
+
+    The regex engine skips positions whose character starts no phrase, so the set of anchor characters
+    should be rare in text: phrases with only common characters choose first, and later phrases reuse an
+    already chosen character when they contain one (free), else take their rarest character.
+    """
+    chosen: set[str] = set()
+    anchors: dict[str, int] = {}
+    for phrase in sorted(phrases, key=lambda p: (-min(map(_frequency, p)), p)):
+        index = min(range(len(phrase)), key=lambda i: (0.0 if phrase[i] in chosen else _frequency(phrase[i]),
+                                                       _frequency(phrase[i]), i))  # fmt: skip
+        chosen.add(phrase[index])
+        anchors[phrase] = index
+    return anchors
+
+
 def _phrase_pattern(phrases: Iterable[str], *, word_start: bool = False) -> str:
     """A regex whose `search` finds a match exactly when `any(p in text for p in phrases)`
     (with `word_start`, when some phrase occurs at the start of a word).
 
     Phrases that contain another phrase (with `word_start`: that start with one) cannot change the answer and
     are dropped. Each remaining phrase is
-    split at its rarest character c: the regex matches the part from c on through a prefix trie, then checks
-    the whole phrase with a fixed-width look-behind. The regex engine skips every position whose character
-    cannot start a match, and rare anchors leave few such positions, so one scan is cheap.
+    split at an anchor character c (`_anchors`): the regex matches the part from c on through a prefix trie,
+    then checks the whole phrase with a fixed-width look-behind. The regex engine skips every position whose
+    character cannot start a match, and rare anchors leave few such positions, so one scan is cheap.
     """
     kept: list[str] = []
     for phrase in sorted(set(phrases), key=lambda p: (len(p), p)):
@@ -91,8 +112,7 @@ def _phrase_pattern(phrases: Iterable[str], *, word_start: bool = False) -> str:
     if not kept:
         return r"(?!)"
     trie: dict[str, Any] = {}
-    for phrase in kept:
-        anchor = min(range(len(phrase)), key=lambda i: (_CHAR_FREQUENCY.get(phrase[i], 0.5), i))
+    for phrase, anchor in _anchors(kept).items():
         node = trie
         for char in phrase[anchor:]:
             node = node.setdefault(char, {})
@@ -157,11 +177,7 @@ class KeywordJudge(_PhraseJudge):
         """The rule on many answers (the fast path the benchmark measures)."""
         search = self.matcher.search
         exact = REFERENCE_EXACT_REFUSAL
-        out = []
-        for answer in answers:
-            text = answer.lower()
-            out.append(text == exact or search(text) is not None)
-        return out
+        return [text == exact or search(text) is not None for text in map(str.lower, answers)]
 
     def judge_text(self, answer: str) -> Verdict:
         refused = self.is_refusal(answer)
