@@ -10,6 +10,7 @@ import typer
 def register(app: typer.Typer) -> None:
     app.command(
         "eval",
+        short_help="Run the safety-mirage protocol on a model: RR, ASR, utility.",
         help="Run the safety-mirage protocol on a model: RR on safe questions (normal, Share rewrite), ASR on "
         "harmful ones (normal, K-shot What rewrite), optional VQA utility; writes OUT/metrics.json.",
     )(eval_command)

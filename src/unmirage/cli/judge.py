@@ -12,6 +12,7 @@ JUDGE_HELP = "Judge: keyword, keyword-strict, rules, llm-relevance or llm-harm."
 def register(app: typer.Typer) -> None:
     app.command(
         "judge",
+        short_help="Judge answers in a JSONL file: refusal, hedge, relevance or harm.",
         help="Judge every answer of a JSONL file (keyword, keyword-strict, rules, llm-relevance, llm-harm) and "
         'write each line back with its verdict (e.g. "refused": true).',
     )(judge)

@@ -10,6 +10,7 @@ import typer
 def register(app: typer.Typer) -> None:
     app.command(
         "report",
+        short_help="Table, bar chart and report pages across evaluation runs.",
         help="Compare evaluation runs: paper-style table (ASR normal -> attack, RR normal -> Share, utility), "
         "grouped bar chart with 95% intervals, report.md and report.html.",
     )(report)

@@ -82,10 +82,8 @@ def record_uid(record: dict[str, Any]) -> str:
     if isinstance(record.get("key"), str):
         return record["key"]
     uid = str(record.get("id"))
-    for field in ("variant", "shot"):
-        if record.get(field) is not None:
-            uid += f"#{record[field]}"
-    return uid
+    part = record.get("variant", record.get("shot"))
+    return uid if part is None else f"{uid}#{part}"
 
 
 def items_from_records(
