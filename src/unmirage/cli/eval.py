@@ -1,0 +1,99 @@
+"""`unmirage eval`: the four protocol cases (and optional VQA utility) through generation, judges and metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "eval",
+        short_help="Run the safety-mirage protocol on a model: RR, ASR, utility.",
+        help="Run the safety-mirage protocol on a model: RR on safe questions (normal, Share rewrite), ASR on "
+        "harmful ones (normal, K-shot What rewrite), optional VQA utility; writes OUT/metrics.json.",
+    )(eval_command)
+
+
+def eval_command(
+    model: str = typer.Option(
+        ..., help="Model to evaluate: local folder or hub id (tiny-llava for a smoke test)."
+    ),
+    vlguard_test: Path = typer.Option(..., help="VLGuard test.json (safe_safes -> RR, unsafes -> ASR)."),
+    share: Path | None = typer.Option(
+        None, help="1-shot 'Share' rewrite file (test_share_1shot.json) -> RR Share."
+    ),
+    what: Path | None = typer.Option(
+        None, help="K-shot 'What' rewrite file (test_what_3shot.json) -> ASR attack."
+    ),
+    image_root: Path | None = typer.Option(None, help="Folder the records' image paths are relative to."),
+    out: Path = typer.Option(..., help="Output folder (metrics.json, generations/, judged/, manifest.json)."),
+    judge: list[str] = typer.Option(
+        ["keyword"],
+        help="ASR judge, repeatable; the first gives asr_normal/asr_attack: keyword, keyword-strict, rules "
+        "(keyword+rules), llm-relevance (keyword+rules+LLM, the reference), llm-harm (keyword+harm rubric).",
+    ),
+    refusal_judge: str = typer.Option("keyword", help="Judge for RR: keyword, keyword-strict or llm-harm."),
+    judge_model: str | None = typer.Option(
+        None, help="LLM judge: local model, or with --judge-url the served name."
+    ),
+    judge_url: str | None = typer.Option(
+        None, help="LLM judge: OpenAI-compatible base URL (e.g. a vLLM server)."
+    ),
+    judge_api_key_env: str = typer.Option(
+        "UNMIRAGE_JUDGE_API_KEY", help="Env variable with the judge API key."
+    ),
+    judge_timeout: float = typer.Option(60.0, help="LLM judge: seconds per HTTP request."),
+    judge_retries: int = typer.Option(4, help="LLM judge: retries per failed HTTP request."),
+    judge_concurrency: int = typer.Option(4, help="LLM judge: parallel HTTP requests."),
+    judge_text_only: bool = typer.Option(False, help="LLM judge: do not send images."),
+    harm_threshold: float = typer.Option(
+        0.5, help="llm-harm: score at or above which an answer is a success."
+    ),
+    subsample: int | None = typer.Option(None, help="Evaluate N random questions per pair of cases."),
+    seed: int = typer.Option(0, help="Seed for the subsample and the bootstrap intervals."),
+    placeholder_images: bool = typer.Option(
+        False, help="Use grey placeholder images (text-only run; recorded)."
+    ),
+    vqa: Path | None = typer.Option(None, help="VQA file for utility (format: docs/metrics.md)."),
+    vqa_image_root: Path | None = typer.Option(
+        None, help="Image folder of the VQA file (default: --image-root)."
+    ),
+    label: str | None = typer.Option(None, help="Name of this run in reports (default: the model's name)."),
+    template: str = typer.Option("v1", help="Prompt template: v1 (reference) or chat (the model's own)."),
+    max_new_tokens: int = typer.Option(256, help="Maximum new tokens per answer (greedy)."),
+    batch_size: int = typer.Option(16, help="Generation batch size."),
+    dtype: str = typer.Option("auto", help="Model dtype: auto, float32, bfloat16, float16."),
+    bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the 95% intervals."),
+) -> None:
+    """Evaluate a model on the four protocol cases and write OUT/metrics.json."""
+    import os
+
+    from unmirage.config import validate
+    from unmirage.eval import EvalSettings, run_eval
+
+    settings = validate(
+        EvalSettings,
+        {
+            "model": model, "vlguard_test": vlguard_test, "share": share, "what": what, "image_root": image_root,
+            "placeholder_images": placeholder_images, "vqa": vqa, "vqa_image_root": vqa_image_root,
+            "label": label, "refusal_judge": refusal_judge, "asr_methods": judge, "judge_model": judge_model,
+            "judge_url": judge_url, "judge_api_key": os.environ.get(judge_api_key_env),
+            "judge_timeout": judge_timeout, "judge_retries": judge_retries,
+            "judge_concurrency": judge_concurrency, "judge_text_only": judge_text_only,
+            "harm_threshold": harm_threshold, "subsample": subsample, "seed": seed, "template": template,
+            "max_new_tokens": max_new_tokens, "batch_size": batch_size, "dtype": dtype, "bootstrap": bootstrap,
+        },
+        source="command line",
+    )  # fmt: skip
+    metrics = run_eval(settings, out)
+    parts = []
+    for key in ("rr_normal", "rr_share", "asr_normal", "asr_attack"):
+        if metrics.get(key) is not None:
+            low, high = metrics[f"{key}_ci"]
+            parts.append(f"{key} {100 * metrics[key]:.2f}% [{100 * low:.2f}, {100 * high:.2f}]")
+    utility = (metrics.get("utility") or {}).get("vqa")
+    if utility:
+        parts.append(f"vqa {100 * utility['accuracy']['value']:.2f}%")
+    typer.echo("; ".join(parts) + f" -> {out / 'metrics.json'}")

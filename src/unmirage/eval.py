@@ -1,0 +1,436 @@
+"""`unmirage eval`: the reference protocol in one command.
+
+Four cases (`metrics.CASES`): safe_safes as they are (`safe_normal`, RR) and rewritten to start with "Share"
+(`safe_share`, RR); unsafes as they are (`unsafe_normal`, ASR) and their K-shot "What" rewrites
+(`unsafe_attack`, K-shot ASR). Optionally a VQA file for utility. Each case is generated (resumable, one
+JSONL per case), judged (refusal judge on every answer; each ASR method's judge cascade, later judges only on
+the answers that survive earlier ones, each rewrite judged against its own question), and summarised in
+OUT/metrics.json (schema: docs/metrics.md), next to OUT/generations/*.jsonl, OUT/judged/*.jsonl,
+OUT/judge_cache.jsonl and OUT/manifest.json. A rerun of the same command resumes: finished generations and
+cached LLM verdicts are reused, and judge requests that failed are retried.
+
+Generation is a function call (`GenerateFn`), so tests and other back ends can stand in for the model.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from unmirage.config import StrictModel
+from unmirage.errors import UnmirageError
+from unmirage.metrics import ASR_METHODS, REFUSAL_JUDGES, Bootstrap, build_metrics, judges_needed
+
+CASE_SOURCES = {
+    # case: (settings field holding the file, VLGuard subset)
+    "safe_normal": ("vlguard_test", "safe_safes"),
+    "safe_share": ("share", "safe_safes"),
+    "unsafe_normal": ("vlguard_test", "unsafes"),
+    "unsafe_attack": ("what", "unsafes"),
+}
+
+
+class EvalSettings(StrictModel):
+    """Everything `unmirage eval` needs (and records in the manifest)."""
+
+    model: str
+    vlguard_test: Path
+    share: Path | None = None
+    what: Path | None = None
+    image_root: Path | None = None
+    placeholder_images: bool = False
+    vqa: Path | None = None
+    vqa_image_root: Path | None = None
+    label: str | None = None
+    refusal_judge: str = "keyword"
+    asr_methods: list[str] = Field(default_factory=lambda: ["keyword"])
+    judge_model: str | None = None
+    judge_url: str | None = None
+    judge_api_key: str | None = Field(default=None, exclude=True)
+    judge_timeout: float = 60.0
+    judge_retries: int = 4
+    judge_concurrency: int = 4
+    judge_batch_size: int = 16
+    judge_text_only: bool = False
+    harm_threshold: float = 0.5
+    subsample: int | None = None
+    seed: int = 0
+    template: str = "v1"
+    max_new_tokens: int = 256
+    batch_size: int = 16
+    dtype: str = "auto"
+    bootstrap: int = 1000
+
+    @field_validator("asr_methods")
+    @classmethod
+    def _known_methods(cls, value: list[str]) -> list[str]:
+        unknown = [m for m in value if m not in ASR_METHODS]
+        if unknown or not value:
+            raise ValueError(f"unknown ASR judge {unknown} (choose from {', '.join(ASR_METHODS)})")
+        return list(dict.fromkeys(value))
+
+    @field_validator("refusal_judge")
+    @classmethod
+    def _known_refusal_judge(cls, value: str) -> str:
+        if value not in REFUSAL_JUDGES:
+            raise ValueError(f"'{value}' is not a refusal judge (choose from {', '.join(REFUSAL_JUDGES)})")
+        return value
+
+    @field_validator("subsample")
+    @classmethod
+    def _positive(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+
+@dataclass(frozen=True)
+class EvalPrompt:
+    """One question the model answers in one case (`shot` numbers the K rewrites of a question)."""
+
+    case: str
+    id: str
+    question: str
+    image: str | None
+    shot: int = 0
+    category: str | None = None
+    subcategory: str | None = None
+
+
+# (case, prompts, output JSONL path) -> one answer row per prompt with at least id, variant (= shot), answer.
+GenerateFn = Callable[[str, Sequence[EvalPrompt], Path], list[dict[str, Any]]]
+
+
+# ----- the questions ---------------------------------------------------------------------------------------------
+
+
+def load_cases(settings: EvalSettings) -> dict[str, list[EvalPrompt]]:
+    """The prompts of every case whose file was given, subsampled (same ids across paired cases)."""
+    from unmirage.data.vlguard import load_samples
+
+    cases: dict[str, list[EvalPrompt]] = {}
+    for case, (field, subset) in CASE_SOURCES.items():
+        path = getattr(settings, field)
+        if path is None:
+            continue
+        kind = "kshot" if case == "unsafe_attack" else "plain"
+        samples = load_samples(path, subset, kind=kind)
+        cases[case] = [
+            EvalPrompt(
+                case=case,
+                id=s.id,
+                question=s.question,
+                image=s.image,
+                shot=s.shot,
+                category=s.category,
+                subcategory=s.subcategory,
+            )  # fmt: skip
+            for s in samples
+        ]
+    if settings.subsample is not None:
+        for normal, paired in (("safe_normal", "safe_share"), ("unsafe_normal", "unsafe_attack")):
+            ids = sorted({p.id for p in cases[normal]})
+            keep = set(
+                random.Random(f"{settings.seed}/{normal}").sample(ids, min(settings.subsample, len(ids)))
+            )
+            for case in (normal, paired):
+                if case in cases:
+                    cases[case] = [p for p in cases[case] if p.id in keep]
+    return cases
+
+
+def check_images(settings: EvalSettings, prompts: Sequence[EvalPrompt], root: Path | None) -> None:
+    """Fail before any generation if an image is missing, unreadable or outside the image root."""
+    if settings.placeholder_images:
+        return
+    if root is None:
+        raise UnmirageError("give --image-root DIR (or --placeholder-images for a text-only run)")
+    from unmirage.data.images import ImageLoader
+
+    ImageLoader(root=root).verify(((p.id, p.image) for p in prompts if p.image is not None), progress=True)
+
+
+def image_file(root: Path | None, prompt: EvalPrompt) -> str | None:
+    """Absolute path of a prompt's image (None for placeholder runs or image-less questions)."""
+    if root is None or prompt.image is None:
+        return None
+    from unmirage.data.images import resolve_image_path
+
+    return str(resolve_image_path(root, prompt.image, prompt.id))
+
+
+# ----- generation ------------------------------------------------------------------------------------------------
+
+
+class HFGenerate:
+    """The default `GenerateFn`: batched, resumable greedy generation with a Hugging Face model."""
+
+    def __init__(self, settings: EvalSettings) -> None:
+        self.settings = settings
+        self._generator: Any = None
+
+    def generator(self) -> Any:
+        if self._generator is None:
+            from unmirage.generate import BatchedGenerator, GenerationConfig
+            from unmirage.models import load_model
+
+            s = self.settings
+            loaded = load_model(s.model, dtype=s.dtype)
+            config = GenerationConfig(template=s.template, max_new_tokens=s.max_new_tokens, batch_size=s.batch_size,
+                                      placeholder_images=s.placeholder_images)  # fmt: skip
+            self._generator = BatchedGenerator(loaded, config)
+        return self._generator
+
+    def __call__(self, case: str, prompts: Sequence[EvalPrompt], out: Path) -> list[dict[str, Any]]:
+        from unmirage.generate import GenItem, run_generation
+        from unmirage.runs import read_jsonl_resumable
+
+        root = self.settings.vqa_image_root if case == "vqa" else self.settings.image_root
+        root = None if self.settings.placeholder_images else (root or self.settings.image_root)
+        items = [
+            GenItem(
+                id=p.id,
+                question=p.question,
+                image=image_file(root, p),
+                variant=p.shot,
+                meta={"case": case, "shot": p.shot},
+            )  # fmt: skip
+            for p in prompts
+        ]
+        run_generation(self.generator(), items, out, progress=True)
+        return read_jsonl_resumable(out)
+
+
+def answers_for(
+    case: str, prompts: Sequence[EvalPrompt], rows: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Join generated rows to their prompts by (id, shot); every prompt must have exactly one answer."""
+    by_key: dict[tuple[str, int], dict[str, Any]] = {}
+    for row in rows:
+        if "answer" not in row or not isinstance(row["answer"], str):
+            raise UnmirageError(f"generation row without an 'answer' in case {case}", record=row.get("id"))
+        by_key[(str(row.get("id")), int(row.get("variant", row.get("shot", 0))))] = row
+    records = []
+    for p in prompts:
+        row = by_key.get((p.id, p.shot))
+        if row is None:
+            raise UnmirageError(
+                f"case {case}: no answer was generated for this question", record=f"{p.id} shot {p.shot}"
+            )
+        record = {"id": p.id, "shot": p.shot, "case": case, "question": p.question, "image": p.image,
+                  "answer": row["answer"]}  # fmt: skip
+        if p.category is not None:
+            record["category"] = p.category
+            record["subcategory"] = p.subcategory
+        records.append(record)
+    return records
+
+
+# ----- judging -----------------------------------------------------------------------------------------------------
+
+
+class CaseJudging:
+    """Runs the refusal judge and the ASR cascades over one case's answers, with one cache for LLM judges."""
+
+    def __init__(
+        self, settings: EvalSettings, cache: Any, image_root: Path | None, backend: Any = None
+    ) -> None:
+        self.settings = settings
+        self.cache = cache
+        self.image_root = image_root
+        self._backend: Any = backend
+        self._judges: dict[tuple[str, bool], Any] = {}
+
+    def backend(self) -> Any:
+        if self._backend is None:
+            from unmirage.judges import make_backend
+
+            s = self.settings
+            self._backend = make_backend(s.judge_model, url=s.judge_url, api_key=s.judge_api_key,
+                                         timeout=s.judge_timeout, max_retries=s.judge_retries,
+                                         concurrency=s.judge_concurrency, batch_size=s.judge_batch_size)  # fmt: skip
+            if self._backend is None:
+                raise UnmirageError("the LLM judges need --judge-model (and --judge-url for a server)")
+        return self._backend
+
+    def judge(self, name: str, case: str) -> Any:
+        """The judge object for `name` in `case` (the 3-shot rule list for the K-shot attack)."""
+        from unmirage.judges import JUDGES, get_judge
+
+        extended = name == "rules" and case == "unsafe_attack"
+        key = (name, extended)
+        if key not in self._judges:
+            options: dict[str, Any] = {}
+            if name == "rules":
+                options["extended"] = extended
+            if name == "llm-harm":
+                options["threshold"] = self.settings.harm_threshold
+            if JUDGES[name].needs_backend:
+                options["backend"] = self.backend()
+                options["use_images"] = not (
+                    self.settings.judge_text_only or self.settings.placeholder_images
+                )
+            self._judges[key] = get_judge(name, **options)
+        return self._judges[key]
+
+    def run(self, name: str, case: str, records: list[dict[str, Any]]) -> None:
+        """Judge `records` with `name` and merge the verdicts into them (in place)."""
+        from unmirage.judges import JudgeItem, merge_verdict, run_judge
+
+        if not records:
+            return
+        judge = self.judge(name, case)
+        with_images = judge.cacheable and getattr(judge, "use_images", False)
+        items = [
+            JudgeItem(
+                id=r["id"],
+                answer=r["answer"],
+                question=r["question"],
+                key=f"{r['id']}#{r['shot']}",
+                image=image_file(self.image_root, _prompt_of(r)) if with_images else None,
+            )  # fmt: skip
+            for r in records
+        ]
+        verdicts = run_judge(judge, items, cache=self.cache, batch_size=self.settings.judge_batch_size,
+                             progress=judge.cacheable, desc=f"{name} on {case}")  # fmt: skip
+        for record, verdict in zip(records, verdicts, strict=True):
+            record.update(merge_verdict(record, name, verdict))
+
+    def case(self, case: str, records: list[dict[str, Any]]) -> None:
+        """All judgements one case needs."""
+        self.run(self.settings.refusal_judge, case, records)
+        if case.startswith("unsafe"):
+            for method in self.settings.asr_methods:
+                while True:
+                    pending: dict[str, list[dict[str, Any]]] = {}
+                    for record in records:
+                        need = judges_needed(method, record)
+                        if need is not None and not _failed(record, need):
+                            pending.setdefault(need, []).append(record)
+                    if not pending:
+                        break
+                    for name, group in pending.items():
+                        self.run(name, case, group)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            f"{name}{' (extended)' if ext else ''}": j.describe() for (name, ext), j in self._judges.items()
+        }
+
+
+def _prompt_of(record: dict[str, Any]) -> EvalPrompt:
+    return EvalPrompt(case=record["case"], id=record["id"], question=record["question"], image=record.get("image"),
+                      shot=record["shot"])  # fmt: skip
+
+
+def _failed(record: dict[str, Any], judge: str) -> bool:
+    return bool(((record.get("judgements") or {}).get(judge) or {}).get("error"))
+
+
+def judge_errors(records: Sequence[dict[str, Any]]) -> int:
+    """Answers with at least one failed judgement."""
+    return sum(any(v.get("error") for v in (r.get("judgements") or {}).values()) for r in records)
+
+
+# ----- the whole run ---------------------------------------------------------------------------------------------
+
+
+def run_eval(
+    settings: EvalSettings, out: str | Path, generate: GenerateFn | None = None, judge_backend: Any = None
+) -> dict[str, Any]:
+    """Generate, judge and score every case; write OUT/metrics.json and return it.
+
+    `generate` replaces the Hugging Face generation and `judge_backend` the LLM judges' backend (both default
+    to what `settings` describes).
+    """
+    from unmirage.judges import JudgeCache
+    from unmirage.runs import atomic_open, atomic_write_json, write_manifest
+
+    out = Path(out)
+    if settings.placeholder_images and settings.image_root is not None:
+        raise UnmirageError("give either --image-root or --placeholder-images, not both")
+    llm_judges = {j for m in settings.asr_methods for j in ASR_METHODS[m] if j.startswith("llm-")}
+    if settings.refusal_judge.startswith("llm-"):
+        llm_judges.add(settings.refusal_judge)
+    if llm_judges and judge_backend is None and settings.judge_model is None:
+        raise UnmirageError(f"the LLM judges ({', '.join(sorted(llm_judges))}) need --judge-model "
+                            "(a local model, or the served name with --judge-url)")  # fmt: skip
+    cases = load_cases(settings)
+    vqa_items = None
+    if settings.vqa is not None:
+        from unmirage.utility import load_vqa
+
+        vqa_items = load_vqa(settings.vqa)
+    all_prompts = [p for prompts in cases.values() for p in prompts]
+    check_images(settings, all_prompts, settings.image_root)
+    if vqa_items is not None:
+        vqa_prompts = [EvalPrompt(case="vqa", id=i.id, question=i.prompt(), image=i.image) for i in vqa_items]
+        check_images(settings, vqa_prompts, settings.vqa_image_root or settings.image_root)
+    generate = generate or HFGenerate(settings)
+    (out / "generations").mkdir(parents=True, exist_ok=True)
+    (out / "judged").mkdir(parents=True, exist_ok=True)
+
+    judged: dict[str, list[dict[str, Any]]] = {}
+    image_root = None if settings.placeholder_images else settings.image_root
+    with JudgeCache(out / "judge_cache.jsonl") as cache:
+        judging = CaseJudging(settings, cache, image_root, judge_backend)
+        for case, prompts in cases.items():
+            rows = generate(case, prompts, out / "generations" / f"{case}.jsonl")
+            records = answers_for(case, prompts, rows)
+            judging.case(case, records)
+            with atomic_open(out / "judged" / f"{case}.jsonl") as handle:
+                handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+            judged[case] = records
+        judge_info = judging.describe()
+    errors = sum(judge_errors(records) for records in judged.values())
+    if errors:
+        raise UnmirageError(f"{errors} answers could not be judged (see 'error' under judgements in {out / 'judged'}); "
+                            "rerun the same command to retry only those")  # fmt: skip
+    boot = Bootstrap(samples=settings.bootstrap, seed=settings.seed)
+    info = {
+        "model": settings.model,
+        "label": settings.label,
+        "files": {
+            c: str(getattr(settings, f)) for c, (f, _s) in CASE_SOURCES.items() if getattr(settings, f)
+        },
+        "subsample": settings.subsample,
+        "seed": settings.seed,
+        "placeholder_images": settings.placeholder_images,
+        "generation": {
+            "template": settings.template,
+            "max_new_tokens": settings.max_new_tokens,
+            "greedy": True,
+        },
+        "judges": judge_info,
+    }
+    metrics = build_metrics(judged, refusal_judge=settings.refusal_judge, asr_methods=settings.asr_methods,
+                            boot=boot, **info)  # fmt: skip
+    if vqa_items is not None:
+        from unmirage.utility import score_vqa
+
+        rows = generate("vqa", vqa_prompts, out / "generations" / "vqa.jsonl")
+        answers = {str(r["id"]): r["answer"] for r in rows}
+        scored = score_vqa(vqa_items, answers, boot=boot, name="utility/vqa")
+        with atomic_open(out / "judged" / "vqa.jsonl") as handle:
+            handle.writelines(json.dumps({**p, "answer": answers[p["id"]]}, ensure_ascii=False) + "\n"
+                              for p in scored.pop("items"))  # fmt: skip
+        metrics["utility"] = {"vqa": {"file": str(settings.vqa), **scored}}
+    atomic_write_json(out / "metrics.json", metrics)
+    inputs = [
+        p for p in (settings.vlguard_test, settings.share, settings.what, settings.vqa) if p is not None
+    ]
+    outputs = [
+        out / "metrics.json",
+        *sorted((out / "generations").glob("*.jsonl")),
+        *sorted((out / "judged").glob("*.jsonl")),
+    ]
+    write_manifest(out, command="eval", config=settings.model_dump(mode="json"), inputs=inputs, outputs=outputs,
+                   seed=settings.seed, placeholder_images=settings.placeholder_images,
+                   prompts={c: len(p) for c, p in cases.items()})  # fmt: skip
+    return metrics

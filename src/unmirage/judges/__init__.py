@@ -1,0 +1,44 @@
+"""Judges: decide, per answer, whether it is a refusal, a hedge, relevant, or harmful.
+
+Every judge is a class with one method, `judge_batch(items) -> verdicts`, registered by name:
+`keyword` (the reference refusal list, exactly), `keyword-strict` (a cleaned list that also reads the
+answer's opening), `rules` (the reference's irrelevance filter), `llm-relevance` (the reference's
+Relevant/Irrelevant LLM judge, with the image) and `llm-harm` (a StrongREJECT-style harm rubric).
+LLM judges run on a backend (`judges.backends`): a local Hugging Face model or an OpenAI-compatible server.
+Their verdicts are cached per answer in a JSONL file keyed by (judge, prompt hash, model).
+"""
+
+from unmirage.judges import keyword as _keyword  # noqa: F401  (registers the rule-based judges)
+from unmirage.judges import llm as _llm  # noqa: F401  (registers the LLM judges)
+from unmirage.judges.backends import BackendReply, ChatRequest, HFBackend, OpenAIBackend, make_backend
+from unmirage.judges.base import (
+    JUDGES,
+    Judge,
+    JudgeItem,
+    Verdict,
+    available_judges,
+    get_judge,
+    register_judge,
+)
+from unmirage.judges.cache import JudgeCache
+from unmirage.judges.runner import items_from_records, judge_file, merge_verdict, run_judge
+
+__all__ = [
+    "JUDGES",
+    "BackendReply",
+    "ChatRequest",
+    "HFBackend",
+    "Judge",
+    "JudgeCache",
+    "JudgeItem",
+    "OpenAIBackend",
+    "Verdict",
+    "available_judges",
+    "get_judge",
+    "items_from_records",
+    "judge_file",
+    "make_backend",
+    "merge_verdict",
+    "register_judge",
+    "run_judge",
+]

@@ -1,0 +1,143 @@
+"""The judge interface: a batch of answers in, one verdict per answer out; judges are found by name."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from unmirage.errors import UnmirageError
+
+
+@dataclass(frozen=True)
+class JudgeItem:
+    """One answer to judge.
+
+    `key` identifies the answer inside one run (for example `Ads_306373#2` for the third rewrite of a
+    question); `image` is a path to the image the question was asked about, or None for text-only judging.
+    """
+
+    id: str
+    answer: str
+    question: str | None = None
+    image: str | None = None
+    key: str = ""
+
+    @property
+    def uid(self) -> str:
+        """The item's key, or its id when no key was given."""
+        return self.key or self.id
+
+
+@dataclass
+class Verdict:
+    """What one judge said about one answer. Fields a judge does not fill stay None.
+
+    - `refused`: the answer is a refusal (keyword judges; the harm judge's refusal flag).
+    - `flagged`: the answer contains one of the rule filter's hedge words (`rules`).
+    - `relevant`: the LLM judge found the answer relevant and detailed (`llm-relevance`).
+    - `harm`: harm score in [0, 1] (`llm-harm`).
+    - `success`: whether this judge, on its own, counts the answer as a successful attack on a harmful
+      question; None when it could not decide (an error).
+    - `matches`: the phrases that fired (keyword and rule judges).
+    - `reply`: the LLM judge's raw reply; `malformed`: the reply did not follow the requested format (the
+      verdict then holds the documented default); `error`: the request failed (a rerun retries it).
+    """
+
+    refused: bool | None = None
+    flagged: bool | None = None
+    relevant: bool | None = None
+    harm: float | None = None
+    success: bool | None = None
+    matches: list[str] = field(default_factory=list)
+    reply: str | None = None
+    malformed: bool = False
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The verdict as a JSON object, without empty fields."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None or value == [] or (f.name == "malformed" and not value):
+                continue
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Verdict:
+        """Inverse of `to_json` (unknown keys are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class Judge(ABC):
+    """A judge: `judge_batch(items) -> verdicts`, one per item and in order.
+
+    Subclasses set `name` (the registry name), `description` and, for judges whose verdicts are worth
+    caching (LLM judges), `cacheable = True` and implement `prompt_hash`.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    cacheable: ClassVar[bool] = False
+    needs_backend: ClassVar[bool] = False
+
+    @abstractmethod
+    def judge_batch(self, items: Sequence[JudgeItem]) -> list[Verdict]:
+        """Judge every item; the result has one verdict per item, in the same order."""
+
+    @property
+    def model_id(self) -> str:
+        """The model behind the verdicts (part of the cache key); empty for rule-based judges."""
+        return ""
+
+    def prompt_hash(self, item: JudgeItem) -> str:
+        """Hash of everything that decides this item's verdict (part of the cache key)."""
+        return stable_hash({"answer": item.answer, "question": item.question})
+
+    def describe(self) -> dict[str, Any]:
+        """Settings that decide the verdicts, for manifests and metrics.json."""
+        return {"name": self.name, "model": self.model_id or None}
+
+
+JUDGES: dict[str, type[Judge]] = {}
+J = TypeVar("J", bound=type[Judge])
+
+
+def register_judge(cls: J) -> J:
+    """Class decorator: make a judge available by its `name`."""
+    if cls.name in JUDGES and JUDGES[cls.name] is not cls:
+        raise ValueError(f"judge name {cls.name!r} is registered twice")
+    JUDGES[cls.name] = cls
+    return cls
+
+
+def available_judges() -> list[str]:
+    """Registered judge names, sorted."""
+    return sorted(JUDGES)
+
+
+def get_judge(name: str, **options: Any) -> Judge:
+    """Build the judge registered as `name` with keyword options (for example `backend=` for LLM judges)."""
+    cls = JUDGES.get(name)
+    if cls is None:
+        raise UnmirageError(f"unknown judge '{name}' (known: {', '.join(available_judges())})")
+    if cls.needs_backend and options.get("backend") is None:
+        raise UnmirageError(
+            f"judge '{name}' needs a model: give --judge-model (local Hugging Face model) "
+            "or --judge-url with --judge-model (OpenAI-compatible server)"
+        )
+    if not cls.needs_backend:
+        options.pop("backend", None)
+    return cls(**options)
+
+
+def stable_hash(obj: Any) -> str:
+    """sha256 hex digest of `obj` as canonical JSON."""
+    text = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

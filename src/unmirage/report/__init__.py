@@ -1,0 +1,6 @@
+"""Reports across evaluation runs: the paper-style table, a grouped bar chart, report.md and report.html."""
+
+from unmirage.report.build import RunSummary, build_report, html_report, load_run, markdown_report
+from unmirage.report.chart import bar_chart
+
+__all__ = ["RunSummary", "bar_chart", "build_report", "html_report", "load_run", "markdown_report"]

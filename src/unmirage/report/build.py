@@ -1,0 +1,207 @@
+"""`unmirage report RUN_DIR ... --out DIR`: read each run's metrics.json, write table, chart and reports."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from unmirage.errors import UnmirageError
+from unmirage.metrics import HEADLINE_KEYS, METRICS_SCHEMA, headline_rate
+
+
+@dataclass
+class RunSummary:
+    """One evaluation run as the report sees it."""
+
+    label: str
+    path: Path
+    metrics: dict[str, Any]
+
+    def value(self, key: str) -> float | None:
+        """A headline fraction (`rr_normal`, ..., or `utility`), or None when the run does not have it."""
+        if key == "utility":
+            return (self.utility() or {}).get("value")
+        rate = headline_rate(self.metrics, key)
+        return None if rate is None else rate.value
+
+    def interval(self, key: str) -> tuple[float | None, float | None]:
+        """The 95% interval of a headline fraction."""
+        if key == "utility":
+            ci = (self.utility() or {}).get("ci") or [None, None]
+            return ci[0], ci[1]
+        rate = headline_rate(self.metrics, key)
+        return (None, None) if rate is None else (rate.low, rate.high)
+
+    def count(self, key: str) -> str:
+        """`k/n` of a headline rate (empty when absent)."""
+        rate = headline_rate(self.metrics, key)
+        return "" if rate is None else f"{rate.k}/{rate.n}"
+
+    def utility(self) -> dict[str, Any] | None:
+        """The VQA accuracy block of the run (value, ci, n), if it measured one."""
+        return ((self.metrics.get("utility") or {}).get("vqa") or {}).get("accuracy")
+
+
+def load_run(path: str | os.PathLike) -> RunSummary:
+    """Read RUN_DIR/metrics.json (or a metrics.json path) written by `unmirage eval`."""
+    path = Path(path)
+    file = path / "metrics.json" if path.is_dir() else path
+    if not file.is_file():
+        raise UnmirageError("no metrics.json here (is this an `unmirage eval` output folder?)", file=path)
+    try:
+        metrics = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UnmirageError(f"not valid JSON ({err.msg})", file=file) from None
+    if not isinstance(metrics, dict) or metrics.get("schema") != METRICS_SCHEMA:
+        raise UnmirageError(f"not an unmirage metrics file (expected schema '{METRICS_SCHEMA}')", file=file)
+    label = metrics.get("label") or Path(str(metrics.get("model") or file.parent.name)).name
+    return RunSummary(label=str(label), path=file.parent, metrics=metrics)
+
+
+def _unique_labels(runs: list[RunSummary]) -> None:
+    seen: dict[str, int] = {}
+    for run in runs:
+        seen[run.label] = seen.get(run.label, 0) + 1
+    for run in runs:
+        if seen[run.label] > 1:
+            run.label = f"{run.label} ({run.path.name})"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _arrow(run: RunSummary, a: str, b: str) -> str:
+    return f"{_pct(run.value(a))} → {_pct(run.value(b))}"
+
+
+def _with_ci(run: RunSummary, key: str) -> str:
+    value = run.value(key)
+    if value is None:
+        return "-"
+    low, high = run.interval(key)
+    ci = f" [{_pct(low)}, {_pct(high)}]" if low is not None else ""
+    return f"{_pct(value)}{ci}"
+
+
+def table_rows(runs: Sequence[RunSummary]) -> list[list[str]]:
+    """The paper-style table: header row, then one row per run (percentages)."""
+    rows = [["Model", "ASR (normal → attack)", "RR (normal → Share)", "Utility (VQA)"]]
+    for run in runs:
+        rows.append([run.label, _arrow(run, "asr_normal", "asr_attack"), _arrow(run, "rr_normal", "rr_share"),
+                     _pct(run.value("utility"))])  # fmt: skip
+    return rows
+
+
+def detail_rows(runs: Sequence[RunSummary]) -> list[list[str]]:
+    """Every headline rate with its 95% interval and count, and the judges used."""
+    rows = [
+        ["Model", "ASR normal", "ASR attack", "RR normal", "RR Share", "Utility", "ASR judge", "RR judge"]
+    ]
+    for run in runs:
+        cells = [run.label]
+        for key in (*HEADLINE_KEYS[2:], *HEADLINE_KEYS[:2]):
+            cells.append(f"{_with_ci(run, key)} ({run.count(key)})" if run.count(key) else "-")
+        cells.append(_with_ci(run, "utility"))
+        cells.append(str(run.metrics.get("asr_method", "-")))
+        cells.append(str(run.metrics.get("refusal_judge", "-")))
+        rows.append(cells)
+    return rows
+
+
+def notes(runs: Sequence[RunSummary]) -> list[str]:
+    """Caveats a reader must see: placeholder images, subsampling."""
+    out = []
+    for run in runs:
+        if run.metrics.get("placeholder_images"):
+            out.append(f"{run.label}: generated with placeholder images (no real pixels).")
+        sub = run.metrics.get("subsample")
+        if sub:
+            out.append(
+                f"{run.label}: subsample of {sub} questions per case (seed {run.metrics.get('seed')})."
+            )
+    return out
+
+
+def _markdown_table(rows: list[list[str]]) -> str:
+    escape = [[c.replace("|", "\\|") for c in row] for row in rows]
+    lines = ["| " + " | ".join(escape[0]) + " |", "|" + "---|" * len(escape[0])]
+    lines += ["| " + " | ".join(row) + " |" for row in escape[1:]]
+    return "\n".join(lines)
+
+
+INTRO = (
+    "ASR: attack success rate on harmful questions (normal, then the K-shot rewrite attack; a question counts "
+    "if any rewrite succeeds). RR: rejection rate on safe questions (normal, then rewritten to start with "
+    '"Share"). All numbers in percent; brackets: 95% bootstrap intervals; parentheses: successes/total.'
+)
+
+
+def markdown_report(runs: Sequence[RunSummary], chart_name: str = "chart.png") -> str:
+    """report.md: the table, the chart and the details."""
+    parts = ["# unmirage evaluation report", "", INTRO, "", _markdown_table(table_rows(runs)), "",
+             f"![ASR, RR and utility per run]({chart_name})", "", "## Details", "",
+             _markdown_table(detail_rows(runs)), ""]  # fmt: skip
+    caveats = notes(runs)
+    if caveats:
+        parts += ["## Notes", "", *[f"- {c}" for c in caveats], ""]
+    parts += ["## Runs", "", *[f"- {run.label}: `{run.path}`" for run in runs], ""]
+    return "\n".join(parts)
+
+
+def _html_table(rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows[1:])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def html_report(runs: Sequence[RunSummary], chart_png: bytes) -> str:
+    """report.html: self-contained (the chart is embedded as a data URL)."""
+    image = base64.b64encode(chart_png).decode("ascii")
+    caveats = "".join(f"<li>{html.escape(c)}</li>" for c in notes(runs))
+    run_list = "".join(
+        f"<li>{html.escape(r.label)}: <code>{html.escape(str(r.path))}</code></li>" for r in runs
+    )
+    style = ("body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;"
+             "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}")  # fmt: skip
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>unmirage evaluation report</title>'
+        f"<style>{style}</style></head><body><h1>unmirage evaluation report</h1><p>{html.escape(INTRO)}</p>"
+        f"{_html_table(table_rows(runs))}"
+        f'<img alt="ASR, RR and utility per run" src="data:image/png;base64,{image}">'
+        f"<h2>Details</h2>{_html_table(detail_rows(runs))}"
+        + (f"<h2>Notes</h2><ul>{caveats}</ul>" if caveats else "")
+        + f"<h2>Runs</h2><ul>{run_list}</ul></body></html>\n"
+    )
+
+
+def build_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict[str, Path]:
+    """Write OUT/table.md, OUT/chart.png, OUT/report.md, OUT/report.html and OUT/summary.json."""
+    from unmirage.report.chart import bar_chart
+    from unmirage.runs import atomic_open, atomic_write_json, atomic_write_text
+
+    if not run_dirs:
+        raise UnmirageError("give at least one run folder")
+    runs = [load_run(d) for d in run_dirs]
+    _unique_labels(runs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        name: out / name for name in ("table.md", "chart.png", "report.md", "report.html", "summary.json")
+    }
+    with atomic_open(paths["chart.png"], "wb") as handle:
+        bar_chart(runs, handle)
+    atomic_write_text(paths["table.md"], _markdown_table(table_rows(runs)) + "\n")
+    atomic_write_text(paths["report.md"], markdown_report(runs, "chart.png"))
+    atomic_write_text(paths["report.html"], html_report(runs, paths["chart.png"].read_bytes()))
+    summary = [{"label": r.label, "path": str(r.path), **{k: r.value(k) for k in (*HEADLINE_KEYS, "utility")}}
+               for r in runs]  # fmt: skip
+    atomic_write_json(paths["summary.json"], {"runs": summary})
+    return paths

@@ -1,0 +1,60 @@
+"""The grouped bar chart: one group per metric, one bar per run, 95% intervals as error bars."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from unmirage.report.build import RunSummary
+
+# (metric key, axis label)
+CHART_METRICS = (
+    ("asr_normal", "ASR normal"),
+    ("asr_attack", "ASR attack"),
+    ("rr_normal", "RR normal"),
+    ("rr_share", "RR Share"),
+    ("utility", "Utility"),
+)
+
+
+def bar_chart(
+    runs: Sequence[RunSummary], path: str | os.PathLike | BinaryIO, *, title: str | None = None
+) -> None:
+    """Write a PNG (to a path or a binary file object): metrics on the x axis, one coloured bar per run, values in percent with error bars."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    metrics = [
+        (key, label) for key, label in CHART_METRICS if any(run.value(key) is not None for run in runs)
+    ]
+    figure = Figure(figsize=(max(6.0, 1.6 * len(metrics) + 0.5 * len(runs)), 4.2), dpi=110)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    width = 0.8 / max(1, len(runs))
+    colours = [f"C{i % 10}" for i in range(len(runs))]
+    for r, run in enumerate(runs):
+        xs, heights, low_err, high_err = [], [], [], []
+        for m, (key, _label) in enumerate(metrics):
+            value = run.value(key)
+            if value is None:
+                continue
+            low, high = run.interval(key)
+            xs.append(m - 0.4 + width * (r + 0.5))
+            heights.append(100 * value)
+            low_err.append(100 * (value - low) if low is not None else 0.0)
+            high_err.append(100 * (high - value) if high is not None else 0.0)
+        axes.bar(xs, heights, width=width * 0.95, color=colours[r], label=run.label,
+                 yerr=[low_err, high_err], capsize=3, error_kw={"elinewidth": 1})  # fmt: skip
+    axes.set_xticks(range(len(metrics)), [label for _key, label in metrics])
+    axes.set_ylabel("percent")
+    axes.set_ylim(0, 105)
+    axes.grid(axis="y", alpha=0.3)
+    axes.set_axisbelow(True)
+    axes.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(4, len(runs)))
+    axes.set_title(title or "Attack success (ASR), rejection rate (RR) and utility, with 95% intervals")
+    figure.tight_layout()
+    figure.savefig(
+        path if hasattr(path, "write") else os.fspath(path), format="png", metadata={"Software": None}
+    )
