@@ -113,7 +113,7 @@ def _take_valid(
         if reason is not None:
             rejected.append(
                 {"id": item.record["id"], "original": item.question, "candidate": text, "source": cand.source}
-                | {"reason": reason}
+                | {"reason": reason, "_item": item}
             )
             continue
         seen.add(text.lower())
@@ -130,10 +130,13 @@ def parse_llm_lines(text: str) -> list[str]:
     return out
 
 
-def llm_prompt(question: str, trigger: str, n: int) -> str:
-    """The paraphrasing instruction sent to the model for one question."""
+def llm_prompt(question: str, trigger: str, n: int, feedback: Sequence[str] = ()) -> str:
+    """The paraphrasing instruction sent to the model for one question (with why earlier tries failed)."""
     words = ", ".join(content_words(question)) or "(none)"
-    return LLM_PROMPT.format(trigger=trigger, words=words, n=n, question=question)
+    prompt = LLM_PROMPT.format(trigger=trigger, words=words, n=n, question=question)
+    if feedback:
+        prompt += "\n\nEarlier rewrites were rejected: " + "; ".join(dict.fromkeys(feedback)) + "."
+    return prompt
 
 
 def _fill_with_llm(
@@ -152,9 +155,12 @@ def _fill_with_llm(
         todo = [it for it in items if len(it.shots) < k]
         if not todo:
             return
-        for start in tqdm(range(0, len(todo), batch_size), desc=f"llm rewrites (try {attempt + 1})", leave=False):
+        for start in tqdm(
+            range(0, len(todo), batch_size), desc=f"llm rewrites (try {attempt + 1})", leave=False
+        ):
             batch = todo[start : start + batch_size]
-            replies = generate([llm_prompt(it.question, trigger, k) for it in batch])
+            feedback = {id(it): [r["reason"] for r in rejected if r["_item"] is it] for it in batch}
+            replies = generate([llm_prompt(it.question, trigger, k, feedback[id(it)]) for it in batch])
             if len(replies) != len(batch):
                 raise UnmirageError(f"the generator returned {len(replies)} replies for {len(batch)} prompts")
             for it, reply in zip(batch, replies):
@@ -206,7 +212,9 @@ def build_attack(
         for item in items:
             if len(item.shots) < k:
                 source = "rules" if mode == "rules" else "rules-fallback"
-                cands = [Candidate(c.text, f"{source}:{c.source}") for c in rule_candidates(item.question, trigger)]
+                cands = [
+                    Candidate(c.text, f"{source}:{c.source}") for c in rule_candidates(item.question, trigger)
+                ]
                 _take_valid(item, cands, trigger, k, min_keep, rejected)
     out_records: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
@@ -222,6 +230,7 @@ def build_attack(
                 {"id": item.record["id"], "original": item.question, "shots": len(item.shots)}
                 | {"missing": k - len(item.shots)}
             )
+    rejected = [{key: v for key, v in r.items() if key != "_item"} for r in rejected]
     return AttackResult(out_records, trigger, k, subset, mode, len(items), rejected, failures, dict(sources))
 
 
@@ -278,5 +287,26 @@ def openai_chat_generator(
             except (KeyError, IndexError, TypeError):
                 raise UnmirageError(f"endpoint {url} returned no choices[0].message.content") from None
         return replies
+
+    return generate
+
+
+def local_text_generator(
+    model: str, *, max_new_tokens: int = 256, batch_size: int = 8, dtype: str = "auto"
+) -> TextGenerator:
+    """A `TextGenerator` on a local model (`unmirage.models` + `unmirage.generate`, chat template, greedy)."""
+    import torch
+
+    from unmirage.generate import BatchedGenerator, GenerationConfig, GenItem
+    from unmirage.models import load_model
+
+    loaded = load_model(model, dtype=dtype, device_map="cuda" if torch.cuda.is_available() else None)
+    generator = BatchedGenerator(
+        loaded, GenerationConfig(template="chat", max_new_tokens=max_new_tokens, batch_size=batch_size)
+    )
+
+    def generate(prompts: list[str]) -> list[str]:
+        rows = generator([GenItem(id=str(i), question=p) for i, p in enumerate(prompts)])
+        return [r["answer"] for r in rows]
 
     return generate

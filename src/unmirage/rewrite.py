@@ -30,7 +30,9 @@ DO = frozenset({"do", "does", "did"})
 MODALS = frozenset({"can", "could", "would", "will", "should", "shall", "may", "might", "must"})
 HAVE = frozenset({"has", "have", "had"})
 AUXILIARIES = BE | DO | MODALS | HAVE
-SUBJECT_PRONOUNS = frozenset({"i", "you", "we", "they", "he", "she", "it", "there", "one", "someone", "people"})
+SUBJECT_PRONOUNS = frozenset(
+    {"i", "you", "we", "they", "he", "she", "it", "there", "one", "someone", "people"}
+)
 DETERMINERS = frozenset(
     {"the", "a", "an", "this", "that", "these", "those", "his", "her", "their", "its", "my", "your", "our"}
     | {"some", "any", "each", "every", "no"}
@@ -40,21 +42,59 @@ PREPOSITIONS = frozenset(
     | {"under", "through", "between", "during", "towards", "toward", "near", "behind", "around", "upon"}
 )
 ING_NOUNS = frozenset(
-    {"thing", "things", "something", "anything", "nothing", "everything", "clothing", "king", "ring", "spring"}
+    {
+        "thing",
+        "things",
+        "something",
+        "anything",
+        "nothing",
+        "everything",
+        "clothing",
+        "king",
+        "ring",
+        "spring",
+    }
     | {"string", "building", "buildings", "evening", "morning", "wedding", "painting", "paintings", "drawing"}
     | {"setting", "settings", "meaning", "ceiling", "during", "feeling", "feelings", "sibling", "siblings"}
     | {"being", "beings", "bring", "sing", "swing", "wing", "wings", "ping", "sling", "darling", "offspring"}
     | {"lighting", "clothing", "housing", "packaging", "marketing", "advertising", "branding", "signage"}
 )
-LY_NOUNS = frozenset({"family", "only", "supply", "early", "daily", "likely", "holy", "belly", "ally", "italy"})
+LY_NOUNS = frozenset(
+    {"family", "only", "supply", "early", "daily", "likely", "holy", "belly", "ally", "italy"}
+)
 IRREGULAR_PARTICIPLES = frozenset(
     {"shown", "seen", "done", "made", "written", "given", "taken", "known", "drawn", "worn", "held", "built"}
-    | {"hidden", "taught", "sold", "told", "found", "put", "set", "kept", "left", "meant", "thought", "brought"}
+    | {
+        "hidden",
+        "taught",
+        "sold",
+        "told",
+        "found",
+        "put",
+        "set",
+        "kept",
+        "left",
+        "meant",
+        "thought",
+        "brought",
+    }
 )
 # Common main verbs after a noun-phrase subject in image questions ("does the sign say", "can the man do").
 CLAUSE_VERBS = frozenset(
     {"do", "say", "mean", "show", "suggest", "indicate", "represent", "convey", "depict", "tell", "imply"}
-    | {"look", "reveal", "contain", "feature", "symbolize", "signify", "include", "need", "want", "use", "see"}
+    | {
+        "look",
+        "reveal",
+        "contain",
+        "feature",
+        "symbolize",
+        "signify",
+        "include",
+        "need",
+        "want",
+        "use",
+        "see",
+    }
     | {"infer", "learn", "expect", "make", "have", "be", "feel", "think", "promote", "advertise", "offer"}
     | {"sell", "provide", "display", "describe", "portray", "communicate", "evoke", "reflect", "highlight"}
     | {"emphasize", "illustrate", "help", "cause", "affect", "happen", "contribute", "serve", "get", "take"}
@@ -102,10 +142,23 @@ POLITE = frozenset({"please", "kindly"})
 
 MODAL_TRIGGERS = frozenset({"can", "could", "would", "will"})
 EMBED_TRIGGERS = frozenset(
-    {"describe", "explain", "tell", "discuss", "outline", "detail", "show", "analyze", "summarize", "identify"}
+    {
+        "describe",
+        "explain",
+        "tell",
+        "discuss",
+        "outline",
+        "detail",
+        "show",
+        "analyze",
+        "summarize",
+        "identify",
+    }
 )
 OBJECT_TRIGGERS = frozenset({"provide", "give", "generate", "create", "write", "offer", "suggest", "list"})
-KNOWN_TRIGGERS = frozenset({"what", "share", "please", "how"}) | MODAL_TRIGGERS | EMBED_TRIGGERS | OBJECT_TRIGGERS
+KNOWN_TRIGGERS = (
+    frozenset({"what", "share", "please", "how"}) | MODAL_TRIGGERS | EMBED_TRIGGERS | OBJECT_TRIGGERS
+)
 
 _FINAL_PUNCT = re.compile(r"[\s.?!]+$")
 
@@ -224,11 +277,15 @@ def _uninvert(head: list[str], aux: str, rest: list[str], allow_be_end: bool) ->
     return head + rest[:j] + [aux_l] + rest[j:]
 
 
-_SECOND_CLAUSE = re.compile(r"\b(?:and|or|but)\s+(?:" + "|".join(sorted(WH_WORDS | AUXILIARIES)) + r")\b", re.I)
+_SECOND_CLAUSE = re.compile(
+    r"\b(?:and|or|but)\s+(?:" + "|".join(sorted(WH_WORDS | AUXILIARIES)) + r")\b", re.I
+)
 
 
 def _single_clause(text: str) -> bool:
-    return not any(mark in text for mark in (",", ";", ":", '"', "?", "(")) and not _SECOND_CLAUSE.search(text)
+    return not any(mark in text for mark in (",", ";", ":", '"', "?", "(")) and not _SECOND_CLAUSE.search(
+        text
+    )
 
 
 def indirect_question(words: list[str]) -> str | None:
@@ -288,7 +345,9 @@ def parse_request(text: str) -> Parsed:
             second, third = words[1].lower(), words[2].lower()
             if second == "to":
                 task = " ".join(words[2:])
-            elif (second in MODALS or second == "do") and third in ("i", "we", "one", "you") and len(words) > 3:
+            elif (
+                (second in MODALS or second == "do") and third in ("i", "we", "one", "you") and len(words) > 3
+            ):
                 task = " ".join(words[3:])
         return Parsed(
             original,

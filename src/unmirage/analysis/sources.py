@@ -141,9 +141,13 @@ def llava_turns(records: list[Any], path: str | os.PathLike = "<data>") -> list[
             if not isinstance(message, dict) or message.get("from") != "human":
                 continue
             answer = messages[position + 1] if position + 1 < len(messages) else None
-            response = answer.get("value") if isinstance(answer, dict) and answer.get("from") == "gpt" else None
+            response = (
+                answer.get("value") if isinstance(answer, dict) and answer.get("from") == "gpt" else None
+            )
             question = str(message.get("value", "")).replace("<image>", " ").strip()
-            turns.append(Turn(record_id, index, "turn", question, response, record.get("image"), dict(record)))
+            turns.append(
+                Turn(record_id, index, "turn", question, response, record.get("image"), dict(record))
+            )
             index += 1
     return turns
 
@@ -154,7 +158,9 @@ def generic_turns(records: list[Any], path: str | os.PathLike = "<data>") -> lis
     for number, record in enumerate(records):
         if not isinstance(record, dict):
             raise UnmirageError("row is not a JSON object", file=path, record=number)
-        instruction = next((record[k] for k in ("prompt", "instruction", "question", "text") if k in record), None)
+        instruction = next(
+            (record[k] for k in ("prompt", "instruction", "question", "text") if k in record), None
+        )
         response = next((record[k] for k in ("response", "answer", "output") if k in record), None)
         record_id = str(record.get("id", number))
         turns.append(Turn(record_id, 0, "row", instruction, response, record.get("image"), dict(record)))

@@ -41,8 +41,8 @@ NEGATIVE_VALUES = frozenset(
     | {"negative", "non-toxic"}
 )
 
-RefusalJudge = Callable[[str], bool]
-"""A judge for labelling: takes a response, returns True when it is a refusal."""
+RefusalJudge = Callable[[Sequence[str]], list[bool]]
+"""A judge for labelling: responses in, one flag per response out (True: a refusal)."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,9 @@ def token_table(
             texts_b += 1
             count_b.update(tokens)
     if texts_a == 0 or texts_b == 0:
-        raise UnmirageError(f"need texts under both labels (got {texts_a} {labels[0]}, {texts_b} {labels[1]})")
+        raise UnmirageError(
+            f"need texts under both labels (got {texts_a} {labels[0]}, {texts_b} {labels[1]})"
+        )
     n_a, n_b = sum(count_a.values()), sum(count_b.values())
     total = n_a + n_b
     if total == 0:
@@ -177,7 +179,9 @@ def parse_label(value: Any, positive_values: Iterable[str] | None, where: dict[s
         return True
     if text in NEGATIVE_VALUES:
         return False
-    raise UnmirageError(f"label value {value!r} is neither a known positive nor negative (pass --positive)", **where)
+    raise UnmirageError(
+        f"label value {value!r} is neither a known positive nor negative (pass --positive)", **where
+    )
 
 
 def label_turns(
@@ -188,7 +192,7 @@ def label_turns(
     judge: RefusalJudge | None = None,
     label_field: str = "label",
     positive_values: Iterable[str] | None = None,
-    include_safe_unsafes: bool = True,
+    include_safe_unsafes: bool = False,
     path: str | os.PathLike = "<data>",
 ) -> tuple[list[LabelledText], tuple[str, str]]:
     """Turn data-set turns into labelled texts and the names of the two labels.
@@ -210,6 +214,15 @@ def label_turns(
         names = ("positive", "negative")
     else:
         raise UnmirageError(f"unknown label source '{label_by}' (choose from subset, judge, field)")
+    verdicts: list[bool] = []
+    if label_by == "judge":
+        missing = next((n for n, t in enumerate(turns) if t.response is None), None)
+        if missing is not None:
+            where = {"file": path, "record": turns[missing].record_id or missing}
+            raise UnmirageError("has no response to judge", field="response", **where)
+        verdicts = [bool(v) for v in judge([str(t.response) for t in turns])]  # type: ignore[misc]
+        if len(verdicts) != len(turns):
+            raise UnmirageError(f"the judge returned {len(verdicts)} verdicts for {len(turns)} responses")
     for number, turn in enumerate(turns):
         where = {"file": path, "record": turn.record_id or number}
         text = turn.text(text_field)
@@ -222,9 +235,7 @@ def label_turns(
                 continue
             positive = turn.kind != "safe_safe"
         elif label_by == "judge":
-            if turn.response is None:
-                raise UnmirageError("has no response to judge", field="response", **where)
-            positive = bool(judge(turn.response))  # type: ignore[misc]
+            positive = verdicts[number]
         else:
             if label_field not in turn.fields:
                 raise UnmirageError("has no label", field=label_field, **where)
@@ -242,7 +253,7 @@ def analyze_file(
     judge: RefusalJudge | None = None,
     label_field: str = "label",
     positive_values: Iterable[str] | None = None,
-    include_safe_unsafes: bool = True,
+    include_safe_unsafes: bool = False,
     ngram: int = 1,
     position: str = "first",
     prior_mass: float | None = None,
@@ -255,7 +266,11 @@ def analyze_file(
     fmt, turns = read_turns(path, fmt)
     if label_by == "auto":
         label_by = {"vlguard": "subset", "llava": "judge"}.get(fmt, "field")
-    if fmt == "jsonl" and text_field in ("instruction", "response") and not any(t.text(text_field) for t in turns):
+    if (
+        fmt == "jsonl"
+        and text_field in ("instruction", "response")
+        and not any(t.text(text_field) for t in turns)
+    ):
         text_field = "text"
     texts, names = label_turns(
         turns,
@@ -283,13 +298,9 @@ def analyze_file(
 
 def plot_top_tokens(result: SpuriousResult, path: str | os.PathLike, k: int = 15) -> None:
     """Diverging horizontal bar chart of the `k` strongest tokens each way (z-score; label A to the right)."""
-    import matplotlib
+    from unmirage.analysis.plotting import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from unmirage.runs import atomic_open
-
+    plt = pyplot()
     a, b = result.labels
     rows = list(reversed(result.top(k, "negative"))) + list(reversed(result.top(k, "positive")))
     rows.sort(key=lambda r: r["z"])
@@ -304,9 +315,7 @@ def plot_top_tokens(result: SpuriousResult, path: str | os.PathLike, k: int = 15
     ax.set_xlabel(f"z of weighted log-odds   <- {b}   |   {a} ->")
     ax.set_title(f"Tokens that separate {a} from {b} (counts {a}/{b})", fontsize=10)
     fig.tight_layout()
-    with atomic_open(Path(path), "wb") as handle:
-        fig.savefig(handle, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def write_report(result: SpuriousResult, out_dir: str | os.PathLike, top_k: int = 15) -> tuple[Path, Path]:

@@ -14,8 +14,7 @@ from collections.abc import Iterable
 
 _STRIP = string.punctuation + "\u2018\u2019\u201c\u201d\u2013\u2014\u2026 \t\r\n"
 
-FUNCTION_WORDS = frozenset(
-    """
+_FUNCTION_WORDS_TEXT = """
     a an the this that these those there here it its it's itself i me my mine myself we us our ours you your yours
     yourself he him his she her hers they them their theirs one one's someone something anyone anything
     what what's which who whom whose where when why how whether if then than so as such
@@ -26,8 +25,8 @@ FUNCTION_WORDS = frozenset(
     up down out off again further and or but also just only very too more most some any all each every both
     few other own same let let's like
     please kindly describe share tell explain list provide give
-    """.split()
-)
+"""
+FUNCTION_WORDS = frozenset(_FUNCTION_WORDS_TEXT.split())
 
 
 def words(text: str) -> list[str]:
@@ -81,7 +80,15 @@ def _bases(word: str) -> set[str]:
     if word.endswith("'s"):
         word = word[:-2]
         out.add(word)
-    for suffix, repl in (("ies", "y"), ("ied", "y"), ("es", ""), ("s", ""), ("ed", ""), ("ed", "e"), ("d", "")):
+    for suffix, repl in (
+        ("ies", "y"),
+        ("ied", "y"),
+        ("es", ""),
+        ("s", ""),
+        ("ed", ""),
+        ("ed", "e"),
+        ("d", ""),
+    ):
         if word.endswith(suffix) and len(word) - len(suffix) >= 2:
             out.add(word[: -len(suffix)] + repl)
     for repl in ("", "e"):
