@@ -266,12 +266,6 @@ def analyze_file(
     fmt, turns = read_turns(path, fmt)
     if label_by == "auto":
         label_by = {"vlguard": "subset", "llava": "judge"}.get(fmt, "field")
-    if (
-        fmt == "jsonl"
-        and text_field in ("instruction", "response")
-        and not any(t.text(text_field) for t in turns)
-    ):
-        text_field = "text"
     texts, names = label_turns(
         turns,
         text_field=text_field,
