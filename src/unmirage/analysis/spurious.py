@@ -1,0 +1,325 @@
+"""Spurious words of a safety data set: which tokens separate the two labels (unsafe/safe, refusal/compliant).
+
+For every token the texts of each label that contain it are counted (with `position="first"`, the token is the
+leading word or n-gram of the text). Two statistics rank the tokens:
+
+Weighted log-odds ratio with an informative Dirichlet prior (Monroe, Colaresi & Quinn 2008, "Fightin' Words"),
+label A (positive: unsafe / refusal) against label B (negative: safe / compliant):
+
+    delta_w = log((y_wA + a_w) / (n_A + a_0 - y_wA - a_w)) - log((y_wB + a_w) / (n_B + a_0 - y_wB - a_w))
+    var_w   = 1 / (y_wA + a_w) + 1 / (y_wB + a_w)
+    z_w     = delta_w / sqrt(var_w)
+
+where y_wX is the count of token w under label X, n_X the total token count under X, and the prior
+a_w = a_0 * (y_wA + y_wB) / (n_A + n_B) spreads a total mass a_0 (`prior_mass`, default n_A + n_B: the
+pooled counts themselves) in proportion to the pooled frequency of w. z > 0: the token goes with label A.
+
+Fisher's exact test (two-sided) on the 2x2 table [[y_wA, N_A - y_wA], [y_wB, N_B - y_wB]], N_X being the
+number of texts under label X.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unmirage.analysis.sources import Turn, read_turns
+from unmirage.analysis.tokens import ngrams
+from unmirage.errors import UnmirageError
+
+LABEL_SOURCES = ("auto", "subset", "judge", "field")
+POSITIVE_VALUES = frozenset(
+    {"1", "true", "unsafe", "harmful", "refusal", "refused", "refuse", "toxic", "yes", "positive"}
+)
+NEGATIVE_VALUES = frozenset(
+    {"0", "false", "safe", "unharmful", "harmless", "benign", "compliance", "compliant", "comply", "no"}
+    | {"negative", "non-toxic"}
+)
+
+RefusalJudge = Callable[[Sequence[str]], list[bool]]
+"""A judge for labelling: responses in, one flag per response out (True: a refusal)."""
+
+
+@dataclass(frozen=True)
+class LabelledText:
+    """One text with its binary label (True: label A, e.g. unsafe or refusal)."""
+
+    text: str
+    positive: bool
+    record_id: str = ""
+
+
+@dataclass
+class SpuriousResult:
+    """The ranked token table and what it was computed from."""
+
+    labels: tuple[str, str]
+    n_texts: dict[str, int]
+    n_tokens: dict[str, int]
+    prior_mass: float
+    tokens: list[dict[str, Any]]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def top(self, k: int, direction: str) -> list[dict[str, Any]]:
+        """The `k` tokens with the largest z towards label A (`direction="positive"`) or label B."""
+        if direction == "positive":
+            return [t for t in self.tokens if t["z"] > 0][:k]
+        return [t for t in reversed(self.tokens) if t["z"] < 0][:k]
+
+    def to_json(self, top_k: int = 20) -> dict[str, Any]:
+        """The content of `spurious.json`."""
+        a, b = self.labels
+        return {
+            **self.settings,
+            "labels": {"positive": a, "negative": b},
+            "n_texts": self.n_texts,
+            "n_tokens": self.n_tokens,
+            "prior_mass": self.prior_mass,
+            "formula": "Monroe et al. 2008 weighted log-odds (A vs B), informative Dirichlet prior "
+            "a_w = prior_mass * pooled frequency; z = log_odds / sd; p = two-sided Fisher exact",
+            f"top_{a}": [t["token"] for t in self.top(top_k, "positive")],
+            f"top_{b}": [t["token"] for t in self.top(top_k, "negative")],
+            "tokens": self.tokens,
+        }
+
+
+def weighted_log_odds(
+    y_a: float, y_b: float, n_a: float, n_b: float, alpha_w: float, alpha0: float
+) -> tuple[float, float]:
+    """(log-odds ratio delta, z-score) of one token, label A against label B (formula in the module doc)."""
+    if alpha_w <= 0 or alpha0 <= alpha_w:
+        raise ValueError("need 0 < alpha_w < alpha0")
+    odds_a = (y_a + alpha_w) / (n_a + alpha0 - y_a - alpha_w)
+    odds_b = (y_b + alpha_w) / (n_b + alpha0 - y_b - alpha_w)
+    delta = math.log(odds_a) - math.log(odds_b)
+    variance = 1.0 / (y_a + alpha_w) + 1.0 / (y_b + alpha_w)
+    return delta, delta / math.sqrt(variance)
+
+
+def fisher_p(y_a: int, y_b: int, texts_a: int, texts_b: int) -> float:
+    """Two-sided Fisher exact p-value of [[y_a, texts_a - y_a], [y_b, texts_b - y_b]]."""
+    from scipy.stats import fisher_exact
+
+    return float(fisher_exact([[y_a, texts_a - y_a], [y_b, texts_b - y_b]]).pvalue)
+
+
+def token_table(
+    texts: Sequence[LabelledText],
+    *,
+    ngram: int = 1,
+    position: str = "first",
+    prior_mass: float | None = None,
+    min_count: int = 1,
+    labels: tuple[str, str] = ("positive", "negative"),
+) -> SpuriousResult:
+    """Count tokens per label and rank them by z (most label-A first)."""
+    count_a: Counter[str] = Counter()
+    count_b: Counter[str] = Counter()
+    texts_a = texts_b = 0
+    for item in texts:
+        tokens = ngrams(item.text, ngram, position)
+        if item.positive:
+            texts_a += 1
+            count_a.update(tokens)
+        else:
+            texts_b += 1
+            count_b.update(tokens)
+    if texts_a == 0 or texts_b == 0:
+        raise UnmirageError(
+            f"need texts under both labels (got {texts_a} {labels[0]}, {texts_b} {labels[1]})"
+        )
+    n_a, n_b = sum(count_a.values()), sum(count_b.values())
+    total = n_a + n_b
+    if total == 0:
+        raise UnmirageError("no tokens found in the texts")
+    alpha0 = float(total if prior_mass is None else prior_mass)
+    if alpha0 <= 0:
+        raise UnmirageError("prior mass must be positive")
+    a, b = labels
+    rows = []
+    for token in sorted(set(count_a) | set(count_b)):
+        y_a, y_b = count_a[token], count_b[token]
+        if y_a + y_b < min_count:
+            continue
+        alpha_w = alpha0 * (y_a + y_b) / total
+        delta, z = weighted_log_odds(y_a, y_b, n_a, n_b, alpha_w, alpha0)
+        rows.append(
+            {
+                "token": token,
+                "counts": {a: y_a, b: y_b},
+                "log_odds": delta,
+                "z": z,
+                "p": fisher_p(y_a, y_b, texts_a, texts_b),
+            }
+        )
+    rows.sort(key=lambda r: (-r["z"], r["token"]))
+    for rank, row in enumerate(rows, 1):
+        row["rank"] = rank
+    return SpuriousResult(
+        labels=labels,
+        n_texts={a: texts_a, b: texts_b},
+        n_tokens={a: n_a, b: n_b},
+        prior_mass=alpha0,
+        tokens=rows,
+        settings={"ngram": ngram, "position": position, "min_count": min_count},
+    )
+
+
+def parse_label(value: Any, positive_values: Iterable[str] | None, where: dict[str, Any]) -> bool:
+    """Map a label value to True (label A) / False; unknown values are errors unless positives are given."""
+    text = str(value).strip().lower()
+    if positive_values is not None:
+        return text in {str(v).strip().lower() for v in positive_values}
+    if text in POSITIVE_VALUES:
+        return True
+    if text in NEGATIVE_VALUES:
+        return False
+    raise UnmirageError(
+        f"label value {value!r} is neither a known positive nor negative (pass --positive)", **where
+    )
+
+
+def label_turns(
+    turns: Sequence[Turn],
+    *,
+    text_field: str,
+    label_by: str,
+    judge: RefusalJudge | None = None,
+    label_field: str = "label",
+    positive_values: Iterable[str] | None = None,
+    include_safe_unsafes: bool = False,
+    path: str | os.PathLike = "<data>",
+) -> tuple[list[LabelledText], tuple[str, str]]:
+    """Turn data-set turns into labelled texts and the names of the two labels.
+
+    label_by:
+      `subset` (VLGuard): unsafe = instructions of unsafe images (plus the `unsafe_instruction` of safe images
+      when `include_safe_unsafes`), safe = `safe_instruction` of safe images.
+      `judge`: refusal / compliant, from `judge(response)`.
+      `field`: the value of `label_field` of each row (generic data sets).
+    """
+    out: list[LabelledText] = []
+    if label_by == "subset":
+        names = ("unsafe", "safe")
+    elif label_by == "judge":
+        names = ("refusal", "compliant")
+        if judge is None:
+            raise UnmirageError("labelling by a judge needs a judge")
+    elif label_by == "field":
+        names = ("positive", "negative")
+    else:
+        raise UnmirageError(f"unknown label source '{label_by}' (choose from subset, judge, field)")
+    verdicts: list[bool] = []
+    if label_by == "judge":
+        missing = next((n for n, t in enumerate(turns) if t.response is None), None)
+        if missing is not None:
+            where = {"file": path, "record": turns[missing].record_id or missing}
+            raise UnmirageError("has no response to judge", field="response", **where)
+        verdicts = [bool(v) for v in judge([str(t.response) for t in turns])]  # type: ignore[misc]
+        if len(verdicts) != len(turns):
+            raise UnmirageError(f"the judge returned {len(verdicts)} verdicts for {len(turns)} responses")
+    for number, turn in enumerate(turns):
+        where = {"file": path, "record": turn.record_id or number}
+        text = turn.text(text_field)
+        if text is None:
+            raise UnmirageError("has no text in this field", field=text_field, **where)
+        if label_by == "subset":
+            if turn.kind not in ("safe_safe", "safe_unsafe", "unsafe"):
+                raise UnmirageError("labelling by subset needs VLGuard data (use --label-by judge or field)")
+            if turn.kind == "safe_unsafe" and not include_safe_unsafes:
+                continue
+            positive = turn.kind != "safe_safe"
+        elif label_by == "judge":
+            positive = verdicts[number]
+        else:
+            if label_field not in turn.fields:
+                raise UnmirageError("has no label", field=label_field, **where)
+            positive = parse_label(turn.fields[label_field], positive_values, where)
+        out.append(LabelledText(str(text), positive, turn.record_id))
+    return out, names
+
+
+def analyze_file(
+    path: str | os.PathLike,
+    *,
+    fmt: str = "auto",
+    text_field: str = "instruction",
+    label_by: str = "auto",
+    judge: RefusalJudge | None = None,
+    label_field: str = "label",
+    positive_values: Iterable[str] | None = None,
+    include_safe_unsafes: bool = False,
+    ngram: int = 1,
+    position: str = "first",
+    prior_mass: float | None = None,
+    min_count: int = 1,
+) -> SpuriousResult:
+    """Read a data set and rank its tokens (see `label_turns` and `token_table`).
+
+    `label_by="auto"`: `subset` for VLGuard files, `field` for generic rows, `judge` for LLaVA conversations.
+    """
+    fmt, turns = read_turns(path, fmt)
+    if label_by == "auto":
+        label_by = {"vlguard": "subset", "llava": "judge"}.get(fmt, "field")
+    texts, names = label_turns(
+        turns,
+        text_field=text_field,
+        label_by=label_by,
+        judge=judge,
+        label_field=label_field,
+        positive_values=positive_values,
+        include_safe_unsafes=include_safe_unsafes,
+        path=path,
+    )
+    result = token_table(
+        texts, ngram=ngram, position=position, prior_mass=prior_mass, min_count=min_count, labels=names
+    )
+    result.settings = {
+        "source": str(path),
+        "format": fmt,
+        "field": text_field,
+        "label_by": label_by,
+        "include_safe_unsafes": include_safe_unsafes if label_by == "subset" else None,
+        **result.settings,
+    }
+    return result
+
+
+def plot_top_tokens(result: SpuriousResult, path: str | os.PathLike, k: int = 15) -> None:
+    """Diverging horizontal bar chart of the `k` strongest tokens each way (z-score; label A to the right)."""
+    from unmirage.analysis.plotting import pyplot, save_png
+
+    plt = pyplot()
+    a, b = result.labels
+    rows = list(reversed(result.top(k, "negative"))) + list(reversed(result.top(k, "positive")))
+    rows.sort(key=lambda r: r["z"])
+    height = max(3.0, 0.28 * len(rows) + 1.2)
+    fig, ax = plt.subplots(figsize=(8, height))
+    zs = [r["z"] for r in rows]
+    colors = ["#c0392b" if z > 0 else "#2e86c1" for z in zs]
+    ax.barh(range(len(rows)), zs, color=colors)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([f"{r['token']} ({r['counts'][a]}/{r['counts'][b]})" for r in rows], fontsize=8)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel(f"z of weighted log-odds   <- {b}   |   {a} ->")
+    ax.set_title(f"Tokens that separate {a} from {b} (counts {a}/{b})", fontsize=10)
+    fig.tight_layout()
+    save_png(fig, path)
+
+
+def write_report(result: SpuriousResult, out_dir: str | os.PathLike, top_k: int = 15) -> tuple[Path, Path]:
+    """Write `spurious.json` and `spurious.png` into `out_dir`; return their paths."""
+    from unmirage.runs import atomic_write_json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = out / "spurious.json"
+    chart = out / "spurious.png"
+    atomic_write_json(table, result.to_json(top_k))
+    plot_top_tokens(result, chart, top_k)
+    return table, chart

@@ -1,0 +1,175 @@
+"""`unmirage analyze`: spurious words of a data set, and trigger words of a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+analyze_app = typer.Typer(
+    help="Diagnose the safety mirage: spurious words in data, trigger words in a model.", no_args_is_help=True
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(analyze_app, name="analyze")
+
+
+@analyze_app.command(
+    "spurious", help="Rank the words that separate unsafe from safe (or refusal from compliant)."
+)
+def spurious(
+    file: Path = typer.Argument(..., help="VLGuard JSON, LLaVA conversation JSON/JSONL, or JSONL rows."),
+    out: Path = typer.Option(
+        ..., "--out", help="Output folder (spurious.json, spurious.png, manifest.json)."
+    ),
+    field: str = typer.Option("instruction", help="Text to tokenise: instruction, response, or a row field."),
+    position: str = typer.Option("first", help="first: the leading n-gram only; any: every n-gram."),
+    ngram: int = typer.Option(1, help="Tokens are n-grams of this many words."),
+    top: int = typer.Option(15, help="Tokens per direction in the chart and the top lists."),
+    fmt: str = typer.Option("auto", "--format", help="auto, vlguard, llava or jsonl."),
+    label_by: str = typer.Option(
+        "auto", help="auto, subset (VLGuard safe/unsafe), field (a row's label), keyword (refusal judge)."
+    ),
+    label_field: str = typer.Option("label", help="The label field of generic rows (--label-by field)."),
+    positive: list[str] = typer.Option(None, help="Label values that mean unsafe/positive (repeatable)."),
+    with_safe_unsafes: bool = typer.Option(
+        False, help="VLGuard: count the unsafe_instruction of safe images as unsafe too."
+    ),
+    prior_mass: float = typer.Option(None, help="Dirichlet prior mass a_0 (default: the total token count)."),
+    min_count: int = typer.Option(1, help="Leave out tokens seen fewer times in all."),
+) -> None:
+    from rich.console import Console
+
+    from unmirage.analysis.spurious import analyze_file, write_report
+    from unmirage.analysis.triggers import refusal_judge
+    from unmirage.errors import UnmirageError
+    from unmirage.runs import write_manifest
+
+    if position not in ("first", "any"):
+        raise UnmirageError(f"--position must be first or any, not '{position}'")
+    judge = None
+    if label_by in ("keyword", "keyword-strict"):
+        judge, label_by = refusal_judge(label_by), "judge"
+    result = analyze_file(
+        file,
+        fmt=fmt,
+        text_field=field,
+        label_by=label_by,
+        judge=judge,
+        label_field=label_field,
+        positive_values=positive or None,
+        include_safe_unsafes=with_safe_unsafes,
+        ngram=ngram,
+        position=position,
+        prior_mass=prior_mass,
+        min_count=min_count,
+    )
+    table, chart = write_report(result, out, top)
+    write_manifest(
+        out, command="analyze spurious", config=result.settings, inputs=[file], outputs=[table, chart]
+    )
+    console = Console()
+    a, b = result.labels
+    for direction, name in (("positive", a), ("negative", b)):
+        words = ", ".join(
+            f"{t['token']} ({t['counts'][a]}/{t['counts'][b]}, z={t['z']:.1f})"
+            for t in result.top(5, direction)
+        )
+        console.print(f"[bold]{name}[/bold]: {words}")
+    console.print(f"wrote {table} and {chart}")
+
+
+@analyze_app.command(
+    "triggers", help="Find the first words that flip a model's refusals (rewrite, answer, judge)."
+)
+def triggers(
+    model: str = typer.Option(..., help="Model: tiny-llava, a local folder or a Hub id."),
+    data: Path = typer.Option(..., help="VLGuard-format JSON file with the queries."),
+    out: Path = typer.Option(
+        ..., "--out", help="Output folder (triggers.json, triggers.png, generations.jsonl)."
+    ),
+    image_root: Path = typer.Option(None, help="Folder the records' image paths are relative to."),
+    candidates: Path = typer.Option(None, help="A spurious.json: take its --top words each way."),
+    top: int = typer.Option(10, help="Words taken each way from --candidates; bars in the chart."),
+    words: list[str] = typer.Option(None, help="Candidate words (repeatable or comma-separated)."),
+    subset: list[str] = typer.Option(
+        None, help="Query subsets: unsafes, safe_safes, safe_unsafes (default unsafes and safe_safes)."
+    ),
+    limit: int = typer.Option(None, help="Seeded sample of this many queries per subset."),
+    seed: int = typer.Option(0, help="Seed of the --limit sample."),
+    judge: str = typer.Option("keyword", help="Refusal judge: keyword (reference list) or keyword-strict."),
+    max_new_tokens: int = typer.Option(64, help="Answer length (a refusal shows in the first tokens)."),
+    batch_size: int = typer.Option(16, help="Generation batch size."),
+    template: str = typer.Option("v1", help="Prompt template: v1 (reference) or chat."),
+    placeholder_images: bool = typer.Option(
+        False, help="Use a grey image where a record's image is missing."
+    ),
+    dtype: str = typer.Option("auto", help="Model dtype: auto, float32, bfloat16, float16."),
+) -> None:
+    import json
+
+    import torch
+    from rich.console import Console
+
+    from unmirage.analysis.sources import read_vlguard_records
+    from unmirage.analysis.triggers import (
+        candidate_words,
+        discover_triggers,
+        model_answerer,
+        plot_rankings,
+        queries_from_vlguard,
+        refusal_judge,
+    )
+    from unmirage.errors import UnmirageError
+    from unmirage.generate import BatchedGenerator, GenerationConfig
+    from unmirage.models import load_model
+    from unmirage.runs import atomic_write_json, write_manifest
+
+    chosen = [w for item in (words or []) for w in item.split(",") if w.strip()]
+    if candidates is not None:
+        if not candidates.is_file():
+            raise UnmirageError("file not found", file=candidates)
+        chosen += candidate_words(json.loads(candidates.read_text(encoding="utf-8")), top)
+    if not chosen:
+        raise UnmirageError("give candidate words with --words or --candidates")
+    is_refusal = refusal_judge(judge)
+    records = read_vlguard_records(data)
+    queries = queries_from_vlguard(
+        records, subset or ("unsafes", "safe_safes"), image_root=image_root, limit=limit, seed=seed, path=data
+    )
+    device = "cuda" if torch.cuda.is_available() else None
+    loaded = load_model(model, dtype=dtype, device_map=device)
+    config = GenerationConfig(
+        template=template,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        placeholder_images=placeholder_images,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    answer = model_answerer(BatchedGenerator(loaded, config), out / "generations.jsonl")
+    result = discover_triggers(queries, chosen, answer, is_refusal)
+    result["settings"] = {
+        "model": model,
+        "judge": judge,
+        "template": template,
+        "max_new_tokens": max_new_tokens,
+    }
+    table, chart = out / "triggers.json", out / "triggers.png"
+    atomic_write_json(table, result)
+    plot_rankings(result, chart, top=max(top, 10))
+    write_manifest(
+        out,
+        command="analyze triggers",
+        config=result["settings"] | {"words": chosen, "limit": limit},
+        inputs=[data],
+        outputs=[table, chart],
+        seed=seed,
+    )
+    console = Console()
+    for direction, info in result["directions"].items():
+        best = ", ".join(f"{w['word']} ({w['flip_rate']:.0%})" for w in info["words"][:5])
+        console.print(
+            f"[bold]{direction}[/bold] (refusal rate as written {info['refusal_rate_original']:.0%}): {best}"
+        )
+    console.print(f"wrote {table} and {chart}")

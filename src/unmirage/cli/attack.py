@@ -1,0 +1,98 @@
+"""`unmirage attack build`: trigger-word attack files in the published schema."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+attack_app = typer.Typer(help="Build one-word and K-shot rewrite attacks.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(attack_app, name="attack")
+
+
+@attack_app.command(
+    "build", help="Rewrite each question K times to start with a trigger word; report failures."
+)
+def build(
+    data: Path = typer.Option(..., help="VLGuard-format JSON file (e.g. test.json)."),
+    trigger: str = typer.Option(..., help="The word every rewrite starts with (What, Share, Please, ...)."),
+    out: Path = typer.Option(..., "--out", help="Attack JSON file; the report goes to <stem>.report.json."),
+    k: int = typer.Option(1, "--k", help="Rewrites per question (consecutive records with the same id)."),
+    mode: str = typer.Option("rules", help="rules (deterministic templates) or llm (model paraphrases)."),
+    subset: str = typer.Option(
+        "unsafes", help="Which instruction to rewrite: unsafes, safe_safes, safe_unsafes."
+    ),
+    ids_from: Path = typer.Option(
+        None, help="Keep only the ids present in this file (e.g. a published attack)."
+    ),
+    model: str = typer.Option(
+        None, help="llm mode: local model folder/Hub id, or the model name at --endpoint."
+    ),
+    endpoint: str = typer.Option(None, help="llm mode: OpenAI-compatible server URL (http://host:port/v1)."),
+    api_key_env: str = typer.Option(
+        "OPENAI_API_KEY", help="Environment variable holding the endpoint's key."
+    ),
+    fallback: str = typer.Option("rules", help="llm mode: fill shots the model missed with rules, or none."),
+    attempts: int = typer.Option(2, help="llm mode: tries per question."),
+    max_new_tokens: int = typer.Option(256, help="llm mode: tokens per reply."),
+    min_keep: float = typer.Option(1.0, help="Share of the original's content words a rewrite must keep."),
+) -> None:
+    import json
+
+    from rich.console import Console
+
+    from unmirage.analysis.sources import read_vlguard_records
+    from unmirage.attacks import build_attack, openai_chat_generator, write_attack
+    from unmirage.errors import UnmirageError
+    from unmirage.runs import write_manifest
+
+    generate = None
+    if mode == "llm":
+        if endpoint:
+            if not model:
+                raise UnmirageError("--endpoint needs --model (the model name the server serves)")
+            generate = openai_chat_generator(
+                endpoint, model, max_tokens=max_new_tokens, api_key=os.environ.get(api_key_env)
+            )
+        elif model:
+            from unmirage.attacks import local_text_generator
+
+            generate = local_text_generator(model, max_new_tokens=max_new_tokens)
+        else:
+            raise UnmirageError("llm mode needs --model (local) or --endpoint with --model")
+    ids = None
+    if ids_from is not None:
+        ids = [str(r["id"]) for r in read_vlguard_records(ids_from)]
+    records = read_vlguard_records(data)
+    result = build_attack(
+        records,
+        trigger=trigger,
+        k=k,
+        subset=subset,
+        mode=mode,
+        generate=generate,
+        fallback=fallback,
+        ids=ids,
+        min_keep=min_keep,
+        attempts=attempts,
+        path=data,
+    )
+    report = write_attack(result, out)
+    summary = result.summary()
+    write_manifest(
+        out.parent,
+        name=f"{out.stem}.manifest.json",
+        command="attack build",
+        config=summary | {"model": model, "endpoint": endpoint, "min_keep": min_keep},
+        inputs=[p for p in (data, ids_from) if p is not None],
+        outputs=[out, report],
+    )
+    console = Console()
+    console.print(json.dumps(summary, indent=1))
+    if summary["unfilled_shots"]:
+        console.print(f"[yellow]{summary['unfilled_shots']} shots could not be filled: see {report}[/yellow]")
+    console.print(f"wrote {out} ({len(result.records)} records) and {report}")
