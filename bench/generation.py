@@ -13,7 +13,6 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, timed  # noqa: E402
-
 from unmirage.generate import BatchedGenerator, GenerationConfig, GenItem  # noqa: E402
 from unmirage.models import load_model  # noqa: E402
 
