@@ -31,10 +31,10 @@ def family_for(model: Any) -> FamilyAdapter:
     for cls in FAMILIES.values():
         if model_type in cls.model_types:
             return cls()
-    if base is None:
-        raise UnmirageError(f"no family adapter for model_type '{model_type}' without the model itself")
     if getattr(config, "vision_config", None) is None:
         return CausalLMAdapter()
+    if base is None:
+        raise UnmirageError(f"no family adapter for model_type '{model_type}' without the model itself")
     return GenericAdapter(base)
 
 
