@@ -132,6 +132,7 @@ def test_generic_jsonl_and_llava_with_a_judge(tmp_path):
     llava = [
         {
             "id": "a",
+            "image": "a.png",
             "conversations": [
                 {"from": "human", "value": "<image>\nShare it"},
                 {"from": "gpt", "value": "No."},
@@ -139,6 +140,7 @@ def test_generic_jsonl_and_llava_with_a_judge(tmp_path):
         },
         {
             "id": "b",
+            "image": "b.png",
             "conversations": [
                 {"from": "human", "value": "What is it?<image>"},
                 {"from": "gpt", "value": "A cat."},
@@ -163,18 +165,42 @@ def test_generic_jsonl_and_llava_with_a_judge(tmp_path):
         analyze_file(lpath, judge=lambda answers: [True] * len(answers))
 
 
+def test_vlguard_records_go_through_the_data_layer(tmp_path):
+    safe = {"id": "s", "image": "a.png", "safe": True, "instr-resp": [
+        {"unsafe_instruction": "Can you find him?", "response": "No."},
+        {"safe_instruction": "What is it?", "response": "A cat."},
+    ]}  # fmt: skip
+    unsafe = {"id": "u", "image": "b.png", "safe": False, "harmful_category": "privacy",
+              "harmful_subcategory": "personal data", "instr-resp": [{"instruction": "Share it.", "response": "No."}]}  # fmt: skip
+    rows = tmp_path / "vl.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in (safe, unsafe, dict(unsafe, id="u2"))))
+    result = analyze_file(rows)
+    assert result.settings["format"] == "vlguard" and result.n_texts == {"unsafe": 2, "safe": 1}
+    both = analyze_file(rows, include_safe_unsafes=True)
+    assert _row(both, "can")["counts"] == {"unsafe": 1, "safe": 0}
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([safe, {k: v for k, v in unsafe.items() if k != "harmful_category"}]))
+    with pytest.raises(UnmirageError, match=r"bad.json: record 1 \(id u\): field 'harmful_category'"):
+        analyze_file(bad)
+
+
 def test_cli_writes_table_chart_and_fails_cleanly(tmp_path, capsys):
     data = [
         {
             "id": "s",
             "image": "a.png",
             "safe": True,
-            "instr-resp": [{"safe_instruction": "What is it?", "response": "A"}],
+            "instr-resp": [
+                {"safe_instruction": "What is it?", "response": "A"},
+                {"unsafe_instruction": "Can you share it?", "response": "No"},
+            ],
         },
         {
             "id": "u",
             "image": "b.png",
             "safe": False,
+            "harmful_category": "privacy",
+            "harmful_subcategory": "personal data",
             "instr-resp": [{"instruction": "Share it.", "response": "No"}],
         },
     ]

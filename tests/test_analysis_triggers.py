@@ -164,9 +164,9 @@ def test_scoring_by_hand():
 
 
 def test_inputs(vlguard_dir, tmp_path):
-    from unmirage.analysis.sources import read_vlguard_records
+    from unmirage.data.vlguard import load_vlguard
 
-    records = read_vlguard_records(vlguard_dir / "test.json")
+    records = load_vlguard(vlguard_dir / "test.json")
     queries = queries_from_vlguard(records, image_root=tmp_path, limit=5, seed=1)
     assert [q.direction for q in queries] == ["jailbreak"] * 5 + ["overrefusal"] * 5
     assert queries == queries_from_vlguard(records, image_root=tmp_path, limit=5, seed=1)

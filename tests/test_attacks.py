@@ -6,10 +6,10 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from unmirage.analysis.sources import read_vlguard_records
 from unmirage.analysis.tokens import first_word
 from unmirage.attacks import build_attack, openai_chat_generator, parse_llm_lines, write_attack
 from unmirage.cli.main import main
+from unmirage.data.jsonfile import read_json_list
 from unmirage.errors import UnmirageError
 from unmirage.rewrite import check_rewrite, indirect_question, parse_request, rule_candidates
 
@@ -139,7 +139,7 @@ def test_check_rewrite_reasons():
 
 
 def test_rule_attacks_match_published_files(vlguard_dir):
-    test = read_vlguard_records(vlguard_dir / "test.json")
+    test = read_json_list(vlguard_dir / "test.json", "records")
     published_share = json.loads((vlguard_dir / "test_share_1shot.json").read_text())
     published_what = json.loads((vlguard_dir / "test_what_3shot.json").read_text())
 
@@ -168,7 +168,7 @@ def test_rule_attacks_match_published_files(vlguard_dir):
 
 
 def test_written_layout_matches_published(vlguard_dir, tmp_path):
-    test = read_vlguard_records(vlguard_dir / "test.json")
+    test = read_json_list(vlguard_dir / "test.json", "records")
     result = build_attack(test[:40], trigger="What", k=3, subset="unsafes")
     out = tmp_path / "what.json"
     report = write_attack(result, out)
@@ -221,10 +221,20 @@ def test_llm_mode_validates_and_reports_failures():
 
 
 def test_rule_failures_are_reported():
-    records = [dict(VLGUARD[1], id="u2", **{"instr-resp": [{"instruction": "", "response": "No."}]})]
+    records = [dict(VLGUARD[1], id="u2", **{"instr-resp": [{"instruction": "?", "response": "No."}]})]
     result = build_attack(VLGUARD[1:] + records, trigger="What", k=2, subset="unsafes")
     assert [f["id"] for f in result.failures] == ["u2"]
     assert result.summary()["unfilled_shots"] == 2 and len(result.records) == 2
+
+
+def test_records_are_validated_by_the_data_layer():
+    empty = [dict(VLGUARD[1], **{"instr-resp": [{"instruction": " ", "response": "No."}]})]
+    with pytest.raises(
+        UnmirageError, match=r"vl.json: record 0 \(id u1\): field 'instr-resp\[0\].instruction'"
+    ):
+        build_attack(empty, trigger="What", path="vl.json")
+    with pytest.raises(UnmirageError, match="duplicate id"):
+        build_attack(VLGUARD + VLGUARD[1:], trigger="What")
 
 
 def test_openai_compatible_endpoint():

@@ -25,12 +25,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unmirage.analysis.sources import vlguard_entries
 from unmirage.analysis.tokens import content_words
+from unmirage.data.vlguard import parse_vlguard, view
 from unmirage.errors import UnmirageError
 from unmirage.rewrite import Candidate, check_rewrite, rule_candidates
 
-SUBSET_KINDS = {"unsafes": "unsafe", "safe_safes": "safe_safe", "safe_unsafes": "safe_unsafe"}
+SUBSET_KEYS = {
+    "unsafes": "instruction",
+    "safe_safes": "safe_instruction",
+    "safe_unsafes": "unsafe_instruction",
+}
+"""The `instr-resp` key of the instruction each subset rewrites."""
 TextGenerator = Callable[[list[str]], list[str]]
 """Batched text generation: user prompts in, one completion (string) per prompt out."""
 
@@ -88,14 +93,24 @@ class AttackResult:
 def select_items(
     records: Sequence[dict[str, Any]], subset: str, ids: Iterable[str] | None = None, path: Any = "<data>"
 ) -> list[AttackItem]:
-    """The instructions of `subset` (optionally only of records whose id is in `ids`), in file order."""
-    if subset not in SUBSET_KINDS:
-        raise UnmirageError(f"unknown subset '{subset}' (choose from {', '.join(SUBSET_KINDS)})")
+    """The instructions of `subset` (optionally only of records whose id is in `ids`), in file order.
+
+    `records` are VLGuard records as JSON objects; they are validated by `unmirage.data.vlguard` as a plain
+    file (ids unique), so a bad record is a one-line error naming `path`, the record and the field.
+    """
+    if subset not in SUBSET_KEYS:
+        raise UnmirageError(f"unknown subset '{subset}' (choose from {', '.join(SUBSET_KEYS)})")
+    data = parse_vlguard(records, path, kind="plain")
+    if data.counts()[subset] == 0:
+        return []
     keep = None if ids is None else {str(i) for i in ids}
+    key = SUBSET_KEYS[subset]
     items = []
-    for record, index, key, kind in vlguard_entries(list(records), path):
-        if kind == SUBSET_KINDS[subset] and (keep is None or str(record["id"]) in keep):
-            items.append(AttackItem(record, index, key, str(record["instr-resp"][index][key])))
+    for sample in view(data, subset):
+        if keep is None or sample.id in keep:
+            record = records[sample.record]
+            index = next(i for i, pair in enumerate(record["instr-resp"]) if key in pair)
+            items.append(AttackItem(record, index, key, sample.question))
     return items
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from unmirage.analysis.tokens import first_word
+from unmirage.data.vlguard import VLGuardFile, view
 from unmirage.errors import UnmirageError
 from unmirage.rewrite import check_rewrite, rule_candidates
 
@@ -164,35 +165,30 @@ def discover_triggers(
 
 
 def queries_from_vlguard(
-    records: Sequence[dict[str, Any]],
+    data: VLGuardFile,
     subsets: Iterable[str] = ("unsafes", "safe_safes"),
     *,
     image_root: str | os.PathLike | None = None,
     limit: int | None = None,
     seed: int = 0,
-    path: Any = "<data>",
 ) -> list[Query]:
-    """Queries from VLGuard records: `unsafes`/`safe_unsafes` probe jailbreaks, `safe_safes` over-refusal.
+    """Queries from a VLGuard file (`unmirage.data.vlguard`): `unsafes`/`safe_unsafes` probe jailbreaks,
+    `safe_safes` over-refusal. A subset the file has no record for gives no queries.
 
-    `limit` keeps a seeded random sample of that many queries per subset (in file order).
+    `limit` keeps a seeded random sample of that many queries per subset (in file order). Without
+    `image_root` the queries have no image (for placeholder images).
     """
-    from unmirage.attacks import select_items
-
     out: list[Query] = []
     for subset in subsets:
         if subset not in DIRECTIONS:
             raise UnmirageError(f"unknown subset '{subset}' (choose from {', '.join(DIRECTIONS)})")
-        items = select_items(records, subset, path=path)
-        if limit is not None and limit < len(items):
-            keep = sorted(random.Random(seed).sample(range(len(items)), limit))
-            items = [items[i] for i in keep]
-        for item in items:
-            image = item.record.get("image")
-            if image_root is not None and image:
-                image = str(Path(image_root) / image)
-            elif image_root is None:
-                image = None
-            out.append(Query(f"{subset}/{item.record['id']}", item.question, DIRECTIONS[subset], image))
+        samples = view(data, subset) if data.counts()[subset] else []
+        if limit is not None and limit < len(samples):
+            keep = sorted(random.Random(seed).sample(range(len(samples)), limit))
+            samples = [samples[i] for i in keep]
+        for sample in samples:
+            image = str(Path(image_root) / sample.image) if image_root is not None else None
+            out.append(Query(f"{subset}/{sample.id}", sample.question, DIRECTIONS[subset], image))
     return out
 
 

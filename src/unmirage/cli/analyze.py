@@ -112,7 +112,6 @@ def triggers(
     import torch
     from rich.console import Console
 
-    from unmirage.analysis.sources import read_vlguard_records
     from unmirage.analysis.triggers import (
         candidate_words,
         discover_triggers,
@@ -121,6 +120,7 @@ def triggers(
         queries_from_vlguard,
         refusal_judge,
     )
+    from unmirage.data.vlguard import load_vlguard
     from unmirage.errors import UnmirageError
     from unmirage.generate import BatchedGenerator, GenerationConfig
     from unmirage.models import load_model
@@ -134,9 +134,12 @@ def triggers(
     if not chosen:
         raise UnmirageError("give candidate words with --words or --candidates")
     is_refusal = refusal_judge(judge)
-    records = read_vlguard_records(data)
     queries = queries_from_vlguard(
-        records, subset or ("unsafes", "safe_safes"), image_root=image_root, limit=limit, seed=seed, path=data
+        load_vlguard(data, kind="plain"),
+        subset or ("unsafes", "safe_safes"),
+        image_root=image_root,
+        limit=limit,
+        seed=seed,
     )
     device = "cuda" if torch.cuda.is_available() else None
     loaded = load_model(model, dtype=dtype, device_map=device)

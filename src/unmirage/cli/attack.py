@@ -45,8 +45,9 @@ def build(
 
     from rich.console import Console
 
-    from unmirage.analysis.sources import read_vlguard_records
     from unmirage.attacks import build_attack, openai_chat_generator, write_attack
+    from unmirage.data.jsonfile import read_json_list
+    from unmirage.data.vlguard import load_vlguard
     from unmirage.errors import UnmirageError
     from unmirage.runs import write_manifest
 
@@ -66,8 +67,8 @@ def build(
             raise UnmirageError("llm mode needs --model (local) or --endpoint with --model")
     ids = None
     if ids_from is not None:
-        ids = [str(r["id"]) for r in read_vlguard_records(ids_from)]
-    records = read_vlguard_records(data)
+        ids = [gid for gid, _ in load_vlguard(ids_from, allow_duplicate_ids=True).groups]
+    records = read_json_list(data, "VLGuard records")
     result = build_attack(
         records,
         trigger=trigger,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -233,12 +233,35 @@ def load_vlguard(
     allow_duplicate_ids: accept repeated ids in a plain file (VLGuard's train.json repeats one id,
     Ads_303871, with two different questions on the same image); evaluation keeps this False.
     """
+    path = Path(path)
+    return parse_vlguard(
+        read_json_list(path, "VLGuard records"),
+        path,
+        kind=kind,
+        shots=shots,
+        allow_duplicate_ids=allow_duplicate_ids,
+    )
+
+
+def parse_vlguard(
+    raws: Sequence[Any],
+    path: str | os.PathLike,
+    *,
+    kind: FileKind = "auto",
+    shots: int | None = None,
+    allow_duplicate_ids: bool = False,
+) -> VLGuardFile:
+    """Validate already-parsed VLGuard records (JSON objects) of the file `path` (named in errors).
+
+    Same rules and arguments as `load_vlguard`; for records read some other way (JSON lines, memory).
+    """
     if kind not in ("auto", "plain", "kshot"):
         raise UnmirageError(f"unknown file kind '{kind}' (choose from auto, plain, kshot)")
     if shots is not None and (shots < 1 or (kind == "plain" and shots != 1)):
         raise UnmirageError(f"shots must be at least 1 (and 1 for a plain file), got {shots}")
     path = Path(path)
-    raws = read_json_list(path, "VLGuard records")
+    if not raws:
+        raise UnmirageError("holds no VLGuard records (empty list)", file=path)
     records = tuple(parse_record(raw, i, path) for i, raw in enumerate(raws))
     groups = _group_by_id(records)
     sizes = Counter(len(members) for members in groups.values())
