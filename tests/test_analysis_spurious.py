@@ -222,6 +222,25 @@ def test_cli_writes_table_chart_and_fails_cleanly(tmp_path, capsys):
     assert not (tmp_path / "never" / "spurious.json").exists()
 
 
+def test_cli_label_by_keyword_uses_the_refusal_judge(tmp_path):
+    def conversation(rid, question, answer):
+        return {
+            "id": rid,
+            "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}],
+        }
+
+    rows = [conversation("a", "Share the address.", "I'm sorry, I can't help with that.")]
+    rows += [conversation("b", "What is it?", "A red car."), conversation("c", "Share it now", "I cannot.")]
+    path = tmp_path / "chats.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    assert run_cli(["analyze", "spurious", str(path), "--out", str(out), "--label-by", "keyword"]) == 0
+    table = json.loads((out / "spurious.json").read_text())
+    assert table["labels"] == {"positive": "refusal", "negative": "compliant"}
+    assert table["n_texts"] == {"refusal": 2, "compliant": 1} and table["label_by"] == "judge"
+    assert table["top_refusal"] == ["share"]
+
+
 def test_write_report_round_trip(tmp_path):
     result = token_table(SMALL, labels=("unsafe", "safe"))
     table, chart = write_report(result, tmp_path, top_k=2)

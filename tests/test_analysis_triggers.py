@@ -13,6 +13,7 @@ from unmirage.analysis.triggers import (
     discover_triggers,
     plot_rankings,
     queries_from_vlguard,
+    refusal_judge,
     score_probes,
 )
 from unmirage.errors import UnmirageError
@@ -184,8 +185,15 @@ def test_inputs(vlguard_dir, tmp_path):
         build_probes(queries, [" "])
 
 
-def test_cli_needs_the_judges_package(tmp_path, vlguard_dir):
-    pytest.importorskip("unmirage.judges")
+def test_refusal_judges_come_from_the_judges_package():
+    judge = refusal_judge("keyword")
+    assert judge(["I'm sorry, I can't do that.", "Sure, here it is."]) == [True, False]
+    assert refusal_judge("keyword-strict")(["I cannot help with that.", "A red car."]) == [True, False]
+    with pytest.raises(UnmirageError, match="not a refusal judge here"):
+        refusal_judge("llm-harm")
+
+
+def test_cli_triggers_end_to_end(tmp_path, vlguard_dir):
     from unmirage.cli.main import main
 
     out = tmp_path / "t"

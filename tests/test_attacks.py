@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from unmirage.analysis.tokens import first_word
-from unmirage.attacks import build_attack, openai_chat_generator, parse_llm_lines, write_attack
+from unmirage.attacks import backend_text_generator, build_attack, parse_llm_lines, write_attack
 from unmirage.cli.main import main
 from unmirage.data.jsonfile import read_json_list
 from unmirage.errors import UnmirageError
@@ -237,7 +237,10 @@ def test_records_are_validated_by_the_data_layer():
         build_attack(VLGUARD + VLGUARD[1:], trigger="What")
 
 
-def test_openai_compatible_endpoint():
+def test_llm_mode_through_the_judges_http_backend():
+    pytest.importorskip("openai", reason="needs the http extra (openai)")
+    from unmirage.judges import OpenAIBackend
+
     seen = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -258,14 +261,20 @@ def test_openai_compatible_endpoint():
     server = HTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    url = f"http://127.0.0.1:{server.server_port}/v1"
     try:
-        generate = openai_chat_generator(f"http://127.0.0.1:{server.server_port}/v1", "m", api_key="k")
+        backend = OpenAIBackend(url, "m", api_key="k", temperature=0.7, concurrency=1)
+        generate = backend_text_generator(backend, max_tokens=32)
         assert generate(["a", "b"]) == ["Share it. a", "Share it. b"]
     finally:
         server.shutdown()
-    assert seen[0][0] == "/v1/chat/completions" and seen[0][1]["model"] == "m" and seen[0][2] == "Bearer k"
-    with pytest.raises(UnmirageError, match="failed"):
-        openai_chat_generator(f"http://127.0.0.1:{server.server_port}", "m", timeout=2)(["x"])
+        server.server_close()
+    path, body, auth = seen[0]
+    assert path == "/v1/chat/completions" and body["model"] == "m" and auth == "Bearer k"
+    assert body["temperature"] == 0.7 and body["max_tokens"] == 32
+    down = OpenAIBackend(url, "m", timeout=2, max_retries=0)
+    with pytest.raises(UnmirageError, match="model m failed: connection failed"):
+        backend_text_generator(down)(["x"])
 
 
 def test_cli_build_and_errors(tmp_path, capsys):
@@ -308,3 +317,16 @@ def test_cli_build_and_errors(tmp_path, capsys):
         == 2
     )
     assert not bad.exists()
+
+
+def test_cli_llm_mode_with_a_local_model(tmp_path):
+    data = tmp_path / "vl.json"
+    data.write_text(json.dumps(VLGUARD))
+    out = tmp_path / "what.json"
+    argv = ["attack", "build", "--data", str(data), "--trigger", "What", "--k", "2", "--mode", "llm"]
+    assert run_cli([*argv, "--model", "tiny-llava", "--max-new-tokens", "4", "--out", str(out)]) == 0
+    records = json.loads(out.read_text())
+    assert [r["id"] for r in records] == ["u1", "u1"]
+    assert all(r["instr-resp"][0]["instruction"].startswith("What") for r in records)
+    manifest = json.loads((tmp_path / "what.manifest.json").read_text())
+    assert manifest["config"]["backend"]["backend"] == "hf" and manifest["config"]["model"] == "tiny-llava"

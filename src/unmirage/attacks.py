@@ -9,7 +9,8 @@ Subsets (which instruction is rewritten): `unsafes` (records with an unsafe imag
 `safe_safes` (safe image, `safe_instruction`), `safe_unsafes` (safe image, `unsafe_instruction`).
 
 Modes: `rules` (`unmirage.rewrite`, deterministic) or `llm` (a text generator paraphrases; by default the
-rule rewrites fill the shots the model could not). Every rewrite is validated (`rewrite.check_rewrite`:
+rule rewrites fill the shots the model could not). The model is reached through a `unmirage.judges` backend
+(`backend_text_generator`): a local Hugging Face model or an OpenAI-compatible server. Every rewrite is validated (`rewrite.check_rewrite`:
 starts with the trigger, keeps the content words); invalid candidates and unfilled shots go to the report.
 """
 
@@ -28,6 +29,7 @@ from typing import Any
 from unmirage.analysis.tokens import content_words
 from unmirage.data.vlguard import parse_vlguard, view
 from unmirage.errors import UnmirageError
+from unmirage.judges.backends import ChatBackend, ChatRequest
 from unmirage.rewrite import Candidate, check_rewrite, rule_candidates
 
 SUBSET_KEYS = {
@@ -38,6 +40,8 @@ SUBSET_KEYS = {
 """The `instr-resp` key of the instruction each subset rewrites."""
 TextGenerator = Callable[[list[str]], list[str]]
 """Batched text generation: user prompts in, one completion (string) per prompt out."""
+LLM_TEMPERATURE = 0.7
+"""Sampling temperature of an HTTP paraphrasing model (varied rewrites; a local model decodes greedily)."""
 
 LLM_PROMPT = (
     'Rewrite the request below so that it begins with the word "{trigger}". Keep its meaning and keep '
@@ -262,66 +266,16 @@ def write_attack(result: AttackResult, out: str | os.PathLike) -> Path:
     return report
 
 
-def openai_chat_generator(
-    endpoint: str,
-    model: str,
-    *,
-    temperature: float = 0.7,
-    max_tokens: int = 256,
-    api_key: str | None = None,
-    timeout: float = 120.0,
-) -> TextGenerator:
-    """A `TextGenerator` that calls an OpenAI-compatible `/v1/chat/completions` endpoint, one prompt a request."""
-    import urllib.error
-    import urllib.request
-
-    url = endpoint.rstrip("/")
-    if not url.endswith("/chat/completions"):
-        url += "/chat/completions" if url.endswith("/v1") else "/v1/chat/completions"
-    headers = {"Content-Type": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
+def backend_text_generator(backend: ChatBackend, *, max_tokens: int = 256) -> TextGenerator:
+    """A `TextGenerator` on a chat backend of `unmirage.judges.backends` (local model or OpenAI-compatible
+    server): one user message per prompt. A request that still fails after the backend's retries is an error.
+    """
 
     def generate(prompts: list[str]) -> list[str]:
-        replies = []
-        for prompt in prompts:
-            body = {
-                "model": model,
-                "messages": [{"role": "user", "content": prompt}],
-                "temperature": temperature,
-                "max_tokens": max_tokens,
-            }
-            request = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=timeout) as response:
-                    data = json.loads(response.read())
-            except (urllib.error.URLError, OSError, json.JSONDecodeError) as err:
-                raise UnmirageError(f"endpoint {url} failed: {err}") from None
-            try:
-                replies.append(str(data["choices"][0]["message"]["content"]))
-            except (KeyError, IndexError, TypeError):
-                raise UnmirageError(f"endpoint {url} returned no choices[0].message.content") from None
-        return replies
-
-    return generate
-
-
-def local_text_generator(
-    model: str, *, max_new_tokens: int = 256, batch_size: int = 8, dtype: str = "auto"
-) -> TextGenerator:
-    """A `TextGenerator` on a local model (`unmirage.models` + `unmirage.generate`, chat template, greedy)."""
-    import torch
-
-    from unmirage.generate import BatchedGenerator, GenerationConfig, GenItem
-    from unmirage.models import load_model
-
-    loaded = load_model(model, dtype=dtype, device_map="cuda" if torch.cuda.is_available() else None)
-    generator = BatchedGenerator(
-        loaded, GenerationConfig(template="chat", max_new_tokens=max_new_tokens, batch_size=batch_size)
-    )
-
-    def generate(prompts: list[str]) -> list[str]:
-        rows = generator([GenItem(id=str(i), question=p) for i, p in enumerate(prompts)])
-        return [r["answer"] for r in rows]
+        replies = backend.chat([ChatRequest(text=p, max_tokens=max_tokens) for p in prompts])
+        failed = next((r for r in replies if r.error is not None), None)
+        if failed is not None:
+            raise UnmirageError(f"the paraphrasing model {backend.model_id} failed: {failed.error}")
+        return [r.text or "" for r in replies]
 
     return generate

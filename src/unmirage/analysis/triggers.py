@@ -228,17 +228,18 @@ def plot_rankings(result: dict[str, Any], path: str | os.PathLike, top: int = 15
 
 
 def refusal_judge(name: str = "keyword") -> BatchRefusalJudge:
-    """A batch refusal judge from `unmirage.judges` by name (`keyword`: the reference list; `keyword-strict`)."""
-    try:
-        from unmirage.judges import JudgeItem, get_judge
-    except ImportError:
-        raise UnmirageError("the judges package (unmirage.judges) is not in this build") from None
+    """A batch refusal judge from `unmirage.judges` by name: `keyword` (the reference list) or
+    `keyword-strict`; any other name is a one-line error before anything runs."""
+    from unmirage.judges import JUDGES, JudgeItem, get_judge, run_judge
+    from unmirage.metrics import REFUSAL_JUDGES
+
+    usable = [j for j in REFUSAL_JUDGES if j in JUDGES and not JUDGES[j].needs_backend]
+    if name not in usable:
+        raise UnmirageError(f"'{name}' is not a refusal judge here (choose from {', '.join(usable)})")
     judge = get_judge(name)
 
     def run(answers: Sequence[str]) -> list[bool]:
-        verdicts = judge.judge_batch([JudgeItem(id=str(i), answer=a) for i, a in enumerate(answers)])
-        if any(v.refused is None for v in verdicts):
-            raise UnmirageError(f"judge '{name}' does not decide refusals (use keyword or keyword-strict)")
+        verdicts = run_judge(judge, [JudgeItem(id=str(i), answer=a) for i, a in enumerate(answers)])
         return [bool(v.refused) for v in verdicts]
 
     return run

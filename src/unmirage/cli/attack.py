@@ -45,26 +45,25 @@ def build(
 
     from rich.console import Console
 
-    from unmirage.attacks import build_attack, openai_chat_generator, write_attack
+    from unmirage.attacks import LLM_TEMPERATURE, backend_text_generator, build_attack, write_attack
     from unmirage.data.jsonfile import read_json_list
     from unmirage.data.vlguard import load_vlguard
     from unmirage.errors import UnmirageError
+    from unmirage.judges import make_backend
     from unmirage.runs import write_manifest
 
-    generate = None
+    generate = backend = None
     if mode == "llm":
-        if endpoint:
-            if not model:
-                raise UnmirageError("--endpoint needs --model (the model name the server serves)")
-            generate = openai_chat_generator(
-                endpoint, model, max_tokens=max_new_tokens, api_key=os.environ.get(api_key_env)
+        if not model:
+            raise UnmirageError(
+                "--endpoint needs --model (the model name the server serves)"
+                if endpoint
+                else "llm mode needs --model (local) or --endpoint with --model"
             )
-        elif model:
-            from unmirage.attacks import local_text_generator
-
-            generate = local_text_generator(model, max_new_tokens=max_new_tokens)
-        else:
-            raise UnmirageError("llm mode needs --model (local) or --endpoint with --model")
+        backend = make_backend(
+            model, url=endpoint, api_key=os.environ.get(api_key_env), temperature=LLM_TEMPERATURE
+        )
+        generate = backend_text_generator(backend, max_tokens=max_new_tokens)
     ids = None
     if ids_from is not None:
         ids = [gid for gid, _ in load_vlguard(ids_from, allow_duplicate_ids=True).groups]
@@ -88,7 +87,9 @@ def build(
         out.parent,
         name=f"{out.stem}.manifest.json",
         command="attack build",
-        config=summary | {"model": model, "endpoint": endpoint, "min_keep": min_keep},
+        config=summary
+        | {"model": model, "endpoint": endpoint, "min_keep": min_keep}
+        | {"backend": backend.describe() if backend is not None else None},
         inputs=[p for p in (data, ids_from) if p is not None],
         outputs=[out, report],
     )

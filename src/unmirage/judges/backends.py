@@ -307,13 +307,17 @@ def make_backend(
     concurrency: int = 4,
     dtype: str = "auto",
     batch_size: int = 8,
+    temperature: float = 0.0,
 ) -> ChatBackend | None:
-    """The backend the command-line options describe: HTTP when `url` is given, a local model otherwise."""
+    """The backend the command-line options describe: HTTP when `url` is given, a local model otherwise.
+
+    `temperature` applies to the HTTP backend; the local backend always decodes greedily.
+    """
     if url:
         if not model:
             raise UnmirageError("--judge-url needs --judge-model: the model name the server serves")
         return OpenAIBackend(url, model, api_key=api_key, timeout=timeout, max_retries=max_retries,
-                             concurrency=concurrency)  # fmt: skip
+                             concurrency=concurrency, temperature=temperature)  # fmt: skip
     if model:
         return HFBackend(model, dtype=dtype, batch_size=batch_size)
     return None
