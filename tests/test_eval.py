@@ -10,9 +10,6 @@ from pathlib import Path
 import pytest
 
 from unmirage.errors import UnmirageError
-
-pytest.importorskip("unmirage.data.vlguard", reason="needs the data layer (branch data)")
-
 from unmirage.eval import EvalPrompt, EvalSettings, load_cases, run_eval
 from unmirage.judges import BackendReply, ChatRequest
 
@@ -262,7 +259,6 @@ def test_load_cases_on_the_real_files(vlguard_dir) -> None:
 
 def test_eval_end_to_end_with_tiny_llava(tmp_path) -> None:
     """Real batched generation with the tiny LLaVA, keyword judges, metrics.json and a report."""
-    pytest.importorskip("unmirage.models.tiny")
     from unmirage.report import build_report
 
     paths = vlguard_files(tmp_path / "data")

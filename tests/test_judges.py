@@ -4,7 +4,9 @@ plain rule, the LLM reply parsers, the verdict cache and `unmirage judge`."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -412,3 +414,18 @@ def test_judge_file_on_malformed_error(tmp_path) -> None:
     assert summary["malformed"] == 1
     line = json.loads((tmp_path / "o.jsonl").read_text())
     assert line["relevant"] is False and line["judgements"]["llm-relevance"]["malformed"] is True
+
+
+def test_answer_images_are_resolved_by_the_data_layer(tmp_path) -> None:
+    from PIL import Image
+
+    from unmirage.judges import items_from_records
+
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "img" / "a.png")
+    rows = [{"id": "a", "answer": "x", "question": "q", "image": "a.png"}]
+    (item,) = items_from_records(rows, file="g.jsonl", image_root=tmp_path / "img")
+    assert Path(item.image) == tmp_path / "img" / "a.png"
+    for bad, message in (("../a.png", "'..'"), ("/etc/passwd", "absolute"), ("b.png", "image not found")):
+        with pytest.raises(UnmirageError, match=rf"^g.jsonl: record id a: .*{re.escape(message)}"):
+            items_from_records([dict(rows[0], image=bad)], file="g.jsonl", image_root=tmp_path / "img")

@@ -20,6 +20,7 @@ import pytest
 
 from unmirage.judges import ChatRequest, JudgeItem, OpenAIBackend, get_judge, run_judge
 from unmirage.judges.llm import parse_harm, parse_relevance
+from unmirage.models import save_tiny
 
 
 def free_port() -> int:
@@ -153,12 +154,11 @@ def served_tiny_llava(tmp_path_factory) -> Iterator[tuple[str, str]]:
     """(base URL, served model path) of `transformers serve` on a free port, stopped at teardown."""
     pytest.importorskip("fastapi", reason="needs transformers[serving]")
     pytest.importorskip("openai", reason="needs the http extra (openai)")
-    tiny = pytest.importorskip("unmirage.models.tiny", reason="needs the model layer (unmirage.models.tiny)")
     cli = transformers_cli()
     if cli is None:
         pytest.skip("the transformers command is not installed")
     folder = tmp_path_factory.mktemp("served") / "tiny-llava"
-    tiny.save_tiny(folder, "llava")
+    save_tiny(folder, "llava")
     port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     log = open(folder.parent / "serve.log", "wb")  # noqa: SIM115 (closed at teardown)

@@ -10,7 +10,6 @@ from unmirage.judges.llm import parse_relevance
 
 @pytest.fixture(scope="module")
 def tiny_backend() -> HFBackend:
-    pytest.importorskip("unmirage.models.tiny", reason="needs the model layer")
     return HFBackend("tiny-llava", dtype="float32", batch_size=2)
 
 

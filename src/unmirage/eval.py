@@ -178,10 +178,10 @@ class HFGenerate:
     def generator(self) -> Any:
         if self._generator is None:
             from unmirage.generate import BatchedGenerator, GenerationConfig
-            from unmirage.models import load_model
+            from unmirage.models import load_model, resolve_device
 
             s = self.settings
-            loaded = load_model(s.model, dtype=s.dtype)
+            loaded = load_model(s.model, dtype=s.dtype, device_map=resolve_device())
             config = GenerationConfig(template=s.template, max_new_tokens=s.max_new_tokens, batch_size=s.batch_size,
                                       placeholder_images=s.placeholder_images)  # fmt: skip
             self._generator = BatchedGenerator(loaded, config)

@@ -109,7 +109,6 @@ def triggers(
 ) -> None:
     import json
 
-    import torch
     from rich.console import Console
 
     from unmirage.analysis.triggers import (
@@ -123,7 +122,7 @@ def triggers(
     from unmirage.data.vlguard import load_vlguard
     from unmirage.errors import UnmirageError
     from unmirage.generate import BatchedGenerator, GenerationConfig
-    from unmirage.models import load_model
+    from unmirage.models import load_model, resolve_device
     from unmirage.runs import atomic_write_json, write_manifest
 
     chosen = [w for item in (words or []) for w in item.split(",") if w.strip()]
@@ -141,8 +140,7 @@ def triggers(
         limit=limit,
         seed=seed,
     )
-    device = "cuda" if torch.cuda.is_available() else None
-    loaded = load_model(model, dtype=dtype, device_map=device)
+    loaded = load_model(model, dtype=dtype, device_map=resolve_device())
     config = GenerationConfig(
         template=template,
         max_new_tokens=max_new_tokens,

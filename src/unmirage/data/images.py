@@ -32,39 +32,39 @@ def _label(record_id: str | None) -> str | None:
     return f"id {record_id}" if record_id is not None else None
 
 
-def resolve_image_path(root: str | os.PathLike, image: str, record_id: str | None = None) -> Path:
-    """The file of `image` (a path relative to `root`), refusing paths that escape the root or are missing."""
+def resolve_image_path(
+    root: str | os.PathLike, image: str, record_id: str | None = None, *, file: object = None
+) -> Path:
+    """The file of `image` (a path relative to `root`), refusing paths that escape the root or are missing.
+
+    Errors name the record id (and `file`, the data file the record comes from, when given).
+    """
     root = Path(root)
-    label = _label(record_id)
+    where = {"file": file, "record": _label(record_id)}
     if not image or not image.strip():
-        raise UnmirageError("image path is empty", record=label, field="image")
+        raise UnmirageError("image path is empty", field="image", **where)
     posix, windows = PurePosixPath(image), PureWindowsPath(image)
     if posix.is_absolute() or windows.is_absolute() or windows.drive or image.startswith(("/", "\\")):
         raise UnmirageError(
-            f"image path {image!r} is absolute; it must be relative to the image root", record=label
+            f"image path {image!r} is absolute; it must be relative to the image root", **where
         )
     if ".." in re.split(r"[\\/]", image):
-        raise UnmirageError(
-            f"image path {image!r} contains '..' and would escape the image root", record=label
-        )
+        raise UnmirageError(f"image path {image!r} contains '..' and would escape the image root", **where)
     if not root.is_dir():
-        raise UnmirageError(f"image root {str(root)!r} is not a folder", record=label)
+        raise UnmirageError(f"image root {str(root)!r} is not a folder", **where)
     candidate = root / posix
     if not os.path.lexists(candidate):
-        raise UnmirageError(f"image not found: {str(candidate)!r}", record=label)
+        raise UnmirageError(f"image not found: {str(candidate)!r}", **where)
     try:
         resolved = candidate.resolve(strict=True)
     except (OSError, RuntimeError):
-        raise UnmirageError(
-            f"image path {str(candidate)!r} is a broken or looping link", record=label
-        ) from None
+        raise UnmirageError(f"image path {str(candidate)!r} is a broken or looping link", **where) from None
     if not resolved.is_relative_to(root.resolve()):
         raise UnmirageError(
-            f"image path {str(candidate)!r} resolves outside the image root (to {str(resolved)!r})",
-            record=label,
+            f"image path {str(candidate)!r} resolves outside the image root (to {str(resolved)!r})", **where
         )
     if not resolved.is_file():
-        raise UnmirageError(f"image path {str(candidate)!r} is not a regular file", record=label)
+        raise UnmirageError(f"image path {str(candidate)!r} is not a regular file", **where)
     return candidate
 
 

@@ -21,15 +21,6 @@ from unmirage.errors import UnmirageError
 from unmirage.runs import write_manifest
 
 
-def resolve_device(device: str) -> str | None:
-    """'auto' -> 'cuda' when a GPU is there, else None (CPU); 'cpu' -> None; anything else as given."""
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else None
-    return None if device == "cpu" else device
-
-
 def _release() -> None:
     gc.collect()
     import torch
@@ -97,7 +88,8 @@ class ModelCandidateGenerator:
 
 
 class ModelJudge:
-    """A `Judge` backed by a text model: each chat is (system, user), answered greedily."""
+    """A `Judge` backed by a text model: each chat is (system, user), answered greedily by a local
+    `unmirage.judges.HFBackend` (loaded on first use)."""
 
     def __init__(
         self,
@@ -115,44 +107,28 @@ class ModelJudge:
         self.batch_size = batch_size
         self.dtype = dtype
         self.device_map = device_map
-        self._loaded: Any = None
-        self._generators: dict[str, Any] = {}
-
-    def _generator(self, system: str) -> Any:
-        from unmirage.generate import BatchedGenerator, GenerationConfig
-        from unmirage.models import load_model
-
-        if self._loaded is None:
-            self._loaded = load_model(self.source, dtype=self.dtype, device_map=self.device_map)
-        if system not in self._generators:
-            config = GenerationConfig(
-                template=self.template,
-                max_new_tokens=self.max_new_tokens,
-                batch_size=self.batch_size,
-                system=system,
-            )
-            self._generators[system] = BatchedGenerator(self._loaded, config)
-        return self._generators[system]
+        self._backend: Any = None
 
     def __call__(self, chats: Sequence[list[Message]]) -> list[str]:
-        from unmirage.generate import GenItem
+        from unmirage.judges import ChatRequest, HFBackend
 
-        by_system: dict[str, list[int]] = {}
-        for i, chat in enumerate(chats):
-            if [m.get("role") for m in chat] != ["system", "user"]:
-                raise UnmirageError("a judge chat must be one system and one user message")
-            by_system.setdefault(chat[0]["content"], []).append(i)
-        replies = [""] * len(chats)
-        for system, indices in by_system.items():
-            items = [GenItem(id=str(i), question=chats[i][1]["content"]) for i in indices]
-            for i, row in zip(indices, self._generator(system)(items), strict=True):
-                replies[i] = row["answer"]
-        return replies
+        if any([m.get("role") for m in chat] != ["system", "user"] for chat in chats):
+            raise UnmirageError("a judge chat must be one system and one user message")
+        if self._backend is None:
+            from unmirage.models import load_model
+
+            loaded = load_model(self.source, dtype=self.dtype, device_map=self.device_map)
+            self._backend = HFBackend(self.source, dtype=self.dtype, batch_size=self.batch_size,
+                                      template=self.template, loaded=loaded)  # fmt: skip
+        requests = [
+            ChatRequest(text=chat[1]["content"], system=chat[0]["content"], max_tokens=self.max_new_tokens)
+            for chat in chats
+        ]
+        return [reply.text or "" for reply in self._backend.chat(requests)]
 
     def close(self) -> None:
         """Free the model."""
-        self._loaded = None
-        self._generators.clear()
+        self._backend = None
         _release()
 
 
@@ -187,6 +163,8 @@ def run_mine_harmful(
     root = Path(image_root) if image_root is not None else None
     if root is not None:
         ImageLoader(root=root).verify([(s.id, s.image) for s in samples], progress=progress)
+    from unmirage.models import resolve_device
+
     device_map = resolve_device(device)
     settings = {"template": template, "batch_size": batch_size, "dtype": dtype, "device_map": device_map}
     gens = {

@@ -202,10 +202,10 @@ def _short(text: str, limit: int = 200) -> str:
 
 
 class HFBackend:
-    """Replies from a local Hugging Face model, greedy, in batches (left padding).
-
-    The prompt is the model's own chat template through its family adapter (`build_prompt(template="chat")`,
-    with the system text as a system turn). Text-only requests go to the same model without an image.
+    """Replies from a local Hugging Face model through `unmirage.generate.BatchedGenerator`: greedy, batched
+    (left padding, length buckets), by default the model's own chat template (`template="chat"`) with the
+    system text as a system turn (`template="v1"`: the reference's plain prompt). Requests with and without an image, or with another system text or reply length, are
+    generated in separate groups; replies come back in request order. Text-only models ignore images.
     """
 
     def __init__(
@@ -214,87 +214,60 @@ class HFBackend:
         *,
         dtype: str = "auto",
         batch_size: int = 8,
+        device: str = "auto",
+        template: str = "chat",
         loaded: Any = None,
     ) -> None:
         if loaded is None:
-            from unmirage.models import load_model
+            from unmirage.models import load_model, resolve_device
 
-            loaded = load_model(model, dtype=dtype)
+            loaded = load_model(model, dtype=dtype, device_map=resolve_device(device))
         self.loaded = loaded
         self.model_id = str(model)
         self.batch_size = max(1, batch_size)
         self.dtype = dtype
+        self.template = template
+        self._generators: dict[tuple[str | None, int], Any] = {}
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": "hf", "model": self.model_id, "dtype": self.dtype, "batch_size": self.batch_size}
+        return {"backend": "hf", "model": self.model_id, "dtype": self.dtype, "batch_size": self.batch_size,
+                "template": self.template}  # fmt: skip
+
+    def generator(self, request: ChatRequest) -> Any:
+        """The `BatchedGenerator` for a request's system text and reply length (one per distinct pair)."""
+        key = (request.system, request.max_tokens)
+        if key not in self._generators:
+            from unmirage.generate import BatchedGenerator, GenerationConfig
+
+            config = GenerationConfig(template=self.template, system=request.system,
+                                      max_new_tokens=request.max_tokens, batch_size=self.batch_size)  # fmt: skip
+            self._generators[key] = BatchedGenerator(self.loaded, config)
+        return self._generators[key]
 
     def prompt(self, request: ChatRequest) -> str:
-        """The chat-template prompt for one request."""
-        loaded = self.loaded
-        return loaded.family.build_prompt(
-            request.text,
-            template="chat",
-            processor=loaded.processor,
-            has_image=request.image is not None and loaded.multimodal,
-            system=request.system,
-        )
+        """The prompt text of one request."""
+        has_image = request.image is not None and self.loaded.multimodal
+        return self.generator(request).prompt(self._item(0, request), has_image)
+
+    @staticmethod
+    def _item(index: int, request: ChatRequest) -> Any:
+        from unmirage.generate import GenItem
+
+        return GenItem(id=str(index), question=request.text, image=request.image)
 
     def chat(self, requests: Sequence[ChatRequest]) -> list[BackendReply]:
-        replies: list[BackendReply] = []
-        # Text-only and image requests cannot share a processor call; keep the order by running in runs.
-        start = 0
-        while start < len(requests):
-            with_image = requests[start].image is not None
-            end = start
-            while (
-                end < len(requests)
-                and end - start < self.batch_size
-                and (requests[end].image is not None) == with_image
-            ):
-                end += 1
-            replies.extend(self._generate(requests[start:end]))
-            start = end
+        groups: dict[tuple[str | None, int, bool], list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault((request.system, request.max_tokens, request.image is not None), []).append(
+                index
+            )
+        replies: list[BackendReply] = [BackendReply()] * len(requests)
+        for indices in groups.values():
+            generator = self.generator(requests[indices[0]])
+            rows = generator([self._item(i, requests[i]) for i in indices])
+            for i, row in zip(indices, rows, strict=True):
+                replies[i] = BackendReply(text=row["answer"])
         return replies
-
-    def _generate(self, requests: Sequence[ChatRequest]) -> list[BackendReply]:
-        import torch
-        from PIL import Image
-
-        loaded = self.loaded
-        processor = loaded.processor
-        tokenizer = loaded.tokenizer
-        prompts = [self.prompt(r) for r in requests]
-        use_images = loaded.multimodal and requests[0].image is not None
-        kwargs: dict[str, Any] = {"text": prompts, "return_tensors": "pt", "padding": True}
-        if use_images:
-            images = []
-            for r in requests:
-                try:
-                    with Image.open(r.image) as img:
-                        images.append(img.convert("RGB"))
-                except OSError as err:
-                    raise UnmirageError(f"not a readable image ({err})", file=r.image) from None
-            kwargs["images"] = images
-        side = getattr(tokenizer, "padding_side", "right")
-        tokenizer.padding_side = "left"
-        try:
-            inputs = (
-                processor(**kwargs)
-                if loaded.multimodal
-                else tokenizer(prompts, return_tensors="pt", padding=True)
-            )
-        finally:
-            tokenizer.padding_side = side
-        inputs = inputs.to(loaded.device)
-        max_new = max(r.max_tokens for r in requests)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        with torch.inference_mode():
-            output = loaded.model.generate(
-                **inputs, max_new_tokens=max_new, do_sample=False, pad_token_id=pad
-            )
-        new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        return [BackendReply(text=t.strip()) for t in texts]
 
 
 def make_backend(

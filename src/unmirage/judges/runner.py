@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from unmirage.data.images import resolve_image_path
 from unmirage.errors import UnmirageError
 from unmirage.judges.base import Judge, JudgeItem, Verdict
 from unmirage.judges.cache import JudgeCache, cache_key
@@ -65,18 +66,6 @@ def _check_count(judge: Judge, verdicts: Sequence[Verdict], items: Sequence[Any]
         raise RuntimeError(f"judge {judge.name} returned {len(verdicts)} verdicts for {len(items)} items")
 
 
-def resolve_image(root: str | os.PathLike, relative: str, *, record: object, file: object = None) -> str:
-    """`root/relative`, refusing paths that leave `root` and images that do not exist."""
-    base = Path(root).resolve()
-    path = (base / relative).resolve()
-    if not path.is_relative_to(base):
-        raise UnmirageError(f"image path '{relative}' leaves the image root {base}", file=file, record=record,
-                            field="image")  # fmt: skip
-    if not path.is_file():
-        raise UnmirageError(f"image not found: {path}", file=file, record=record, field="image")
-    return str(path)
-
-
 def record_uid(record: dict[str, Any]) -> str:
     """A readable unique name of one answer line: its `key`, or `id` plus variant/shot when present."""
     if isinstance(record.get("key"), str):
@@ -115,7 +104,7 @@ def items_from_records(
             if not isinstance(record.get("image"), str):
                 raise UnmirageError("no 'image' path to resolve under --image-root", file=file, record=where,
                                     field="image")  # fmt: skip
-            image = resolve_image(image_root, record["image"], record=where, file=file)
+            image = str(resolve_image_path(image_root, record["image"], str(record["id"]), file=file))
         items.append(
             JudgeItem(
                 id=str(record["id"]),

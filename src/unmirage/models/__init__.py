@@ -1,7 +1,7 @@
 """The model layer: load any HF VLM or causal LM, family adapters, and tiny models for tests and demos."""
 
 from unmirage.models.families import FAMILIES, FamilyAdapter, family_for, get_family, unwrap
-from unmirage.models.load import LoadedModel, load_model
+from unmirage.models.load import LoadedModel, load_model, resolve_device
 from unmirage.models.tiny import TINY_FAMILIES, TinySpec, build_tiny, save_tiny
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "family_for",
     "get_family",
     "load_model",
+    "resolve_device",
     "save_tiny",
     "unwrap",
 ]

@@ -57,6 +57,14 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
     return DTYPES[dtype]
 
 
+def resolve_device(device: str = "auto") -> str | None:
+    """The `device_map` for `load_model`: 'auto' -> 'cuda' when a GPU is there, else None (CPU);
+    'cpu' -> None; anything else as given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else None
+    return None if device == "cpu" else device
+
+
 def load_model(
     source: str | os.PathLike,
     *,
