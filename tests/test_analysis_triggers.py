@@ -40,7 +40,8 @@ def _refuses(answers):
 
 def _train_share_refuser():
     """A tiny LLaVA trained to refuse exactly when the question starts with "Share" (about 10 s on one core)."""
-    from unmirage.data.collate import Collator, TrainExample
+    from unmirage.data.collate import Collator
+    from unmirage.data.conversations import Example
     from unmirage.models import load_model
 
     torch.manual_seed(0)
@@ -68,7 +69,7 @@ def _train_share_refuser():
             f"{first} {' '.join(rng.choice(body) for _ in range(rng.randint(3, 10)))}{rng.choice('?.')}"
         )
         answer = "I'm sorry." if first == "Share" else "Sure thing."
-        examples.append(TrainExample(id=str(i), question=question, answer=answer))
+        examples.append(Example(id=str(i), question=question, answer=answer))
     collate = Collator(loaded, system="", placeholder_images=True)
     model = loaded.model
     model.train()

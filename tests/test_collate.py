@@ -4,14 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from unmirage.data.collate import (
-    IGNORE_INDEX,
-    Collator,
-    PairedCollator,
-    PairedDataset,
-    TrainExample,
-    placeholder_size,
-)
+from unmirage.data.collate import IGNORE_INDEX, Collator, PairedCollator, PairedDataset
+from unmirage.data.conversations import Example
+from unmirage.data.images import ImageLoader, placeholder_size
 from unmirage.errors import UnmirageError
 from unmirage.models import load_model
 
@@ -24,7 +19,7 @@ def tiny(request):
 def _examples(n=3):
     answers = ["A red ring.", "Sure, here is the recipe: mix, heat and stir slowly.", "I cannot help."]
     return [
-        TrainExample(
+        Example(
             id=f"r{i}",
             question=f"What is object number {i}?",
             answer=answers[i % 3],
@@ -75,7 +70,7 @@ def test_truncation_cuts_answer_never_image(tiny):
 
 
 def test_placeholder_and_mixed_batches(tiny):
-    text_only = [TrainExample(id="t", question="What?", answer="It is.")]
+    text_only = [Example(id="t", question="What?", answer="It is.")]
     batch = Collator(tiny, template="v1", placeholder_images=True)(text_only)
     assert (batch["input_ids"] == tiny.family.image_token_id(tiny.model)).any()
     width, height = placeholder_size(tiny.processor)
@@ -110,8 +105,8 @@ def test_causal_lm_text_only():
 
 
 def test_paired_dataset_cycles_and_indexes(tiny):
-    forget = [TrainExample(id=f"f{i}", question="Q", answer="A") for i in range(3)]
-    retain = [TrainExample(id=f"r{i}", question="Q", answer="A") for i in range(7)]
+    forget = [Example(id=f"f{i}", question="Q", answer="A") for i in range(3)]
+    retain = [Example(id=f"r{i}", question="Q", answer="A") for i in range(7)]
     data = PairedDataset(forget, retain, seed=1)
     assert len(data) == 7
     pass_one = [data[i]["forget"].id for i in range(3)]
@@ -123,3 +118,21 @@ def test_paired_dataset_cycles_and_indexes(tiny):
     batch = PairedCollator(Collator(tiny, template="v1", placeholder_images=True))([data[0], data[1]])
     assert set(batch) == {"forget", "retain"}
     assert batch["forget"]["index"].tolist() == [data[0]["forget"].index, data[1]["forget"].index]
+
+
+def test_examples_from_a_conversation_file_with_an_image_root(tiny, tmp_path):
+    from unmirage.data.conversations import load_examples
+
+    root = tmp_path / "img"
+    root.mkdir()
+    Image.new("RGB", (40, 30), (10, 200, 10)).save(root / "a.png")
+    (tmp_path / "forget.json").write_text(
+        '[{"id": "f0", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\\nWhat?"},'
+        ' {"from": "gpt", "value": "A square."}]}]'
+    )
+    examples = load_examples(tmp_path / "forget.json")
+    assert examples == [Example(id="f0", question="What?", answer="A square.", image="a.png")]
+    batch = Collator(tiny, template="v1", image_loader=ImageLoader(root=root))(examples)
+    assert "index" not in batch and (batch["labels"] != IGNORE_INDEX).any()
+    with pytest.raises(UnmirageError, match="record id f0: image not found"):
+        Collator(tiny, template="v1", image_loader=ImageLoader(root=tmp_path))(examples)

@@ -78,9 +78,25 @@ def test_absurdly_large_images(root: Path) -> None:
         ImageLoader(root=root, max_bytes=10)("ok/a.png", "r")
 
 
+def test_without_a_root_paths_are_taken_as_given(root: Path) -> None:
+    loader = ImageLoader()
+    assert loader(str(root / "ok" / "rgba.png"), "r").mode == "RGB"
+    assert loader(None, "r") is None
+    assert loader(placeholder_image((3, 2)), "r").size == (3, 2)
+    with pytest.raises(UnmirageError, match=r"record id r: image not found"):
+        loader(root / "ok" / "missing.png", "r")
+    with pytest.raises(UnmirageError, match="corrupt or unreadable"):
+        loader(root / "ok" / "corrupt.png", "r")
+    with pytest.raises(UnmirageError, match="path or a PIL image"):
+        loader(3, "r")
+    assert loader.verify([("a", str(root / "ok" / "a.png"))]) == 1
+    assert loader.provenance() == {"image_root": None, "placeholder_images": None}
+
+
 def test_placeholder_is_opt_in(tmp_path: Path) -> None:
-    with pytest.raises(UnmirageError, match="no image root given"):
-        ImageLoader()
+    assert ImageLoader()(None) is None  # no image, no stand-in unless asked for
+    with pytest.raises(UnmirageError, match="not both"):
+        ImageLoader(root=tmp_path, placeholder=(2, 2))
     with pytest.raises(UnmirageError, match="not a folder"):
         ImageLoader(root=tmp_path / "nowhere")
     loader = ImageLoader(placeholder=parse_size("12x7"))

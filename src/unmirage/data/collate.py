@@ -1,78 +1,28 @@
 """Collation for training: images processed at collate time, labels on the answer tokens only.
 
-`Collator` turns `TrainExample`s into a model batch (input_ids, attention_mask, labels, pixel values and
-whatever else the processor returns). `PairedDataset` + `PairedCollator` feed unlearning methods with
+`Collator` turns `Example`s (`unmirage.data.conversations`, what `load_examples` returns) into a model batch
+(input_ids, attention_mask, labels, pixel values and whatever else the processor returns). Images are loaded
+by the collator's `image_loader` (default `data.images.ImageLoader()`, paths as given; pass
+`ImageLoader(root=DIR)` for the relative paths of conversation files). `PairedDataset` + `PairedCollator` feed unlearning methods with
 `{"forget": batch, "retain": batch}`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from unmirage.data.conversations import Example
+from unmirage.data.images import ImageLoader, LoadImage, placeholder_image, placeholder_size
 from unmirage.errors import UnmirageError
 
 IGNORE_INDEX = -100
-
-
-@dataclass
-class TrainExample:
-    """One (image, question, answer) training item. `image` is a PIL image, a path, or None (text only)."""
-
-    id: str
-    question: str
-    answer: str
-    image: Any = None
-    index: int = -1
-
-
-ImageLoader = Callable[[TrainExample], "Image.Image | None"]
-
-
-def default_image_loader(example: TrainExample) -> Image.Image | None:
-    """PIL images pass through; paths are opened as RGB; None stays None."""
-    if example.image is None or isinstance(example.image, Image.Image):
-        return example.image
-    try:
-        with Image.open(example.image) as img:
-            return img.convert("RGB")
-    except (OSError, ValueError) as err:
-        raise UnmirageError(f"cannot read image ({err})", file=example.image, record=example.id) from None
-
-
-def _field(obj: Any, key: str) -> Any:
-    if isinstance(obj, dict):
-        return obj.get(key)
-    return getattr(obj, key, None)
-
-
-def placeholder_size(processor: Any) -> tuple[int, int]:
-    """(width, height) of the image a processor expects: its crop size, else its square size, else 336."""
-    image_processor = getattr(processor, "image_processor", None)
-    crop = getattr(image_processor, "crop_size", None)
-    if crop is not None and _field(crop, "height"):
-        return int(_field(crop, "width")), int(_field(crop, "height"))
-    size = getattr(image_processor, "size", None)
-    if size is not None and _field(size, "height"):
-        return int(_field(size, "width")), int(_field(size, "height"))
-    if size is not None and _field(size, "longest_edge") and getattr(image_processor, "merge_size", None):
-        edge = int(_field(size, "shortest_edge") ** 0.5)  # Qwen2-VL: sizes are pixel counts
-        return edge, edge
-    if size is not None and _field(size, "shortest_edge"):
-        edge = int(_field(size, "shortest_edge"))
-        return edge, edge
-    return 336, 336
-
-
-def placeholder_image(processor: Any) -> Image.Image:
-    """A mid-grey RGB image of the processor's size (for text-only experiments; outputs must say so)."""
-    return Image.new("RGB", placeholder_size(processor), (128, 128, 128))
 
 
 class Collator:
@@ -90,7 +40,7 @@ class Collator:
         *,
         template: str = "v1",
         max_length: int = 2048,
-        image_loader: ImageLoader | None = None,
+        image_loader: LoadImage | None = None,
         placeholder_images: bool = False,
         system: str | None = None,
     ) -> None:
@@ -100,16 +50,16 @@ class Collator:
         self.tokenizer = loaded.tokenizer
         self.template = template
         self.max_length = max_length
-        self.image_loader = image_loader or default_image_loader
+        self.image_loader = image_loader or ImageLoader()
         self.placeholder_images = placeholder_images
         self.system = system
 
-    def _image(self, example: TrainExample) -> Image.Image | None:
+    def _image(self, example: Example) -> Image.Image | None:
         if not self.family.multimodal:
             return None
-        image = self.image_loader(example)
+        image = self.image_loader(example.image, example.id)
         if image is None and self.placeholder_images:
-            image = placeholder_image(self.processor)
+            image = placeholder_image(placeholder_size(self.processor))
         return image
 
     def answer_token_count(self, prompt: str, full: str, example_id: str) -> int:
@@ -124,7 +74,7 @@ class Collator:
             )
         return len(full_ids) - len(prompt_ids)
 
-    def __call__(self, examples: Sequence[TrainExample]) -> dict[str, torch.Tensor]:
+    def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
         if not examples:
             raise UnmirageError("cannot collate an empty batch")
         images = [self._image(e) for e in examples]
@@ -167,7 +117,7 @@ class Collator:
         return dict(batch)
 
     def _labels_and_truncate(
-        self, batch: dict[str, torch.Tensor], n_answer: list[int], examples: Sequence[TrainExample]
+        self, batch: dict[str, torch.Tensor], n_answer: list[int], examples: Sequence[Example]
     ) -> dict[str, torch.Tensor]:
         input_ids, attention = batch["input_ids"], batch["attention_mask"]
         lengths = attention.sum(dim=1)
@@ -210,8 +160,8 @@ class PairedDataset(Dataset):
 
     def __init__(
         self,
-        forget: Sequence[TrainExample],
-        retain: Sequence[TrainExample],
+        forget: Sequence[Example],
+        retain: Sequence[Example],
         *,
         epoch_over: str = "retain",
         seed: int = 0,
@@ -232,7 +182,7 @@ class PairedDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def _cycled(self, items: list[TrainExample], i: int) -> TrainExample:
+    def _cycled(self, items: list[Example], i: int) -> Example:
         n = len(items)
         if i < n and self.length <= n:
             return items[i]
@@ -241,16 +191,12 @@ class PairedDataset(Dataset):
         rng.shuffle(order)
         return items[order[i % n]]
 
-    def __getitem__(self, i: int) -> dict[str, TrainExample]:
+    def __getitem__(self, i: int) -> dict[str, Example]:
         return {"forget": self._cycled(self.forget, i), "retain": self._cycled(self.retain, i)}
 
 
-def _with_index(example: TrainExample, index: int) -> TrainExample:
-    if example.index == index:
-        return example
-    return TrainExample(
-        id=example.id, question=example.question, answer=example.answer, image=example.image, index=index
-    )
+def _with_index(example: Example, index: int) -> Example:
+    return example if example.index == index else dataclasses.replace(example, index=index)
 
 
 class PairedCollator:
@@ -259,5 +205,5 @@ class PairedCollator:
     def __init__(self, collator: Collator) -> None:
         self.collator = collator
 
-    def __call__(self, items: Sequence[dict[str, TrainExample]]) -> dict[str, dict[str, torch.Tensor]]:
+    def __call__(self, items: Sequence[dict[str, Example]]) -> dict[str, dict[str, torch.Tensor]]:
         return {side: self.collator([item[side] for item in items]) for side in ("forget", "retain")}

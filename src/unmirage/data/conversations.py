@@ -54,13 +54,21 @@ class Conversation:
 
 @dataclass(frozen=True)
 class Example:
-    """A training example: the question without the image token, and the answer to learn or unlearn."""
+    """One (image, question, answer) example: what the data loaders return and training collates.
+
+    `question` has no image token (the prompt builder puts the image where the model family wants it).
+    `image` is a path (relative to an image root, or as given), a PIL image, or None (text only); the
+    collator loads it with its `image_loader` (`unmirage.data.images`). `turn` numbers the exchanges of a
+    multi-turn conversation. `index` is the example's position in its training set (-1: not set;
+    `collate.PairedDataset` sets it and the collator returns it as `batch["index"]`).
+    """
 
     id: str
-    image: str | None
     question: str
     answer: str
+    image: Any = None
     turn: int = 0
+    index: int = -1
 
 
 def single_turn(id: str, image: str | None, question: str, answer: str) -> Conversation:

@@ -4,6 +4,11 @@ Every problem is a one-line `UnmirageError` naming the record id and the image p
 absolute, contains `..` or resolves (through a symlink) outside the root; a missing, empty, corrupt or
 absurdly large file. The opt-in placeholder mode returns a grey image of a fixed size without touching the
 disk, for text-only experiments; outputs made that way record it (see `ImageLoader.provenance`).
+
+`ImageLoader` is the one image loader of the project: the data commands, training collation
+(`data.collate.Collator`) and generation (`generate.BatchedGenerator`) all take an `image_loader`
+(`LoadImage`: `(image, record_id) -> PIL image or None`) and default to `ImageLoader()`, which opens paths as
+given; pass `ImageLoader(root=DIR)` for data whose image paths are relative to an image root.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any, cast
@@ -26,6 +31,9 @@ DEFAULT_MAX_PIXELS = 100_000_000
 DEFAULT_MAX_BYTES = 200 * 1024 * 1024
 """Largest accepted file size."""
 PLACEHOLDER_GREY = (128, 128, 128)
+
+LoadImage = Callable[[Any, "str | None"], "Image.Image | None"]
+"""An image loader: (image reference, record id) -> PIL RGB image, or None for an item without an image."""
 
 
 def _label(record_id: str | None) -> str | None:
@@ -128,6 +136,30 @@ def placeholder_image(size: int | tuple[int, int]) -> Image.Image:
     return Image.new("RGB", (width, height), PLACEHOLDER_GREY)
 
 
+def _field(obj: Any, key: str) -> Any:
+    if isinstance(obj, dict):
+        return obj.get(key)
+    return getattr(obj, key, None)
+
+
+def placeholder_size(processor: Any) -> tuple[int, int]:
+    """(width, height) of the image a processor expects: its crop size, else its square size, else 336."""
+    image_processor = getattr(processor, "image_processor", None)
+    crop = getattr(image_processor, "crop_size", None)
+    if crop is not None and _field(crop, "height"):
+        return int(_field(crop, "width")), int(_field(crop, "height"))
+    size = getattr(image_processor, "size", None)
+    if size is not None and _field(size, "height"):
+        return int(_field(size, "width")), int(_field(size, "height"))
+    if size is not None and _field(size, "longest_edge") and getattr(image_processor, "merge_size", None):
+        edge = int(_field(size, "shortest_edge") ** 0.5)  # Qwen2-VL: sizes are pixel counts
+        return edge, edge
+    if size is not None and _field(size, "shortest_edge"):
+        edge = int(_field(size, "shortest_edge"))
+        return edge, edge
+    return 336, 336
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """'336' -> (336, 336); '640x480' -> (640, 480); anything else is a one-line error."""
     match = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", text)
@@ -142,10 +174,18 @@ def parse_size(text: str) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class ImageLoader:
-    """Loads the images of records: `loader(image, record_id)` -> PIL RGB image.
+    """Loads the images of records: `loader(image, record_id)` -> PIL RGB image (None when `image` is None).
 
-    Either `root` is set (files resolved and checked under it) or `placeholder` is a (width, height) and
-    every image is a grey stand-in (explicit opt-in for text-only runs; nothing is read from disk).
+    Three modes:
+
+    * `root` set: `image` is a path relative to the root, resolved and checked (`resolve_image_path`);
+    * `placeholder` set, a (width, height): every image is a grey stand-in (explicit opt-in for text-only
+      runs; nothing is read from disk);
+    * neither (the default of collation and generation): `image` is a path as given (absolute, or relative
+      to the working folder), checked the same way except for the root.
+
+    In every mode a PIL image passes through (converted to RGB) and the file checks (empty, too large,
+    corrupt) apply.
     """
 
     root: Path | None = None
@@ -154,22 +194,39 @@ class ImageLoader:
     max_bytes: int = DEFAULT_MAX_BYTES
 
     def __post_init__(self) -> None:
-        if self.root is None and self.placeholder is None:
-            raise UnmirageError("no image root given (pass an image root, or opt in to placeholder images)")
+        if self.root is not None and self.placeholder is not None:
+            raise UnmirageError("give either an image root or placeholder images, not both")
         if self.root is not None:
             object.__setattr__(self, "root", Path(self.root))
             if not Path(self.root).is_dir():
                 raise UnmirageError(f"image root {str(self.root)!r} is not a folder")
 
-    def path(self, image: str, record_id: str | None = None) -> Path:
+    def path(self, image: str | os.PathLike, record_id: str | None = None) -> Path:
         """The checked file path of `image` (error in placeholder mode, where there are no files)."""
-        if self.root is None:
+        if self.placeholder is not None:
             raise UnmirageError("placeholder images have no files", record=_label(record_id))
-        return resolve_image_path(self.root, image, record_id)
+        if self.root is not None:
+            return resolve_image_path(self.root, str(image), record_id)
+        path = Path(image)
+        if not path.is_file():
+            problem = "is not a regular file" if path.exists() else "not found"
+            raise UnmirageError(f"image {problem}: {str(path)!r}", record=_label(record_id))
+        return path
 
-    def __call__(self, image: str, record_id: str | None = None) -> Image.Image:
+    def __call__(self, image: Any, record_id: str | None = None) -> Image.Image | None:
         if self.placeholder is not None:
             return placeholder_image(self.placeholder)
+        if image is None:
+            return None
+        if not isinstance(image, str | os.PathLike):
+            from PIL import Image as PILImage
+
+            if isinstance(image, PILImage.Image):
+                return image if image.mode == "RGB" else image.convert("RGB")
+            raise UnmirageError(
+                f"an image must be a path or a PIL image, got {type(image).__name__}",
+                record=_label(record_id),
+            )
         path = self.path(image, record_id)
         img = check_image_file(path, record_id, max_pixels=self.max_pixels, max_bytes=self.max_bytes)
         return cast("Image.Image", img)

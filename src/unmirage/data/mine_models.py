@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from unmirage.data.images import ImageLoader
+from unmirage.data.images import ImageLoader, placeholder_size
 from unmirage.data.mine import Message, mine_harmful
 from unmirage.data.vlguard import Sample, load_vlguard, view
 from unmirage.errors import UnmirageError
@@ -55,8 +55,7 @@ class ModelCandidateGenerator:
         self._generator: Any = None
 
     def _load(self) -> Any:
-        from unmirage.data.collate import placeholder_size
-        from unmirage.generate import BatchedGenerator, GenerationConfig, GenItem
+        from unmirage.generate import BatchedGenerator, GenerationConfig
         from unmirage.models import load_model
 
         loaded = load_model(self.source, dtype=self.dtype, device_map=self.device_map)
@@ -64,14 +63,10 @@ class ModelCandidateGenerator:
             images = ImageLoader(placeholder=placeholder_size(loaded.processor))
         else:
             images = ImageLoader(root=self.image_root)
-
-        def load_image(item: GenItem) -> Any:
-            return images(str(item.image), str(item.id))
-
         config = GenerationConfig(
             template=self.template, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size
         )
-        return BatchedGenerator(loaded, config, image_loader=load_image)
+        return BatchedGenerator(loaded, config, image_loader=images)
 
     def __call__(self, batch: Sequence[Sample]) -> list[str]:
         from unmirage.generate import GenItem

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,14 +19,18 @@ from typing import Any
 import torch
 from PIL import Image
 
-from unmirage.data.collate import TrainExample, default_image_loader, placeholder_image
+from unmirage.data.images import ImageLoader, LoadImage, placeholder_image, placeholder_size
 from unmirage.errors import UnmirageError
 from unmirage.runs import JsonlAppender, atomic_open, read_jsonl_resumable
 
 
 @dataclass
 class GenItem:
-    """One prompt to answer. (`id`, `variant`) is unique within a run; `meta` is copied to the output line."""
+    """One prompt to answer. (`id`, `variant`) is unique within a run; `meta` is copied to the output line.
+
+    `image` is whatever the generator's `image_loader` takes: a path (relative to its image root, or as
+    given), a PIL image, or None (no image; a grey placeholder with `placeholder_images`).
+    """
 
     id: str
     question: str
@@ -58,23 +62,20 @@ class GenerationConfig:
             raise UnmirageError(f"batch_size must be >= 1 (got {self.batch_size})")
 
 
-ImageLoader = Callable[[GenItem], "Image.Image | None"]
-
-
-def _default_loader(item: GenItem) -> Image.Image | None:
-    return default_image_loader(TrainExample(id=item.id, question=item.question, answer="", image=item.image))
-
-
 class BatchedGenerator:
-    """Greedy batched generation for a `LoadedModel`."""
+    """Greedy batched generation for a `LoadedModel`.
+
+    `image_loader` loads each item's image (`data.images.LoadImage`); the default, `ImageLoader()`, opens
+    paths as given and passes PIL images through; pass `ImageLoader(root=DIR)` for paths relative to a root.
+    """
 
     def __init__(
-        self, loaded: Any, config: GenerationConfig | None = None, image_loader: ImageLoader | None = None
+        self, loaded: Any, config: GenerationConfig | None = None, image_loader: LoadImage | None = None
     ) -> None:
         self.loaded = loaded
         self.config = config or GenerationConfig()
         self.config.validate()
-        self.image_loader = image_loader or _default_loader
+        self.image_loader = image_loader or ImageLoader()
 
     # ----- prompts -------------------------------------------------------------------------------------------
     def prompt(self, item: GenItem, has_image: bool) -> str:
@@ -94,9 +95,9 @@ class BatchedGenerator:
     def _image(self, item: GenItem) -> Image.Image | None:
         if not self.loaded.multimodal:
             return None
-        image = self.image_loader(item)
+        image = self.image_loader(item.image, item.id)
         if image is None and self.config.placeholder_images:
-            image = placeholder_image(self.loaded.processor)
+            image = placeholder_image(placeholder_size(self.loaded.processor))
         return image
 
     def plan(self, items: Sequence[GenItem]) -> list[list[GenItem]]:
