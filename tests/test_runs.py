@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 
@@ -9,6 +11,7 @@ from unmirage.runs import (
     atomic_open,
     atomic_write_json,
     build_manifest,
+    current_umask,
     read_jsonl_resumable,
     sha256_file,
 )
@@ -22,6 +25,22 @@ def test_atomic_write_leaves_nothing_on_error(tmp_path):
         raise RuntimeError("boom")
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+def test_atomic_files_get_normal_permissions(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        atomic_write_json(tmp_path / "m.json", {"a": 1})
+        with atomic_open(tmp_path / "b.bin", "wb") as handle:
+            handle.write(b"x")
+        (tmp_path / "plain.txt").write_text("x")  # what an ordinary open() gives
+    finally:
+        os.umask(old)
+    expected = 0o666 & ~umask
+    for name in ("m.json", "b.bin", "plain.txt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == expected, name
 
 
 def test_jsonl_resume_drops_torn_line(tmp_path):
