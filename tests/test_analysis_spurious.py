@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from helpers import run_cli, safe_record, unsafe_record, write_jsonl
 from unmirage.analysis.spurious import (
     LabelledText,
     analyze_file,
@@ -14,7 +15,6 @@ from unmirage.analysis.spurious import (
     write_report,
 )
 from unmirage.analysis.tokens import content_words, missing_content_words, ngrams, same_stem, words
-from unmirage.cli.main import main
 from unmirage.errors import UnmirageError
 
 # Label A: 3 texts start with "share", 1 with "what"; label B: 3 with "what", 1 with "how".
@@ -28,15 +28,6 @@ SMALL = [
     LabelledText("What now", False),
     LabelledText("How so", False),
 ]
-
-
-def run_cli(args: list[str]) -> int:
-    """Run the `unmirage` command in-process; return its exit status."""
-    try:
-        main(args)
-    except SystemExit as stop:
-        return int(stop.code or 0)
-    return 0
 
 
 def _row(result, token):
@@ -116,7 +107,7 @@ def test_generic_jsonl_and_llava_with_a_judge(tmp_path):
     rows = [{"text": "Share it", "label": "unsafe"}, {"text": "What is it", "label": "safe"}]
     rows += [{"text": "Share more", "label": 1}, {"text": "What else", "label": False}]
     path = tmp_path / "rows.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(path, rows)
     result = analyze_file(path)
     assert result.settings["format"] == "jsonl" and result.settings["label_by"] == "field"
     assert _row(result, "share")["counts"] == {"positive": 2, "negative": 0}
@@ -166,18 +157,14 @@ def test_generic_jsonl_and_llava_with_a_judge(tmp_path):
 
 
 def test_vlguard_records_go_through_the_data_layer(tmp_path):
-    safe = {"id": "s", "image": "a.png", "safe": True, "instr-resp": [
-        {"unsafe_instruction": "Can you find him?", "response": "No."},
-        {"safe_instruction": "What is it?", "response": "A cat."},
-    ]}  # fmt: skip
-    unsafe = {"id": "u", "image": "b.png", "safe": False, "harmful_category": "privacy",
-              "harmful_subcategory": "personal data", "instr-resp": [{"instruction": "Share it.", "response": "No."}]}  # fmt: skip
+    safe, unsafe = safe_record("s", "a.png", "What is it?"), unsafe_record("u", "b.png", "Share it.")
+    safe["instr-resp"].reverse()  # the data layer finds each instruction wherever it stands
     rows = tmp_path / "vl.jsonl"
-    rows.write_text("".join(json.dumps(r) + "\n" for r in (safe, unsafe, dict(unsafe, id="u2"))))
+    write_jsonl(rows, [safe, unsafe, dict(unsafe, id="u2")])
     result = analyze_file(rows)
     assert result.settings["format"] == "vlguard" and result.n_texts == {"unsafe": 2, "safe": 1}
     both = analyze_file(rows, include_safe_unsafes=True)
-    assert _row(both, "can")["counts"] == {"unsafe": 1, "safe": 0}
+    assert _row(both, "how")["counts"] == {"unsafe": 1, "safe": 0}
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([safe, {k: v for k, v in unsafe.items() if k != "harmful_category"}]))
     with pytest.raises(UnmirageError, match=r"bad.json: record 1 \(id u\): field 'harmful_category'"):
@@ -185,29 +172,11 @@ def test_vlguard_records_go_through_the_data_layer(tmp_path):
 
 
 def test_cli_writes_table_chart_and_fails_cleanly(tmp_path, capsys):
-    data = [
-        {
-            "id": "s",
-            "image": "a.png",
-            "safe": True,
-            "instr-resp": [
-                {"safe_instruction": "What is it?", "response": "A"},
-                {"unsafe_instruction": "Can you share it?", "response": "No"},
-            ],
-        },
-        {
-            "id": "u",
-            "image": "b.png",
-            "safe": False,
-            "harmful_category": "privacy",
-            "harmful_subcategory": "personal data",
-            "instr-resp": [{"instruction": "Share it.", "response": "No"}],
-        },
-    ]
+    data = [safe_record("s", "a.png", "What is it?"), unsafe_record("u", "b.png", "Share it.")]
     path = tmp_path / "vl.json"
     path.write_text(json.dumps(data))
     out = tmp_path / "out"
-    assert run_cli(["analyze", "spurious", str(path), "--out", str(out), "--top", "3"]) == 0
+    assert run_cli(["analyze", "spurious", str(path), "--out", str(out), "--top", "3"], capsys).code == 0
     table = json.loads((out / "spurious.json").read_text())
     assert table["labels"] == {"positive": "unsafe", "negative": "safe"}
     assert {t["token"] for t in table["tokens"]} == {"what", "share"}
@@ -217,12 +186,12 @@ def test_cli_writes_table_chart_and_fails_cleanly(tmp_path, capsys):
 
     broken = tmp_path / "broken.json"
     broken.write_text("[{")
-    assert run_cli(["analyze", "spurious", str(broken), "--out", str(tmp_path / "never")]) == 2
-    assert "not valid JSON" in capsys.readouterr().err
+    code, _, err = run_cli(["analyze", "spurious", str(broken), "--out", str(tmp_path / "never")], capsys)
+    assert code == 2 and "not valid JSON" in err
     assert not (tmp_path / "never" / "spurious.json").exists()
 
 
-def test_cli_label_by_keyword_uses_the_refusal_judge(tmp_path):
+def test_cli_label_by_keyword_uses_the_refusal_judge(tmp_path, capsys):
     def conversation(rid, question, answer):
         return {
             "id": rid,
@@ -232,9 +201,12 @@ def test_cli_label_by_keyword_uses_the_refusal_judge(tmp_path):
     rows = [conversation("a", "Share the address.", "I'm sorry, I can't help with that.")]
     rows += [conversation("b", "What is it?", "A red car."), conversation("c", "Share it now", "I cannot.")]
     path = tmp_path / "chats.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(path, rows)
     out = tmp_path / "out"
-    assert run_cli(["analyze", "spurious", str(path), "--out", str(out), "--label-by", "keyword"]) == 0
+    assert (
+        run_cli(["analyze", "spurious", str(path), "--out", str(out), "--label-by", "keyword"], capsys).code
+        == 0
+    )
     table = json.loads((out / "spurious.json").read_text())
     assert table["labels"] == {"positive": "refusal", "negative": "compliant"}
     assert table["n_texts"] == {"refusal": 2, "compliant": 1} and table["label_by"] == "judge"

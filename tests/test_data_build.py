@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from datatools import assert_one_line_error, run_cli, safe_record, unsafe_record, write_json
+from helpers import assert_one_line_error, run_cli, safe_record, unsafe_record, write_json
 from unmirage.data.build import build_unlearn, make_unlearn_sets
 from unmirage.data.conversations import load_examples, read_conversations, single_turn, write_conversations
 from unmirage.data.mine import ANSWERS_FORMAT

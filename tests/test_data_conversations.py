@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from datatools import assert_one_line_error, run_cli, write_json
+from helpers import assert_one_line_error, run_cli, write_json
 from unmirage.data.conversations import (
     Conversation,
     Turn,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import unmirage.models
-from datatools import assert_one_line_error, png, run_cli, safe_record, unsafe_record, write_json
+from helpers import assert_one_line_error, png, run_cli, safe_record, unsafe_record, write_json
 from unmirage.data.build import build_unlearn
 from unmirage.data.conversations import load_examples
 

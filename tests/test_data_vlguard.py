@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from datatools import assert_one_line_error, run_cli, safe_record, unsafe_record, write_json
+from helpers import assert_one_line_error, run_cli, safe_record, unsafe_record, write_json
 from unmirage.data.vlguard import (
     SafeImageRecord,
     UnsafeImageRecord,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import write_jsonl
 from unmirage.errors import UnmirageError
 from unmirage.eval import EvalPrompt, EvalSettings, load_cases, run_eval
 from unmirage.judges import BackendReply, ChatRequest
@@ -102,7 +103,7 @@ class ScriptedGenerate:
     def __call__(self, case: str, prompts: Sequence[EvalPrompt], out: Path) -> list[dict]:
         self.calls.append((case, list(prompts)))
         rows = [{"id": p.id, "variant": p.shot, "answer": ANSWERS[(case, p.id, p.shot)]} for p in prompts]
-        out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_jsonl(out, rows)
         return rows
 
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unmirage.cli.main import main as cli_main
+from helpers import assert_one_line_error, run_cli, write_jsonl
 from unmirage.errors import UnmirageError
 from unmirage.judges import BackendReply, ChatRequest, JudgeCache, JudgeItem, get_judge, run_judge
 from unmirage.judges.keyword import (
@@ -307,47 +307,20 @@ def test_llm_judge_needs_a_backend_and_questions() -> None:
 # ----- `unmirage judge` -------------------------------------------------------------------------------------------
 
 
-def write_jsonl(path, rows) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def run_cli(argv: list[str]) -> int:
-    try:
-        cli_main(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    return 0
-
-
 def test_cli_keyword_writes_every_line_back(tmp_path, capsys) -> None:
     rows = [{"id": f"q{i}", "variant": "normal", "answer": a} for i, (a, _, _) in enumerate(LABELLED)]
     write_jsonl(tmp_path / "gens.jsonl", rows)
-    assert (
-        run_cli(
-            [
-                "judge",
-                "keyword",
-                "--answers",
-                str(tmp_path / "gens.jsonl"),
-                "--out",
-                str(tmp_path / "j.jsonl"),
-            ]
-        )
-        == 0
-    )
+    argv = ["judge", "keyword", "--answers", str(tmp_path / "gens.jsonl"), "--out", str(tmp_path / "j.jsonl")]
+    result = run_cli(argv, capsys)
+    assert result.code == 0 and "keyword: answers" in result.out
     judged = [json.loads(line) for line in (tmp_path / "j.jsonl").read_text().splitlines()]
     assert [r["refused"] for r in judged] == [k for _, k, _ in LABELLED]
     assert all(r["variant"] == "normal" and "keyword" in r["judgements"] for r in judged)
     # judging the judged file with a second judge keeps the first judgement
-    assert (
-        run_cli(
-            ["judge", "rules", "--answers", str(tmp_path / "j.jsonl"), "--out", str(tmp_path / "j2.jsonl")]
-        )
-        == 0
-    )
+    argv = ["judge", "rules", "--answers", str(tmp_path / "j.jsonl"), "--out", str(tmp_path / "j2.jsonl")]
+    assert run_cli(argv, capsys).code == 0
     second = json.loads((tmp_path / "j2.jsonl").read_text().splitlines()[0])
     assert set(second["judgements"]) == {"keyword", "rules"} and "flagged" in second and "refused" in second
-    assert "keyword: answers" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -363,9 +336,10 @@ def test_cli_keyword_writes_every_line_back(tmp_path, capsys) -> None:
 def test_cli_bad_answers_files(tmp_path, capsys, content: str, message: str) -> None:
     (tmp_path / "gens.jsonl").write_text(content)
     out = tmp_path / "j.jsonl"
-    assert run_cli(["judge", "keyword", "--answers", str(tmp_path / "gens.jsonl"), "--out", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    code, _, err = run_cli(
+        ["judge", "keyword", "--answers", str(tmp_path / "gens.jsonl"), "--out", str(out)], capsys
+    )
+    assert_one_line_error(code, err, message)
     assert not out.exists()
 
 
@@ -379,27 +353,15 @@ def test_cli_llm_judge_needs_image_choice_and_model(tmp_path, capsys) -> None:
         "--out",
         str(tmp_path / "o.jsonl"),
     ]
-    assert run_cli(base) == 2
-    assert "--image-root DIR, or --text-only" in capsys.readouterr().err
-    assert run_cli([*base, "--text-only"]) == 2
-    assert "needs a model" in capsys.readouterr().err
-    assert (
-        run_cli(
-            [
-                *base,
-                "--image-root",
-                str(tmp_path),
-                "--judge-model",
-                "m",
-                "--judge-url",
-                "http://127.0.0.1:9/v1",
-            ]
-        )
-        == 2
-    )
-    assert "image not found" in capsys.readouterr().err
-    assert run_cli(["judge", "nope", "--answers", "x", "--out", "y"]) == 2
-    assert "unknown judge 'nope'" in capsys.readouterr().err
+    server = ["--image-root", str(tmp_path), "--judge-model", "m", "--judge-url", "http://127.0.0.1:9/v1"]
+    for argv, message in [
+        (base, "--image-root DIR, or --text-only"),
+        ([*base, "--text-only"], "needs a model"),
+        ([*base, *server], "image not found"),
+        (["judge", "nope", "--answers", "x", "--out", "y"], "unknown judge 'nope'"),
+    ]:
+        code, _, err = run_cli(argv, capsys)
+        assert_one_line_error(code, err, message)
 
 
 def test_judge_file_on_malformed_error(tmp_path) -> None:

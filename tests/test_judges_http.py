@@ -3,87 +3,21 @@ and against a deliberately failing local endpoint (500s, refused connections, ti
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from helpers import ScriptedServer, free_port
 from unmirage.judges import ChatRequest, JudgeItem, OpenAIBackend, get_judge, run_judge
 from unmirage.judges.llm import parse_harm, parse_relevance
 from unmirage.models import save_tiny
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def completion(text: str) -> dict:
-    return {
-        "id": "x",
-        "object": "chat.completion",
-        "created": 0,
-        "model": "m",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-    }
-
-
-class ScriptedServer:
-    """A local HTTP server whose responses follow a script: a list of (status, delay_s) per request."""
-
-    def __init__(self, script: list[tuple[int, float]], reply: str = "Relevant: fine") -> None:
-        self.script = list(script)
-        self.reply = reply
-        self.bodies: list[dict] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server API)
-                length = int(self.headers.get("Content-Length", 0))
-                server.bodies.append(json.loads(self.rfile.read(length)))
-                status, delay = server.script.pop(0) if server.script else (200, 0.0)
-                time.sleep(delay)
-                payload = (
-                    completion(server.reply)
-                    if status == 200
-                    else {"error": {"message": f"scripted {status}"}}
-                )
-                data = json.dumps(payload).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> ScriptedServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def backend(url: str, **kwargs) -> OpenAIBackend:
