@@ -169,41 +169,41 @@ def image_file(root: Path | None, prompt: EvalPrompt) -> str | None:
 
 
 class HFGenerate:
-    """The default `GenerateFn`: batched, resumable greedy generation with a Hugging Face model."""
+    """The default `GenerateFn`: batched, resumable greedy generation with a Hugging Face model.
+
+    The model is loaded once; each image root (the VLGuard one, the VQA one) gets its own generator whose
+    image loader resolves the prompts' relative paths under it.
+    """
 
     def __init__(self, settings: EvalSettings) -> None:
         self.settings = settings
-        self._generator: Any = None
+        self._loaded: Any = None
+        self._generators: dict[Path | None, Any] = {}
 
-    def generator(self) -> Any:
-        if self._generator is None:
+    def generator(self, root: Path | None) -> Any:
+        if root not in self._generators:
+            from unmirage.data.images import ImageLoader
             from unmirage.generate import BatchedGenerator, GenerationConfig
             from unmirage.models import load_model, resolve_device
 
             s = self.settings
-            loaded = load_model(s.model, dtype=s.dtype, device_map=resolve_device())
+            if self._loaded is None:
+                self._loaded = load_model(s.model, dtype=s.dtype, device_map=resolve_device())
             config = GenerationConfig(template=s.template, max_new_tokens=s.max_new_tokens, batch_size=s.batch_size,
                                       placeholder_images=s.placeholder_images)  # fmt: skip
-            self._generator = BatchedGenerator(loaded, config)
-        return self._generator
+            loader = ImageLoader(root=root) if root is not None else ImageLoader()
+            self._generators[root] = BatchedGenerator(self._loaded, config, image_loader=loader)
+        return self._generators[root]
 
     def __call__(self, case: str, prompts: Sequence[EvalPrompt], out: Path) -> list[dict[str, Any]]:
-        from unmirage.generate import GenItem, run_generation
+        from unmirage.generate import run_generation
+        from unmirage.generate.vlguard import items_from_samples
         from unmirage.runs import read_jsonl_resumable
 
         root = self.settings.vqa_image_root if case == "vqa" else self.settings.image_root
         root = None if self.settings.placeholder_images else (root or self.settings.image_root)
-        items = [
-            GenItem(
-                id=p.id,
-                question=p.question,
-                image=image_file(root, p),
-                variant=p.shot,
-                meta={"case": case, "shot": p.shot},
-            )  # fmt: skip
-            for p in prompts
-        ]
-        run_generation(self.generator(), items, out, progress=True)
+        items = items_from_samples(prompts, case=case, with_images=root is not None)
+        run_generation(self.generator(root), items, out, progress=True)
         return read_jsonl_resumable(out)
 
 

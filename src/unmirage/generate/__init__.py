@@ -1,4 +1,5 @@
-"""Batched, resumable generation (Hugging Face backend; vLLM optional)."""
+"""Batched, resumable generation (Hugging Face backend; vLLM optional), and `unmirage generate` over VLGuard
+files (`generate.vlguard`)."""
 
 from unmirage.generate.batched import (
     BatchedGenerator,

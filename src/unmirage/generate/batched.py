@@ -56,6 +56,12 @@ class GenerationConfig:
     bucket_by_length: bool = True
 
     def validate(self) -> None:
+        from unmirage.models.families.base import TEMPLATES
+
+        if self.template not in TEMPLATES:
+            raise UnmirageError(
+                f"unknown prompt template '{self.template}' (choose from {', '.join(TEMPLATES)})"
+            )
         if self.max_new_tokens < 1:
             raise UnmirageError(f"max_new_tokens must be >= 1 (got {self.max_new_tokens})")
         if self.batch_size < 1:

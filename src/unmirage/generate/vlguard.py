@@ -1,0 +1,179 @@
+"""`unmirage generate`: answers for the questions of a VLGuard-schema file, one JSON line per (id, shot).
+
+The questions come from `unmirage.data.vlguard.load_samples` (train/test files and attack files alike; a
+K-shot file gives K questions per id). `items_from_samples` turns them into generation items, the one
+mapping shared with `unmirage eval`: `variant` is the shot index, `meta` copies the case (the subset), the
+shot and, for unsafe images, the harmful category and subcategory into every output line.
+
+Generation is `run_generation` (resumable: a rerun adds only what is missing). Under `accelerate launch`
+with several processes, each rank generates its shard of the batch plan into `OUT.rank<R>` and rank 0
+merges them into `OUT` once every rank is done. `<OUT stem>.manifest.json` records the settings, the input
+and output hashes and whether placeholder images stood in for the real ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from unmirage.errors import UnmirageError
+from unmirage.generate.batched import (
+    BatchedGenerator,
+    GenerationConfig,
+    GenItem,
+    merge_shards,
+    run_generation,
+)
+
+
+class Question(Protocol):
+    """What `items_from_samples` reads: a `data.vlguard.Sample` or an `eval.EvalPrompt`."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def question(self) -> str: ...
+    @property
+    def image(self) -> str | None: ...
+    @property
+    def shot(self) -> int: ...
+    @property
+    def category(self) -> str | None: ...
+    @property
+    def subcategory(self) -> str | None: ...
+
+
+def items_from_samples(samples: Sequence[Question], *, case: str, with_images: bool = True) -> list[GenItem]:
+    """Generation items for VLGuard questions: `variant` = shot; `meta` = case, shot, category, subcategory.
+
+    With `with_images` the item's image is the question's image path (for an `ImageLoader(root=...)`);
+    without, items have no image (placeholder runs).
+    """
+    items = []
+    for s in samples:
+        meta: dict[str, Any] = {"case": case, "shot": s.shot}
+        if s.category is not None:
+            meta.update(category=s.category, subcategory=s.subcategory)
+        image = s.image if with_images else None
+        items.append(GenItem(id=s.id, question=s.question, image=image, variant=s.shot, meta=meta))
+    return items
+
+
+@dataclass(frozen=True)
+class Processes:
+    """Where this process stands among the ones `accelerate launch` started (1 process without it)."""
+
+    rank: int = 0
+    world: int = 1
+    state: Any = None
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def wait(self) -> None:
+        """Barrier: return when every process got here."""
+        if self.state is not None and self.world > 1:
+            self.state.wait_for_everyone()
+
+
+def current_processes() -> Processes:
+    """This process's rank and the number of processes (`accelerate.PartialState`; CPU-only machines too).
+
+    A launcher that started several processes which accelerate does not see as one group is an error, so
+    that the processes never write the same output file.
+    """
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    launched = int(os.environ.get("WORLD_SIZE") or 1)
+    if launched != state.num_processes:
+        raise UnmirageError(
+            f"{launched} processes were launched but accelerate sees {state.num_processes}; "
+            "start multi-process generation with `accelerate launch`"
+        )
+    return Processes(rank=state.process_index, world=state.num_processes, state=state)
+
+
+def generate_vlguard(
+    model: str,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    subset: str = "unsafes",
+    image_root: str | os.PathLike | None = None,
+    placeholder_images: bool = False,
+    config: GenerationConfig | None = None,
+    limit: int | None = None,
+    dtype: str = "auto",
+    adapter: str | os.PathLike | None = None,
+    processes: Processes | None = None,
+    progress: bool = True,
+) -> Path:
+    """Answer every question of `subset` in `data` into the JSON-lines file `out`; returns `out`.
+
+    Exactly one of `image_root` (image paths are relative to it; every image is checked before the model
+    loads) and `placeholder_images` (grey stand-ins, recorded) must be given. `limit` keeps the first N ids
+    (with all their shots). `processes` defaults to what `accelerate` reports.
+    """
+    from unmirage.data.images import ImageLoader
+    from unmirage.data.vlguard import load_samples
+    from unmirage.models import load_model, resolve_device
+    from unmirage.runs import write_manifest
+
+    out, data = Path(out), Path(data)
+    if (image_root is None) == (not placeholder_images):
+        raise UnmirageError("pass either --image-root or --placeholder-images (for text-only experiments)")
+    if limit is not None and limit < 1:
+        raise UnmirageError(f"--limit must be at least 1 (got {limit})")
+    config = dataclasses.replace(config or GenerationConfig(), placeholder_images=placeholder_images)
+    config.validate()
+    samples = load_samples(data, subset)
+    if limit is not None:
+        keep = set(list(dict.fromkeys(s.id for s in samples))[:limit])
+        samples = [s for s in samples if s.id in keep]
+    items = items_from_samples(samples, case=subset, with_images=not placeholder_images)
+    loader = ImageLoader(root=Path(image_root)) if image_root is not None else ImageLoader()
+    if image_root is not None:
+        loader.verify([(s.id, s.image) for s in samples], progress=progress)
+    processes = processes or current_processes()
+    device_map = resolve_device()
+    if processes.world > 1:  # every rank on its own device
+        device_map = None if str(processes.state.device).startswith("cpu") else str(processes.state.device)
+    loaded = load_model(model, dtype=dtype, device_map=device_map, adapter=adapter)
+    generator = BatchedGenerator(loaded, config, image_loader=loader)
+    run_generation(generator, items, out, progress=progress, rank=processes.rank, world=processes.world)
+    processes.wait()
+    if processes.main:
+        if processes.world > 1:
+            merge_shards(out, processes.world, items)
+        write_manifest(
+            out.parent,
+            name=f"{out.stem}.manifest.json",
+            command="generate",
+            config={
+                "model": model,
+                "adapter": str(adapter) if adapter else None,
+                "dtype": dtype,
+                "subset": subset,
+                "limit": limit,
+                **dataclasses.asdict(config),
+                "decoding": "greedy",
+            },  # fmt: skip
+            inputs=[data],
+            outputs=[out],
+            seed=None,
+            images={
+                "image_root": str(image_root) if image_root is not None else None,
+                "placeholder_images": placeholder_images,
+            },  # fmt: skip
+            items=len(items),
+            processes=processes.world,
+        )
+    processes.wait()
+    return out
