@@ -202,9 +202,11 @@ def _short(text: str, limit: int = 200) -> str:
 
 
 class HFBackend:
-    """Replies from a local Hugging Face model through `unmirage.generate.BatchedGenerator`: greedy, batched
-    (left padding, length buckets), by default the model's own chat template (`template="chat"`) with the
-    system text as a system turn (`template="v1"`: the reference's plain prompt). Requests with and without an image, or with another system text or reply length, are
+    """Replies from a local Hugging Face model through `unmirage.generate.BatchedGenerator`.
+
+    Greedy, batched (left padding, length buckets); by default the model's own chat template
+    (`template="chat"`) with the system text as a system turn (`template="v1"`: the reference's plain
+    prompt). Requests with and without an image, or with another system text or reply length, are
     generated in separate groups; replies come back in request order. Text-only models ignore images.
     """
 
