@@ -6,6 +6,7 @@ import random
 import pytest
 import torch
 
+from helpers import assert_one_line_error, run_cli
 from unmirage.analysis.triggers import (
     Query,
     build_probes,
@@ -169,11 +170,12 @@ def test_inputs(vlguard_dir, tmp_path):
     from unmirage.data.vlguard import load_vlguard
 
     records = load_vlguard(vlguard_dir / "test.json")
-    queries = queries_from_vlguard(records, image_root=tmp_path, limit=5, seed=1)
+    queries = queries_from_vlguard(records, limit=5, seed=1)
     assert [q.direction for q in queries] == ["jailbreak"] * 5 + ["overrefusal"] * 5
-    assert queries == queries_from_vlguard(records, image_root=tmp_path, limit=5, seed=1)
-    assert queries[0].image.startswith(str(tmp_path))
-    assert queries_from_vlguard(records, ["safe_safes"])[0].image is None
+    assert queries == queries_from_vlguard(records, limit=5, seed=1)
+    first = next(r for r in records.records if queries[0].id == f"unsafes/{r.id}")
+    assert queries[0].image == first.image and queries[0].question == first.pair.instruction
+    assert queries_from_vlguard(records, ["safe_safes"], with_images=False)[0].image is None
     with pytest.raises(UnmirageError, match="subset"):
         queries_from_vlguard(records, ["everything"])
     table = {
@@ -194,15 +196,13 @@ def test_refusal_judges_come_from_the_judges_package():
         refusal_judge("llm-harm")
 
 
-def test_cli_triggers_end_to_end(tmp_path, vlguard_dir):
-    from unmirage.cli.main import main
-
+def test_cli_triggers_end_to_end(tmp_path, vlguard_dir, capsys):
     out = tmp_path / "t"
     args = ["analyze", "triggers", "--model", "tiny-llava", "--data", str(vlguard_dir / "test.json")]
     args += ["--out", str(out), "--words", "What,Share", "--limit", "2", "--max-new-tokens", "2"]
-    with pytest.raises(SystemExit) as stop:
-        main(args + ["--placeholder-images"])
-    assert stop.value.code == 0
+    code, _, err = run_cli([*args, "--image-root", str(tmp_path)], capsys)  # no image there
+    assert_one_line_error(code, err, "image not found")
+    assert run_cli([*args, "--placeholder-images"], capsys).code == 0
     result = json.loads((out / "triggers.json").read_text())
     assert set(result["directions"]) == {"jailbreak", "overrefusal"}
     assert (out / "triggers.png").is_file() and (out / "generations.jsonl").is_file()

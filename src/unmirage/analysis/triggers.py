@@ -20,7 +20,6 @@ import os
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from unmirage.analysis.tokens import first_word
@@ -168,15 +167,16 @@ def queries_from_vlguard(
     data: VLGuardFile,
     subsets: Iterable[str] = ("unsafes", "safe_safes"),
     *,
-    image_root: str | os.PathLike | None = None,
+    with_images: bool = True,
     limit: int | None = None,
     seed: int = 0,
 ) -> list[Query]:
     """Queries from a VLGuard file (`unmirage.data.vlguard`): `unsafes`/`safe_unsafes` probe jailbreaks,
     `safe_safes` over-refusal. A subset the file has no record for gives no queries.
 
-    `limit` keeps a seeded random sample of that many queries per subset (in file order). Without
-    `image_root` the queries have no image (for placeholder images).
+    `limit` keeps a seeded random sample of that many queries per subset (in file order). With
+    `with_images` a query's image is its record's path (relative to the image root the generator's
+    `ImageLoader` resolves it under); without, queries have no image (for placeholder images).
     """
     out: list[Query] = []
     for subset in subsets:
@@ -187,7 +187,7 @@ def queries_from_vlguard(
             keep = sorted(random.Random(seed).sample(range(len(samples)), limit))
             samples = [samples[i] for i in keep]
         for sample in samples:
-            image = str(Path(image_root) / sample.image) if image_root is not None else None
+            image = sample.image if with_images else None
             out.append(Query(f"{subset}/{sample.id}", sample.question, DIRECTIONS[subset], image))
     return out
 

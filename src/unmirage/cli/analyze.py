@@ -119,6 +119,7 @@ def triggers(
         queries_from_vlguard,
         refusal_judge,
     )
+    from unmirage.data.images import ImageLoader
     from unmirage.data.vlguard import load_vlguard
     from unmirage.errors import UnmirageError
     from unmirage.generate import BatchedGenerator, GenerationConfig
@@ -136,10 +137,12 @@ def triggers(
     queries = queries_from_vlguard(
         load_vlguard(data, kind="plain"),
         subset or ("unsafes", "safe_safes"),
-        image_root=image_root,
+        with_images=image_root is not None,
         limit=limit,
         seed=seed,
     )
+    images = ImageLoader(root=image_root) if image_root is not None else ImageLoader()
+    images.verify([(q.id, q.image) for q in queries if q.image is not None])
     loaded = load_model(model, dtype=dtype, device_map=resolve_device())
     config = GenerationConfig(
         template=template,
@@ -148,7 +151,7 @@ def triggers(
         placeholder_images=placeholder_images,
     )
     out.mkdir(parents=True, exist_ok=True)
-    answer = model_answerer(BatchedGenerator(loaded, config), out / "generations.jsonl")
+    answer = model_answerer(BatchedGenerator(loaded, config, image_loader=images), out / "generations.jsonl")
     result = discover_triggers(queries, chosen, answer, is_refusal)
     result["settings"] = {
         "model": model,
