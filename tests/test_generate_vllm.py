@@ -54,3 +54,12 @@ def test_vllm_requests_and_rows(tmp_path, fake_vllm):
     assert all(r["answer"] == f"n={len(gen.prompt(i, True))}" for r, i in zip(rows, items))
     with pytest.raises(UnmirageError, match="placeholder-images"):
         gen([GenItem(id="x", question="q")])
+
+
+def test_backend_choice_errors():
+    from unmirage.generate.backends import load_for_generation
+
+    with pytest.raises(UnmirageError, match="unknown generation backend"):
+        load_for_generation("tiny-llava", backend="tgi")
+    with pytest.raises(UnmirageError, match="merged weights"):
+        load_for_generation("tiny-llava", backend="vllm", adapter="some/lora")

@@ -65,6 +65,8 @@ class EvalSettings(StrictModel):
     max_new_tokens: int = 256
     batch_size: int = 16
     dtype: str = "auto"
+    adapter: Path | None = None
+    backend: str = "hf"
     bootstrap: int = 1000
 
     @field_validator("asr_methods")
@@ -80,6 +82,15 @@ class EvalSettings(StrictModel):
     def _known_refusal_judge(cls, value: str) -> str:
         if value not in REFUSAL_JUDGES:
             raise ValueError(f"'{value}' is not a refusal judge (choose from {', '.join(REFUSAL_JUDGES)})")
+        return value
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        from unmirage.generate.backends import BACKENDS
+
+        if value not in BACKENDS:
+            raise ValueError(f"unknown generation backend (choose from {', '.join(BACKENDS)})")
         return value
 
     @field_validator("subsample")
@@ -183,16 +194,18 @@ class HFGenerate:
     def generator(self, root: Path | None) -> Any:
         if root not in self._generators:
             from unmirage.data.images import ImageLoader
-            from unmirage.generate import BatchedGenerator, GenerationConfig
-            from unmirage.models import load_model, resolve_device
+            from unmirage.generate import GenerationConfig
+            from unmirage.generate.backends import load_for_generation, make_generator
+            from unmirage.models import resolve_device
 
             s = self.settings
             if self._loaded is None:
-                self._loaded = load_model(s.model, dtype=s.dtype, device_map=resolve_device())
+                self._loaded = load_for_generation(s.model, backend=s.backend, dtype=s.dtype,
+                                                   device_map=resolve_device(), adapter=s.adapter)  # fmt: skip
             config = GenerationConfig(template=s.template, max_new_tokens=s.max_new_tokens, batch_size=s.batch_size,
                                       placeholder_images=s.placeholder_images)  # fmt: skip
             loader = ImageLoader(root=root) if root is not None else ImageLoader()
-            self._generators[root] = BatchedGenerator(self._loaded, config, image_loader=loader)
+            self._generators[root] = make_generator(self._loaded, config, image_loader=loader)
         return self._generators[root]
 
     def __call__(self, case: str, prompts: Sequence[EvalPrompt], out: Path) -> list[dict[str, Any]]:

@@ -65,6 +65,10 @@ def eval_command(
     max_new_tokens: int = typer.Option(256, help="Maximum new tokens per answer (greedy)."),
     batch_size: int = typer.Option(16, help="Generation batch size."),
     dtype: str = typer.Option("auto", help="Model dtype: auto, float32, bfloat16, float16."),
+    adapter: Path | None = typer.Option(None, help="LoRA adapter folder to apply on top of the model."),
+    backend: str = typer.Option(
+        "hf", help="Generation backend: hf (transformers) or vllm (GPU, extra 'vllm')."
+    ),
     bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the 95% intervals."),
 ) -> None:
     """Evaluate a model on the four protocol cases and write OUT/metrics.json."""
@@ -84,6 +88,7 @@ def eval_command(
             "judge_concurrency": judge_concurrency, "judge_text_only": judge_text_only,
             "harm_threshold": harm_threshold, "subsample": subsample, "seed": seed, "template": template,
             "max_new_tokens": max_new_tokens, "batch_size": batch_size, "dtype": dtype, "bootstrap": bootstrap,
+            "adapter": adapter, "backend": backend,
         },
         source="command line",
     )  # fmt: skip

@@ -33,6 +33,9 @@ def generate(
     limit: int | None = typer.Option(None, help="Answer only the first N ids (all their shots)."),
     dtype: str = typer.Option("auto", help="Model dtype: auto, float32, bfloat16, float16."),
     adapter: Path | None = typer.Option(None, help="LoRA adapter folder to apply on top of the model."),
+    backend: str = typer.Option(
+        "hf", help="Generation backend: hf (transformers) or vllm (GPU, extra 'vllm')."
+    ),
 ) -> None:
     """Generate answers; under `accelerate launch` every process takes a shard and rank 0 merges."""
     from unmirage.generate import GenerationConfig
@@ -42,5 +45,5 @@ def generate(
                               assistant_prefix=assistant_prefix)  # fmt: skip
     path = generate_vlguard(model, data, out, subset=subset, image_root=image_root,
                             placeholder_images=placeholder_images, config=config, limit=limit, dtype=dtype,
-                            adapter=adapter)  # fmt: skip
+                            adapter=adapter, backend=backend)  # fmt: skip
     typer.echo(f"wrote {path}")

@@ -22,7 +22,6 @@ from typing import Any, Protocol
 
 from unmirage.errors import UnmirageError
 from unmirage.generate.batched import (
-    BatchedGenerator,
     GenerationConfig,
     GenItem,
     merge_shards,
@@ -112,6 +111,7 @@ def generate_vlguard(
     limit: int | None = None,
     dtype: str = "auto",
     adapter: str | os.PathLike | None = None,
+    backend: str = "hf",
     processes: Processes | None = None,
     progress: bool = True,
 ) -> Path:
@@ -119,11 +119,12 @@ def generate_vlguard(
 
     Exactly one of `image_root` (image paths are relative to it; every image is checked before the model
     loads) and `placeholder_images` (grey stand-ins, recorded) must be given. `limit` keeps the first N ids
-    (with all their shots). `processes` defaults to what `accelerate` reports.
+    (with all their shots). `backend` is `hf` or `vllm`. `processes` defaults to what `accelerate` reports.
     """
     from unmirage.data.images import ImageLoader
     from unmirage.data.vlguard import load_samples
-    from unmirage.models import load_model, resolve_device
+    from unmirage.generate.backends import load_for_generation, make_generator
+    from unmirage.models import resolve_device
     from unmirage.runs import write_manifest
 
     out, data = Path(out), Path(data)
@@ -145,8 +146,8 @@ def generate_vlguard(
     device_map = resolve_device()
     if processes.world > 1:  # every rank on its own device
         device_map = None if str(processes.state.device).startswith("cpu") else str(processes.state.device)
-    loaded = load_model(model, dtype=dtype, device_map=device_map, adapter=adapter)
-    generator = BatchedGenerator(loaded, config, image_loader=loader)
+    loaded = load_for_generation(model, backend=backend, dtype=dtype, device_map=device_map, adapter=adapter)
+    generator = make_generator(loaded, config, image_loader=loader)
     run_generation(generator, items, out, progress=progress, rank=processes.rank, world=processes.world)
     processes.wait()
     if processes.main:
@@ -160,6 +161,7 @@ def generate_vlguard(
                 "model": model,
                 "adapter": str(adapter) if adapter else None,
                 "dtype": dtype,
+                "backend": backend,
                 "subset": subset,
                 "limit": limit,
                 **dataclasses.asdict(config),
