@@ -21,6 +21,7 @@ V1_SYSTEM = (
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
 TEMPLATES = ("v1", "chat")
+ANSWER_SENTINEL = "UNMIRAGE_ANSWER_SENTINEL"  # rendered once to locate the answer inside a chat template
 LM_LINEAR = (
     "self_attn.q_proj",
     "self_attn.k_proj",
@@ -149,15 +150,60 @@ class FamilyAdapter:
         return f"{V1_SYSTEM if system is None else system} USER: {image}{question} ASSISTANT:"
 
     def answer_text(self, answer: str, *, template: str, processor: Any = None) -> str:
-        """What follows the prompt in a training example: the answer and the end-of-turn marker."""
+        """What follows the prompt in a training example: the answer and the end-of-turn marker.
+
+        Under `v1` that is ` {answer}</s>` (the reference). Under `chat` the text around the answer is read off
+        the model's own chat template (see `chat_turn_affixes`), so it matches what the model was trained on.
+        """
         if template == "v1":
             return f" {answer}</s>"
-        return f"{answer}{self.end_of_turn(processor)}"
+        prefix, end = self.chat_turn_affixes(processor)
+        return f"{prefix}{answer}{end}"
 
     def end_of_turn(self, processor: Any) -> str:
-        """Text that closes an assistant turn under the chat template (the tokenizer's EOS by default)."""
+        """Text that closes an assistant turn under the model's chat template (e.g. `<|im_end|>\n`)."""
+        return self.chat_turn_affixes(processor)[1]
+
+    def chat_turn_affixes(self, processor: Any) -> tuple[str, str]:
+        """(text between the generation prompt and the answer, text that closes the assistant turn).
+
+        Both are read off the chat template by rendering one exchange with a sentinel answer. When the rendered
+        turn closes with no special token (llava-hf's LLaVA-1.5 template ends the turn with a space, while the
+        model was trained to emit `</s>`), the tokenizer's EOS closes it instead, after stripping trailing
+        whitespace. Without a usable template the answer is followed by the EOS alone.
+        """
         tokenizer = getattr(processor, "tokenizer", processor)
-        return tokenizer.eos_token or ""
+        eos = (getattr(tokenizer, "eos_token", None) or "") if tokenizer is not None else ""
+        template = getattr(processor, "chat_template", None)
+        if not template:
+            return "", eos
+        cache = self.__dict__.setdefault("_affix_cache", {})
+        key = (id(processor), template, eos)
+        if key not in cache:
+            cache[key] = self._render_affixes(processor, tokenizer, eos)
+        return cache[key]
+
+    def _render_affixes(self, processor: Any, tokenizer: Any, eos: str) -> tuple[str, str]:
+        question = [{"type": "text", "text": "Q"}]
+        answer = [{"type": "text", "text": ANSWER_SENTINEL}]
+        if not self.multimodal:
+            question, answer = "Q", ANSWER_SENTINEL
+        messages = [{"role": "user", "content": question}]
+        try:
+            prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            full = processor.apply_chat_template(
+                [*messages, {"role": "assistant", "content": answer}], tokenize=False
+            )
+        except Exception:  # a template that refuses this shape of conversation: fall back to the EOS
+            return "", eos
+        where = full.rfind(ANSWER_SENTINEL)
+        if where < 0 or not full.startswith(prompt) or where < len(prompt):
+            return "", eos
+        prefix, end = full[len(prompt) : where], full[where + len(ANSWER_SENTINEL) :]
+        specials = [t for t in getattr(tokenizer, "all_special_tokens", []) if t]
+        if not any(token in end for token in specials):
+            end = end.rstrip() + eos
+        return prefix, end
 
     def chat_messages(self, question: str, *, has_image: bool, system: str | None) -> list[dict[str, Any]]:
         content: list[dict[str, Any]] = [{"type": "image"}] if has_image and self.multimodal else []

@@ -1,8 +1,10 @@
-"""LLaVA-1.5 as packaged by llava-hf (`LlavaForConditionalGeneration`)."""
+"""LLaVA-1.5 as packaged by llava-hf (`LlavaForConditionalGeneration`), and LLaVA-class models composed by
+`unmirage models compose` (any causal LM with a CLIP tower): the chat turn's end follows the chat template,
+the reference's v1 prompt ends every answer with `</s>`."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from unmirage.models.families.base import FamilyAdapter
 
@@ -13,7 +15,3 @@ class LlavaAdapter(FamilyAdapter):
     projector: ClassVar[str | None] = "model.multi_modal_projector"
     vision_tower: ClassVar[str | None] = "model.vision_tower"
     image_placeholder: ClassVar[str] = "<image>"
-
-    def answer_text(self, answer: str, *, template: str, processor: Any = None) -> str:
-        """LLaVA closes an assistant turn with `</s>` after a space-separated answer under both templates."""
-        return f" {answer}</s>"

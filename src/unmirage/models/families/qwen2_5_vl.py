@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from unmirage.models.families.base import FamilyAdapter
 
@@ -13,6 +13,3 @@ class Qwen25VLAdapter(FamilyAdapter):
     projector: ClassVar[str | None] = "model.visual.merger"
     vision_tower: ClassVar[str | None] = "model.visual"
     image_placeholder: ClassVar[str] = "<|vision_start|><|image_pad|><|vision_end|>"
-
-    def end_of_turn(self, processor: Any) -> str:
-        return "<|im_end|>\n"

