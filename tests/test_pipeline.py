@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from unmirage.errors import UnmirageError
+from unmirage.pipeline import load_plan, plan_steps, run_plan
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "smol-vlguard"
+
+
+def _plan(tmp_path: Path, data: dict, overrides=()) -> object:
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_plan(path, overrides)
+
+
+def _base(tmp_path: Path, stages: list[dict]) -> dict:
+    return {
+        "output_dir": "{runs}",
+        "vars": {"runs": str(tmp_path / "runs"), "n": 3},
+        "variants": {"a": {"flags": ["--x", "1"], "m": "A"}, "b": {"flags": [], "m": "B"}},
+        "stages": stages,
+    }
+
+
+def test_steps_render_splice_and_order(tmp_path):
+    plan = _plan(
+        tmp_path,
+        _base(
+            tmp_path,
+            [
+                {"name": "prep", "run": ["models", "tiny", "--out", "{runs}/p"]},
+                {
+                    "name": "one",
+                    "per_variant": True,
+                    "run": ["eval", "--model", "{m}", "{flags}", "-n", "{n}"],
+                },
+                {
+                    "name": "two",
+                    "per_variant": True,
+                    "run": ["report", "{runs}/{variant}"],
+                    "variants": ["b"],
+                },
+                {"name": "all", "all_variants": True, "run": ["report", "{runs}/a", "{runs}/b"]},
+            ],
+        ),
+        ["vars.n=5"],
+    )
+    steps, out = plan_steps(plan)
+    assert out == tmp_path / "runs"
+    assert [s.label for s in steps] == ["prep", "one.a", "one.b", "two.b", "all"]
+    assert steps[1].argv == ["eval", "--model", "A", "--x", "1", "-n", "5"]
+    assert steps[2].argv == ["eval", "--model", "B", "-n", "5"]
+    assert steps[3].argv == ["report", f"{tmp_path}/runs/b"]
+    steps, _ = plan_steps(plan, variants=["b"], only=["one", "all"])
+    assert [s.label for s in steps] == ["one.b", "all"] and steps[1].skip_reason
+    records = run_plan(plan, dry_run=True, echo=lambda _line: None)
+    assert [r["status"] for r in records] == ["planned"] * 5
+
+
+@pytest.mark.parametrize(
+    ("stages", "variables", "message"),
+    [
+        ([{"name": "s", "run": ["x", "{nope}"]}], {}, "unknown variable"),
+        ([{"name": "s", "run": ["x", "{m}"]}], {}, "variant's variable"),
+        ([{"name": "s", "per_variant": True, "run": ["x", "pre{flags}"]}], {}, "must stand alone"),
+        (
+            [{"name": "s", "run": ["x"]}],
+            {"d": "$UNMIRAGE_TEST_UNSET_VAR/x"},
+            "UNMIRAGE_TEST_UNSET_VAR is not set",
+        ),
+        ([{"name": "s", "run": ["x"]}], {"p": "{q}", "q": "{p}"}, "cycle"),
+    ],
+)
+def test_plan_errors(tmp_path, stages, variables, message):
+    data = _base(tmp_path, stages)
+    data["vars"].update(variables)
+    with pytest.raises(UnmirageError, match=message):
+        plan_steps(_plan(tmp_path, data))
+
+
+def test_plan_validation_errors(tmp_path):
+    with pytest.raises(UnmirageError, match="duplicate stage names"):
+        _plan(tmp_path, _base(tmp_path, [{"name": "s", "run": ["x"]}, {"name": "s", "run": ["y"]}]))
+    with pytest.raises(UnmirageError, match="no stage named"):
+        plan_steps(_plan(tmp_path, _base(tmp_path, [{"name": "s", "run": ["x"]}])), only=["t"])
+    with pytest.raises(UnmirageError, match="no variant"):
+        plan_steps(_plan(tmp_path, _base(tmp_path, [{"name": "s", "run": ["x"]}])), variants=["c"])
+
+
+def test_run_times_skips_and_fails_clearly(tmp_path):
+    stages = [
+        {
+            "name": "tiny",
+            "run": ["models", "tiny", "--out", "{runs}/tiny"],
+            "creates": "{runs}/tiny/config.json",
+        },
+        {"name": "bad", "run": ["pipeline", "run", "{runs}/missing.yaml"]},
+    ]
+    plan = _plan(tmp_path, _base(tmp_path, stages))
+    lines: list[str] = []
+    with pytest.raises(UnmirageError, match="stage bad failed with exit code 2.*recipe file not found"):
+        run_plan(plan, echo=lines.append)
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "stages.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["status"]) for r in rows] == [("tiny", "ok"), ("bad", "failed")]
+    assert rows[0]["wall_s"] > 0 and rows[0]["peak_rss_gb"] > 0.05
+    assert (tmp_path / "runs" / "tiny" / "config.json").is_file()
+    assert "$ unmirage models tiny" in (tmp_path / "runs" / "logs" / "tiny.log").read_text()
+    records = run_plan(plan, only=["tiny"], echo=lines.append)
+    assert records[0]["status"] == "skipped"
+
+
+def test_smol_vlguard_plan_renders(monkeypatch):
+    monkeypatch.setenv("UNMIRAGE_VLGUARD_DIR", "/data/vlguard")
+    plan = load_plan(RECIPES / "pipeline.yaml")
+    steps, out = plan_steps(plan)
+    labels = [s.label for s in steps]
+    assert labels[:2] == ["convert", "compose"] and labels[-1] == "report-all"
+    for variant in ("text", "vlm"):
+        for stage in (
+            "eval-base",
+            "sft",
+            "eval-sft",
+            "mine",
+            "unlearn-data",
+            "npo",
+            "eval-npo",
+            "rmu",
+            "eval-rmu",
+        ):
+            assert f"{stage}.{variant}" in labels
+    vlm_evals = [s for s in steps if s.variant == "vlm" and s.argv[0] in ("eval", "analyze", "data")]
+    assert all("--placeholder-images" in s.argv for s in vlm_evals if s.stage != "unlearn-data")
+    assert not any("--placeholder-images" in s.argv for s in steps if s.variant == "text")
+    for step in steps:
+        if step.argv[0] == "unlearn":
+            assert Path(step.argv[1]).name and (RECIPES / Path(step.argv[1]).name).is_file()
