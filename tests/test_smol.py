@@ -340,3 +340,42 @@ def test_find_packaged_gguf(tmp_path, monkeypatch):
     with pytest.raises(UnmirageError, match="GGUF file not found"):
         convert_gguf(tmp_path / "missing.gguf", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# ----- the experiment's data and text-only paths -----------------------------------------------------------------
+def test_text_only_models_need_no_images(lm_dir, vlm_dir):
+    from unmirage.eval import EvalPrompt, EvalSettings, check_images
+    from unmirage.models.load import source_is_multimodal
+
+    assert not source_is_multimodal(lm_dir)
+    assert source_is_multimodal(vlm_dir) and source_is_multimodal("tiny-llava")
+    prompts = [EvalPrompt(case="safe_normal", id="1", question="Q", image="a.png")]
+    check_images(EvalSettings(model=str(lm_dir), vlguard_test="t.json"), prompts, None)
+    with pytest.raises(UnmirageError, match="--image-root"):
+        check_images(EvalSettings(model=str(vlm_dir), vlguard_test="t.json"), prompts, None)
+
+
+@pytest.mark.shared_data
+def test_build_sft_on_vlguard_train(vlguard_dir, tmp_path):
+    result = CliRunner().invoke(
+        app,
+        [
+            "data",
+            "build-sft",
+            "--vlguard",
+            str(vlguard_dir / "train.json"),
+            "--out",
+            str(tmp_path / "s.json"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    records = json.loads((tmp_path / "s.json").read_text())
+    assert len(records) == 2977
+    subsets = [r["id"].rsplit("/", 1)[1] for r in records]
+    assert (subsets.count("unsafes"), subsets.count("safe_safes"), subsets.count("safe_unsafes")) == (
+        1023,
+        977,
+        977,
+    )
+    manifest = json.loads((tmp_path / "s.manifest.json").read_text())
+    assert manifest["counts"]["total"] == 2977

@@ -157,8 +157,14 @@ def load_cases(settings: EvalSettings) -> dict[str, list[EvalPrompt]]:
 
 
 def check_images(settings: EvalSettings, prompts: Sequence[EvalPrompt], root: Path | None) -> None:
-    """Fail before any generation if an image is missing, unreadable or outside the image root."""
-    if settings.placeholder_images:
+    """Fail before any generation if an image is missing, unreadable or outside the image root.
+
+    A text-only causal LM sees no image, so it needs neither an image root nor placeholder images."""
+    from unmirage.models.load import source_is_multimodal
+
+    if settings.placeholder_images or (
+        settings.image_root is None and not source_is_multimodal(settings.model)
+    ):
         return
     if root is None:
         raise UnmirageError("give --image-root DIR (or --placeholder-images for a text-only run)")

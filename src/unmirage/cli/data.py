@@ -107,6 +107,20 @@ def build_unlearn(
         )
 
 
+@data_app.command("build-sft")
+def build_sft(
+    vlguard: Path = typer.Option(..., help="VLGuard training file (train.json)."),
+    out: Path = typer.Option(
+        ..., help="JSON file to write (LLaVA conversations); a manifest goes beside it."
+    ),
+) -> None:
+    """Build the safety fine-tuning set: every instruction/response pair of the file (2977 on train.json)."""
+    from unmirage.data.sft import build_sft as build
+
+    path, counts = build(vlguard, out)
+    typer.echo(f"{path}: {sum(counts.values())} pairs ({', '.join(f'{k} {v}' for k, v in counts.items())})")
+
+
 @data_app.command("mine-harmful")
 def mine_harmful(
     vlguard: Path = typer.Option(

@@ -18,6 +18,7 @@ from unmirage.data.images import ImageLoader, placeholder_size
 from unmirage.data.mine import Message, mine_harmful
 from unmirage.data.vlguard import Sample, load_vlguard, view
 from unmirage.errors import UnmirageError
+from unmirage.models.load import source_is_multimodal
 from unmirage.runs import write_manifest
 
 
@@ -152,7 +153,9 @@ def run_mine_harmful(
         raise UnmirageError("each --generator must be a different model")
     if len(generators) > 1 and judge is None:
         raise UnmirageError("several generators need a --judge to choose among their answers")
-    if (image_root is None) == (not placeholder_images):
+    if image_root is not None and placeholder_images:
+        raise UnmirageError("pass either --image-root or --placeholder-images, not both")
+    if image_root is None and not placeholder_images and any(source_is_multimodal(g) for g in generators):
         raise UnmirageError("pass either --image-root or --placeholder-images (for text-only experiments)")
     samples = view(load_vlguard(vlguard, kind="plain", allow_duplicate_ids=True), "unsafes")
     root = Path(image_root) if image_root is not None else None

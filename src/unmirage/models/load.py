@@ -113,6 +113,23 @@ def load_model(
     )
 
 
+def source_is_multimodal(source: str | os.PathLike, *, trust_remote_code: bool = False) -> bool:
+    """Whether a model source is a vision-language model, read from its config without loading weights.
+
+    `tiny-*` names are VLMs; a config that cannot be read counts as multimodal (callers then ask for images).
+    """
+    source = str(source)
+    if source.startswith(TINY_PREFIX) and not Path(source).exists():
+        return True
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return True
+    return _is_image_text_model(config)
+
+
 def _is_image_text_model(config: Any) -> bool:
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
