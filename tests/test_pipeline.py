@@ -139,3 +139,51 @@ def test_smol_vlguard_plan_renders(monkeypatch):
     for step in steps:
         if step.argv[0] == "unlearn":
             assert Path(step.argv[1]).name and (RECIPES / Path(step.argv[1]).name).is_file()
+
+
+@pytest.mark.slow
+def test_smol_plan_sft_stages_on_a_tiny_stand_in(tmp_path):
+    """The real plan file, stages compose -> sft-data -> sft -> eval-sft, both forms, on a tiny ChatML LM."""
+    pytest.importorskip("unmirage.train.recipe", reason="the unlearn command has not landed")
+    from datatools import safe_record, unsafe_record, write_json
+    from test_smol import _stand_in_lm
+    from unmirage.models import load_model
+
+    runs = tmp_path / "runs"
+    model, tok = _stand_in_lm()
+    lm = runs / "models" / "smollm2"
+    model.save_pretrained(lm)
+    tok.save_pretrained(lm)
+    (lm / "manifest.json").write_text("{}")  # stands in for the converted SmolLM2: the convert stage is done
+    vlguard = tmp_path / "vlguard"
+    records = [safe_record(f"s{i}", f"a/{i}.png") for i in range(3)] + [
+        unsafe_record(f"u{i}", f"b/{i}.png") for i in range(3)
+    ]
+    for name in ("train.json", "test.json", "test_share_1shot.json"):
+        write_json(vlguard / name, records)
+    write_json(
+        vlguard / "test_what_3shot.json", [unsafe_record("u0", "b/0.png", q=f"What {k}?") for k in range(3)]
+    )
+    plan = load_plan(
+        RECIPES / "pipeline.yaml",
+        [
+            f"vars.vlguard={vlguard}",
+            f"vars.runs={runs}",
+            f"vars.recipes={RECIPES}",
+            "vars.subsample=2",
+            "vars.eval_tokens=4",
+            "vars.batch_size=4",
+            "vars.unlearn_overrides=[train.max_steps=2,train.per_device_train_batch_size=2,lora.r=4,data.max_length=96]",
+        ],
+    )
+    run_plan(plan, only=["convert", "compose", "sft-data", "sft", "eval-sft"], echo=lambda _line: None)
+    for variant, family in (("text", "causal"), ("vlm", "llava")):
+        merged = load_model(runs / variant / "sft" / "merged")
+        assert merged.family.name == family
+        metrics = json.loads((runs / variant / "eval-sft" / "metrics.json").read_text())
+        assert metrics["placeholder_images"] is (variant == "vlm")
+        manifest = json.loads((runs / variant / "sft" / "manifest.json").read_text())
+        assert manifest["global_step"] == 2
+    rows = [json.loads(line) for line in (runs / "stages.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == ["compose", "sft-data", "sft", "eval-sft", "sft", "eval-sft"]
+    assert all(r["status"] == "ok" and r["wall_s"] > 0 for r in rows)
