@@ -101,8 +101,10 @@ def test_projector_starts_near_zero_and_image_token_is_never_generated(vlm_dir):
     with torch.no_grad():
         features = vlm.model.model.get_image_features(pixel_values=pixels["pixel_values"])
     features = torch.cat(list(getattr(features, "pooler_output", features)))
-    embedding_rms = vlm.model.get_input_embeddings().weight.pow(2).mean().sqrt()
-    assert features.pow(2).mean().sqrt() < 0.05 * embedding_rms
+    embeddings = vlm.model.get_input_embeddings().weight
+    anchor = embeddings[vlm.tokenizer.convert_tokens_to_ids("<|im_start|>")]  # the stand-in's BOS
+    assert (features - anchor).pow(2).mean().sqrt() < 0.05 * embeddings.pow(2).mean().sqrt()
+    assert json.loads((vlm_dir / "manifest.json").read_text())["projector_anchor_token"] == "<|im_start|>"
     assert vlm.model.generation_config.suppress_tokens == [image_id]
     prompt = vlm.family.build_prompt("Describe it.", template="chat", processor=vlm.processor)
     batch = vlm.processor(images=[placeholder_image(vlm.processor)], text=[prompt], return_tensors="pt")
@@ -191,9 +193,11 @@ def test_compose_errors(lm_dir, vlm_dir, tmp_path):
         compose_vlm(vlm_dir, tmp_path / "x")
     with pytest.raises(UnmirageError, match="multiple of patch_size"):
         compose_vlm(lm_dir, tmp_path / "y", vision_spec=VisionSpec(image_size=30))
+    with pytest.raises(UnmirageError, match="not a token of the language model"):
+        compose_vlm(lm_dir, tmp_path / "w", projector_bias="<no such token>")
     with pytest.raises(UnmirageError, match="CLIP model folder"):
         compose_vlm(lm_dir, tmp_path / "z", vision=str(tmp_path / "missing"))
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    assert not any((tmp_path / name).exists() for name in "xyzw")
 
 
 def test_compose_with_a_clip_vision_folder(lm_dir, tmp_path):
@@ -214,13 +218,20 @@ def test_compose_with_a_clip_vision_folder(lm_dir, tmp_path):
     CLIPImageProcessorPil(size={"shortest_edge": 24}, crop_size={"height": 24, "width": 24}).save_pretrained(
         tmp_path / "clip"
     )
-    out = compose_vlm(lm_dir, tmp_path / "vlm", vision=str(tmp_path / "clip"), projector_std=0.0)
+    out = compose_vlm(
+        lm_dir, tmp_path / "vlm", vision=str(tmp_path / "clip"), projector_std=0.0, projector_bias="zero"
+    )
     vlm = load_model(out)
     assert torch.equal(
         vlm.model.model.vision_tower.embeddings.patch_embedding.weight,
         clip.embeddings.patch_embedding.weight,
     )
-    assert float(vlm.model.get_submodule(vlm.family.projector).linear_2.weight.detach().abs().max()) == 0.0
+    projector = vlm.model.get_submodule(vlm.family.projector)
+    assert (
+        float(projector.linear_2.weight.detach().abs().max())
+        == float(projector.linear_2.bias.abs().max())
+        == 0.0
+    )
     batch = Collator(vlm, template="chat", placeholder_images=True)(
         [TrainExample(id="a", question="Q", answer="A")]
     )

@@ -85,7 +85,11 @@ def compose_cmd(
     vision_hidden: int = typer.Option(64, help="Tiny vision tower: hidden size."),
     vision_heads: int = typer.Option(2, help="Tiny vision tower: attention heads."),
     projector_std: float = typer.Option(
-        1e-4, help="Std of the projector's output layer (zero bias): image features start near zero."
+        1e-4, help="Std of the projector's output layer: image features start near its bias."
+    ),
+    projector_bias: str = typer.Option(
+        "bos",
+        help="Where image features start: 'bos' (the LM's embedding of its BOS token), 'zero', or a token.",
     ),
     seed: int = typer.Option(0, help="Seed for the random vision tower and projector."),
     overwrite: bool = typer.Option(False, help="Replace the output folder if it exists."),
@@ -106,6 +110,7 @@ def compose_cmd(
         vision=vision,
         vision_spec=spec,
         projector_std=projector_std,
+        projector_bias=projector_bias,
         seed=seed,
         overwrite=overwrite,
     )

@@ -3,8 +3,9 @@
 `compose_vlm` takes any causal LM folder (e.g. SmolLM2 converted by `unmirage models convert-gguf`) and adds:
 
 - a CLIP vision tower: a small random one (`vision="tiny"`) or a given CLIP / CLIP-vision folder;
-- a two-layer projector whose output starts near zero (second linear layer drawn with a tiny standard
-  deviation, zero bias), so that untrained image tokens barely disturb the pretrained LM;
+- a two-layer projector whose output starts (almost) constant: the second linear layer is drawn with a tiny
+  standard deviation and its bias is the LM's own embedding of its BOS token (or zero), so that untrained image
+  tokens barely disturb the pretrained LM (docs/smol.md measures both choices);
 - an `<image>` token in the LM's tokenizer (embeddings resized; the new token can never be generated);
 - a `LlavaProcessor` with a `CLIPImageProcessorPil`, and a chat template derived from the LM's own one: the
   same turns, with the image placeholder inside the user turn (`<image>\\n` before the question).
@@ -129,11 +130,33 @@ def _extend_tokenizer(tokenizer: Any) -> int:
     return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
 
 
-def _init_projector(projector: torch.nn.Module, std: float) -> None:
-    """Second projector layer ~ N(0, std^2) with zero bias: image features start (near) zero."""
+def anchor_token(tokenizer: Any, config: Any, projector_bias: str) -> str | None:
+    """The token whose embedding the image features start at: `zero` = none, `bos` = the LM's BOS token
+    (None when it has none), anything else = that token, which must be in the vocabulary."""
+    if projector_bias == "zero":
+        return None
+    if projector_bias == "bos":
+        if tokenizer.bos_token:
+            return tokenizer.bos_token
+        bos_id = getattr(config, "bos_token_id", None)
+        return tokenizer.convert_ids_to_tokens(bos_id) if isinstance(bos_id, int) else None
+    if projector_bias not in tokenizer.get_vocab():
+        raise UnmirageError(
+            f"projector bias: '{projector_bias}' is not a token of the language model (or bos/zero)"
+        )
+    return projector_bias
+
+
+def _init_projector(projector: torch.nn.Module, std: float, bias: torch.Tensor | None) -> None:
+    """Second projector layer ~ N(0, std^2), bias = `bias` (zero if None): image features start at the bias."""
     with torch.no_grad():
-        projector.linear_2.weight.normal_(0.0, std) if std > 0 else projector.linear_2.weight.zero_()
-        if projector.linear_2.bias is not None:
+        if std > 0:
+            projector.linear_2.weight.normal_(0.0, std)
+        else:
+            projector.linear_2.weight.zero_()
+        if bias is not None:
+            projector.linear_2.bias.copy_(bias)
+        else:
             projector.linear_2.bias.zero_()
 
 
@@ -144,6 +167,7 @@ def compose_vlm(
     vision: str = TINY_VISION,
     vision_spec: VisionSpec | None = None,
     projector_std: float = 1e-4,
+    projector_bias: str = "bos",
     seed: int = 0,
     overwrite: bool = False,
 ) -> Path:
@@ -190,7 +214,11 @@ def compose_vlm(
     vlm.model.language_model.load_state_dict(base.state_dict())
     vlm.lm_head.load_state_dict(lm.lm_head.state_dict())
     vlm.model.vision_tower.load_state_dict(vision_model.state_dict())
-    _init_projector(vlm.model.multi_modal_projector, projector_std)
+    anchor = anchor_token(tokenizer, lm.config, projector_bias)
+    bias = (
+        None if anchor is None else lm.get_input_embeddings().weight[tokenizer.convert_tokens_to_ids(anchor)]
+    )
+    _init_projector(vlm.model.multi_modal_projector, projector_std, bias)
     _set_generation_config(vlm, lm, tokenizer, image_token_id)
     chat_template = derive_chat_template(template)
     tokenizer.chat_template = chat_template
@@ -214,10 +242,15 @@ def compose_vlm(
                 "vision": vision,
                 "vision_spec": asdict(vision_spec or VisionSpec()) if vision == TINY_VISION else None,
                 "projector_std": projector_std,
+                "projector_bias": projector_bias,
             },
             seed=seed,
             vision_tower=vision_description,
-            projector="untrained, output initialised near zero",
+            projector=(
+                "untrained; image features start at "
+                + (f"the embedding of {anchor!r}" if anchor is not None else "zero")
+            ),
+            projector_anchor_token=anchor,
             image_token_id=image_token_id,
             image_tokens=image_tokens,
         )
