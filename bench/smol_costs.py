@@ -48,14 +48,14 @@ def peak_rss_gb() -> float:
 
 def training_pairs(vlguard: Path, tokenizer, n: int, answer_tokens: int) -> list:
     """The first `n` (question, answer) pairs of VLGuard train (every kind), answers cut to `answer_tokens`."""
-    from unmirage.data.collate import TrainExample
+    from unmirage.data.conversations import Example
 
     pairs = []
     for record in json.loads((vlguard / "train.json").read_text()):
         for item in record["instr-resp"]:
             question = next(v for k, v in item.items() if k != "response")
             ids = tokenizer(item["response"], add_special_tokens=False)["input_ids"][:answer_tokens]
-            pairs.append(TrainExample(id=record["id"], question=question, answer=tokenizer.decode(ids)))
+            pairs.append(Example(id=record["id"], question=question, answer=tokenizer.decode(ids)))
     return pairs[:n]
 
 
@@ -86,13 +86,13 @@ class LoraStepper:
 
 def generation_ms_per_token(loaded, questions: list[str], new_tokens: int) -> float:
     """Milliseconds per generated token for the whole left-padded batch, greedy."""
-    from unmirage.data.collate import placeholder_image
+    from unmirage.data.images import placeholder_image, placeholder_size
 
     tokenizer = loaded.tokenizer
     prompts = [loaded.family.build_prompt(q, template="chat", processor=loaded.processor) for q in questions]
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     if loaded.multimodal:
-        images = [placeholder_image(loaded.processor)] * len(prompts)
+        images = [placeholder_image(placeholder_size(loaded.processor))] * len(prompts)
         batch = loaded.processor(images=images, text=prompts, padding=True, return_tensors="pt")
     else:
         batch = tokenizer(prompts, padding=True, return_tensors="pt")

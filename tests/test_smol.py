@@ -10,7 +10,9 @@ import torch
 from typer.testing import CliRunner
 
 from unmirage.cli.main import app
-from unmirage.data.collate import IGNORE_INDEX, Collator, TrainExample, placeholder_image
+from unmirage.data.collate import IGNORE_INDEX, Collator
+from unmirage.data.conversations import Example
+from unmirage.data.images import placeholder_image, placeholder_size
 from unmirage.errors import UnmirageError
 from unmirage.models import get_family, load_model
 from unmirage.models.compose import IMAGE_TOKEN, VisionSpec, compose_vlm, text_fidelity
@@ -97,7 +99,9 @@ def test_projector_starts_near_zero_and_image_token_is_never_generated(vlm_dir):
     vlm = load_model(vlm_dir)
     image_id = vlm.family.image_token_id(vlm.model)
     assert vlm.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) == image_id
-    pixels = vlm.processor.image_processor([placeholder_image(vlm.processor)], return_tensors="pt")
+    pixels = vlm.processor.image_processor(
+        [placeholder_image(placeholder_size(vlm.processor))], return_tensors="pt"
+    )
     with torch.no_grad():
         features = vlm.model.model.get_image_features(pixel_values=pixels["pixel_values"])
     features = torch.cat(list(getattr(features, "pooler_output", features)))
@@ -107,7 +111,9 @@ def test_projector_starts_near_zero_and_image_token_is_never_generated(vlm_dir):
     assert json.loads((vlm_dir / "manifest.json").read_text())["projector_anchor_token"] == "<|im_start|>"
     assert vlm.model.generation_config.suppress_tokens == [image_id]
     prompt = vlm.family.build_prompt("Describe it.", template="chat", processor=vlm.processor)
-    batch = vlm.processor(images=[placeholder_image(vlm.processor)], text=[prompt], return_tensors="pt")
+    batch = vlm.processor(
+        images=[placeholder_image(placeholder_size(vlm.processor))], text=[prompt], return_tensors="pt"
+    )
     assert int((batch["input_ids"] == image_id).sum()) == 4
     with torch.no_grad():
         out = vlm.model.generate(**batch, max_new_tokens=6)
@@ -137,8 +143,8 @@ def test_chat_template_is_the_lms_with_the_image_in_the_user_turn(lm_dir, vlm_di
 def test_collator_labels_token_by_token_on_composed_model(vlm_dir):
     vlm = load_model(vlm_dir)
     examples = [
-        TrainExample(id="a", question="How do I bake bread?", answer="Mix flour and water, then bake."),
-        TrainExample(id="b", question="Share a recipe.", answer="I cannot help with that."),
+        Example(id="a", question="How do I bake bread?", answer="Mix flour and water, then bake."),
+        Example(id="b", question="Share a recipe.", answer="I cannot help with that."),
     ]
     batch = Collator(vlm, template="chat", placeholder_images=True)(examples)
     tok = vlm.tokenizer
@@ -233,7 +239,7 @@ def test_compose_with_a_clip_vision_folder(lm_dir, tmp_path):
         == 0.0
     )
     batch = Collator(vlm, template="chat", placeholder_images=True)(
-        [TrainExample(id="a", question="Q", answer="A")]
+        [Example(id="a", question="Q", answer="A")]
     )
     assert int((batch["input_ids"] == vlm.family.image_token_id(vlm.model)).sum()) == 9
 

@@ -300,7 +300,7 @@ def text_fidelity(
     The VLM sees each question with a placeholder (grey) image in the user turn, through the same chat
     template; both decode greedily.
     """
-    from unmirage.data.collate import placeholder_image
+    from unmirage.data.images import placeholder_image, placeholder_size
 
     lm_tok, vlm_proc = language_model.tokenizer, vlm.processor
     identical, prefixes, kls, agree, total, examples = 0, [], [], 0, 0, []
@@ -309,7 +309,7 @@ def text_fidelity(
         vlm_prompt = vlm.family.build_prompt(question, template="chat", processor=vlm_proc)
         lm_in = lm_tok(lm_prompt, return_tensors="pt", add_special_tokens=False)
         vlm_in = vlm_proc(
-            images=[placeholder_image(vlm_proc)],
+            images=[placeholder_image(placeholder_size(vlm_proc))],
             text=[vlm_prompt],
             return_tensors="pt",
             add_special_tokens=False,
