@@ -7,6 +7,7 @@ the method registry) and `train:` keys (against the installed `transformers.Trai
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 from collections.abc import Iterable
 from typing import Any, Literal
@@ -16,6 +17,7 @@ from pydantic import Field, field_validator
 from unmirage.config import StrictModel, load_config
 from unmirage.errors import UnmirageError
 from unmirage.methods import MethodConfig, get_method
+from unmirage.train.reference import check_request
 
 # TrainingArguments fields the runner owns (set from other recipe keys or fixed by the design).
 RESERVED_TRAIN_KEYS = {
@@ -90,7 +92,19 @@ class Recipe(StrictModel):
         if values.get("gradient_checkpointing"):
             values.setdefault("gradient_checkpointing_kwargs", {"use_reentrant": False})
         values.update(output_dir=self.output_dir, remove_unused_columns=False, **extra)
-        return values
+        # YAML reads a bare `no` as false: `save_strategy: no` means the strategy "no"
+        return {k: "no" if k.endswith("_strategy") and v is False else v for k, v in values.items()}
+
+
+def make_training_arguments(recipe: Recipe, source: object | None = None) -> Any:
+    """`transformers.TrainingArguments` for the recipe; a value it rejects is a one-line error."""
+    from transformers import TrainingArguments
+
+    try:
+        return TrainingArguments(**recipe.training_arguments())
+    except (ValueError, TypeError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UnmirageError(f"train: {message}", file=source) from None
 
 
 def training_argument_fields() -> set[str]:
@@ -117,8 +131,15 @@ def load_recipe(path: str | os.PathLike | None, overrides: Iterable[str] = ()) -
     source = path or "<command line>"
     config = recipe.method_config(source)
     check_train_keys(recipe.train, source)
+    # Build TrainingArguments once to validate `train:` values, then drop it: under ZeRO-3 a live instance
+    # would make model loading shard parameters, and the runner builds its own after loading the model.
+    make_training_arguments(recipe, source)
+    gc.collect()
     if recipe.data.forget is None and config.uses_forget:
         raise UnmirageError(f"data.forget: method '{config.name}' needs a forget file", file=source)
+    check_request(recipe.reference, config, lora=recipe.lora is not None)
+    if recipe.merge and recipe.lora is None:
+        raise UnmirageError("merge: needs a LoRA run (lora: in the recipe)", file=source)
     if recipe.lora is not None and recipe.trainable is not None:
         raise UnmirageError(
             "trainable: patterns apply to full-parameter runs; with lora: use lora.target_modules "

@@ -39,23 +39,11 @@ STATS_FILE = "reference_stats.safetensors"
 SIDES = ("forget", "retain")
 
 
-def choose_kind(
-    requested: str, config: MethodConfig, *, lora: bool, n_trainable: int, n_total: int, zero3: bool
-) -> str | None:
-    """The reference kind for this run (None when the method needs no reference); impossible requests are
-    one-line errors."""
-    needs = config.requires()
-    if not any("_ref_" in k for k in needs):
-        return None
-    hidden = any(k.endswith("_ref_hidden") for k in needs)
-    if requested == "auto":
-        if not hidden:
-            return "precomputed"
-        if lora:
-            return "adapter"
-        if not zero3 and n_trainable <= n_total // 4:
-            return "swap"
-        return "copy"
+def check_request(requested: str, config: MethodConfig, *, lora: bool) -> None:
+    """Reject reference kinds that cannot work for this method/recipe (before any model is loaded)."""
+    if requested not in KINDS:
+        raise UnmirageError(f"reference: must be one of {', '.join(KINDS)} (got '{requested}')")
+    hidden = any(k.endswith("_ref_hidden") for k in config.requires())
     if requested == "precomputed" and hidden:
         raise UnmirageError(
             "reference: precomputed stores per-example NLL statistics only; RMU's activations need "
@@ -63,11 +51,29 @@ def choose_kind(
         )
     if requested == "adapter" and not lora:
         raise UnmirageError("reference: adapter needs a LoRA run (set lora:)")
-    if requested == "swap" and zero3:
-        raise UnmirageError("reference: swap does not work on ZeRO-3 sharded parameters; use copy or auto")
-    if requested not in KINDS:
-        raise UnmirageError(f"reference: must be one of {', '.join(KINDS)} (got '{requested}')")
-    return requested
+
+
+def choose_kind(
+    requested: str, config: MethodConfig, *, lora: bool, n_trainable: int, n_total: int, zero3: bool
+) -> str | None:
+    """The reference kind for this run (None when the method needs no reference)."""
+    check_request(requested, config, lora=lora)
+    needs = config.requires()
+    if not any("_ref_" in k for k in needs):
+        return None
+    if requested != "auto":
+        if requested == "swap" and zero3:
+            raise UnmirageError(
+                "reference: swap does not work on ZeRO-3 sharded parameters; use copy or auto"
+            )
+        return requested
+    if not any(k.endswith("_ref_hidden") for k in needs):
+        return "precomputed"
+    if lora:
+        return "adapter"
+    if not zero3 and n_trainable <= n_total // 4:
+        return "swap"
+    return "copy"
 
 
 class Reference(abc.ABC):

@@ -7,7 +7,10 @@ Outputs in `output_dir`: the model (Hugging Face folder, safetensors) or the PEF
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ from unmirage.train.params import (
     select_parameters,
     trainable_names,
 )
-from unmirage.train.recipe import Recipe
+from unmirage.train.recipe import Recipe, make_training_arguments
 from unmirage.train.reference import STATS_FILE, build_reference, choose_kind
 
 METRICS_FILE = "metrics.jsonl"
@@ -82,7 +85,7 @@ def run_unlearning(
     callbacks: tuple[Any, ...] = (),
 ) -> RunResult:
     """Train `recipe` (validated by `load_recipe`); with `resume`, continue from the last checkpoint."""
-    from transformers import TrainingArguments, set_seed
+    from transformers import set_seed
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     from unmirage.data.collate import Collator
@@ -116,7 +119,7 @@ def run_unlearning(
         loaded, template=data.template, max_length=data.max_length, placeholder_images=data.placeholder_images
     )
 
-    args = TrainingArguments(**recipe.training_arguments())
+    args = make_training_arguments(recipe, recipe_path)
     zero3 = is_deepspeed_zero3_enabled()
     n_total = sum(p.numel() for p in loaded.model.parameters())
     kind = choose_kind(
@@ -171,7 +174,8 @@ def run_unlearning(
         control=control,
     )
     MetricsCallback(trainer, out / METRICS_FILE).attach()
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    with checkpoints_in_model_format(loaded.model):
+        result = trainer.train(resume_from_checkpoint=True if resume else None)
     trainer.save_model(str(out))
 
     rows: list[dict[str, Any]] = []
@@ -208,6 +212,27 @@ def run_unlearning(
         )
     trainer.accelerator.wait_for_everyone()
     return RunResult(out, trainer.state.global_step, kind, n_trainable, rows, trainer)
+
+
+@contextlib.contextmanager
+def checkpoints_in_model_format(model: Any) -> Iterator[None]:
+    """Write `checkpoint-*` weights with the model's own parameter names.
+
+    transformers 5 saves some families (LLaVA) under their original Hub key names, but `Trainer` reloads a
+    checkpoint with a plain `load_state_dict`, which then matches nothing and silently resumes from the
+    starting weights. Inside this block `save_pretrained` keeps the in-memory names; the final model folder
+    (saved after the block) keeps the standard format.
+    """
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):  # PEFT adapters are saved by PEFT under their own names
+        yield
+        return
+    model.save_pretrained = functools.partial(type(model).save_pretrained, model, save_original_format=False)
+    try:
+        yield
+    finally:
+        del model.save_pretrained
 
 
 def merge_adapter(recipe: Recipe, out: Path) -> Path:
