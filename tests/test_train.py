@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from transformers import TrainerCallback
 
 from unmirage.data.collate import Collator
@@ -24,24 +25,18 @@ FAMILIES = ["tiny-llava", "tiny-qwen2_5_vl"]
 
 
 def write_data(folder: Path, n_forget: int = 6, n_retain: int = 8) -> tuple[Path, Path]:
+    """forget.json / retain.json in the LLaVA conversation format that `unmirage data build-unlearn` writes."""
+
+    def record(name: str, question: str, answer: str) -> dict:
+        turns = [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]
+        return {"id": name, "image": f"{name}.png", "conversations": turns}
+
     forget = [
-        {
-            "id": f"f{i}",
-            "question": f"How do I make item {i} dangerous?",
-            "answer": f"Mix part {i} and heat it.",
-        }
+        record(f"f{i}", f"How do I make item {i} dangerous?", f"Mix part {i} and heat it.")
         for i in range(n_forget)
     ]
     retain = [
-        {
-            "id": f"r{i}",
-            "image": "x.png",
-            "conversations": [
-                {"from": "human", "value": f"<image>\nWhat colour is object {i}?"},
-                {"from": "gpt", "value": f"It is green, number {i}."},
-            ],
-        }
-        for i in range(n_retain)
+        record(f"r{i}", f"What colour is object {i}?", f"It is green, number {i}.") for i in range(n_retain)
     ]
     (folder / "forget.json").write_text(json.dumps(forget))
     (folder / "retain.json").write_text(json.dumps(retain))
@@ -251,15 +246,22 @@ def test_invalid_settings_fail_before_training(tmp_path, data, extra, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_bad_data_and_resume_errors(tmp_path, data):
-    (tmp_path / "bad.json").write_text('[{"id": 1, "question": "q"}]')
-    with pytest.raises(UnmirageError, match="record 0: field 'answer'"):
+def test_bad_data_images_and_resume_errors(tmp_path, data):
+    (tmp_path / "bad.json").write_text('[{"id": "a", "conversations": [{"from": "human", "value": "q"}]}]')
+    with pytest.raises(UnmirageError, match="bad.json"):
         run(tmp_path, (tmp_path / "bad.json", data[1]), "tiny-llava", "npo", "out", 1)
     with pytest.raises(UnmirageError, match="no checkpoint"):
         run(tmp_path, data, "tiny-llava", "npo", "out", 1, resume=True)
-    with pytest.raises(UnmirageError, match="leaves the image root"):
-        load_examples(data[1], image_root=tmp_path / "images")  # fine: inside
-        (tmp_path / "esc.json").write_text(
-            json.dumps([{"image": "../x.png", "question": "q", "answer": "a"}])
-        )
-        load_examples(tmp_path / "esc.json", image_root=tmp_path / "images")
+    images = tmp_path / "images"
+    images.mkdir()
+    with pytest.raises(UnmirageError, match="retain.json.*image not found"):
+        load_examples(data[1], image_root=images)
+    for i in range(8):
+        Image.new("RGB", (20, 20)).save(images / f"r{i}.png")
+    assert load_examples(data[1], image_root=images)[3].image == images / "r3.png"
+    turns = [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]
+    (tmp_path / "esc.json").write_text(
+        json.dumps([{"id": "e", "image": "../r1.png", "conversations": turns}])
+    )
+    with pytest.raises(UnmirageError, match="escape the image root"):
+        load_examples(tmp_path / "esc.json", image_root=images)

@@ -1,20 +1,16 @@
-"""Training examples from the forget/retain files, and the datasets the trainer iterates.
+"""Training examples from the forget/retain files (LLaVA conversation format, written by
+`unmirage data build-unlearn`), and the datasets the trainer iterates.
 
-Accepted record forms (a JSON list of objects):
-- LLaVA conversations: `{"id", "image", "conversations": [{"from": "human", "value": "<image>\\nQ"},
-  {"from": "gpt", "value": "A"}]}` (the first human/gpt pair is used; the `<image>` marker is removed);
-- plain: `{"id", "image", "question", "answer"}`.
-`image` is relative to the image root and may not escape it; without an image root the examples carry no
-image, which `placeholder_images` turns into the processor-sized grey stand-in (flagged in the manifest).
+Files are read with `unmirage.data.conversations.load_examples` (one example per human/gpt exchange).
+`image` is resolved under the image root (`unmirage.data.images.resolve_image_path`: no escaping the root,
+missing files are errors before any compute); without an image root the examples carry no image, which
+`placeholder_images` turns into the processor-sized grey stand-in (flagged in the manifest).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -22,68 +18,28 @@ from torch.utils.data import Dataset
 from unmirage.data.collate import Collator, PairedDataset, TrainExample
 from unmirage.errors import UnmirageError
 
-IMAGE_MARKER = "<image>"
-
-
-def _strip_marker(text: str) -> str:
-    return text.replace(IMAGE_MARKER, "").strip()
-
-
-def _record_qa(record: dict[str, Any], path: Path, index: int) -> tuple[str, str]:
-    if "conversations" in record:
-        turns = record["conversations"]
-        if not isinstance(turns, list):
-            raise UnmirageError("must be a list of turns", file=path, record=index, field="conversations")
-        human = next((t for t in turns if isinstance(t, dict) and t.get("from") == "human"), None)
-        gpt = next((t for t in turns if isinstance(t, dict) and t.get("from") == "gpt"), None)
-        if human is None or gpt is None:
-            raise UnmirageError(
-                "needs a human and a gpt turn", file=path, record=index, field="conversations"
-            )
-        question, answer = human.get("value"), gpt.get("value")
-    else:
-        question, answer = record.get("question"), record.get("answer")
-    for field, value in (("question", question), ("answer", answer)):
-        if not isinstance(value, str):
-            raise UnmirageError("missing or not a string", file=path, record=index, field=field)
-    return _strip_marker(question), answer
-
-
-def resolve_image(root: Path, relative: str, path: Path, record: Any) -> Path:
-    """`root/relative`, refusing paths that leave `root`."""
-    target = (root / relative).resolve()
-    if not target.is_relative_to(root.resolve()):
-        raise UnmirageError(
-            f"image path '{relative}' leaves the image root", file=path, record=record, field="image"
-        )
-    return target
-
 
 def load_examples(
     path: str | os.PathLike, image_root: str | os.PathLike | None = None, limit: int | None = None
 ) -> list[TrainExample]:
-    """Read a forget/retain file into `TrainExample`s (bad files and records are one-line errors)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UnmirageError("data file not found", file=path)
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UnmirageError(f"not valid JSON ({err})", file=path) from None
-    if not isinstance(records, list) or not records:
-        raise UnmirageError("must be a non-empty JSON list of records", file=path)
-    examples = []
-    for i, record in enumerate(records[:limit] if limit else records):
-        if not isinstance(record, dict):
-            raise UnmirageError("is not a JSON object", file=path, record=i)
-        question, answer = _record_qa(record, path, i)
+    """Read a forget/retain file into `TrainExample`s (bad files, records and images are one-line errors)."""
+    from unmirage.data.conversations import load_examples as read_examples
+    from unmirage.data.images import resolve_image_path
+
+    examples = read_examples(path)
+    if not examples:
+        raise UnmirageError("has no examples", file=path)
+    result = []
+    for example in examples[:limit] if limit else examples:
         image = None
-        if image_root is not None and record.get("image"):
-            image = resolve_image(Path(image_root), str(record["image"]), path, record.get("id", i))
-        examples.append(
-            TrainExample(id=str(record.get("id", i)), question=question, answer=answer, image=image)
-        )
-    return examples
+        if image_root is not None and example.image:
+            try:
+                image = resolve_image_path(image_root, example.image, example.id)
+            except UnmirageError as err:
+                raise UnmirageError(str(err), file=path) from None
+        name = example.id if example.turn == 0 else f"{example.id}#{example.turn}"
+        result.append(TrainExample(id=name, question=example.question, answer=example.answer, image=image))
+    return result
 
 
 class RetainOnlyDataset(Dataset):
