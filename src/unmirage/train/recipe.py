@@ -71,6 +71,7 @@ class Recipe(StrictModel):
     gradient_checkpointing: bool = False
     merge: bool = False
     plot: bool = True
+    save_model: bool = Field(True, description="write the trained model/adapter (benchmarks turn it off)")
 
     @field_validator("method")
     @classmethod

@@ -53,11 +53,13 @@ def _checkpoints(out: Path) -> list[Path]:
     return sorted(out.glob("checkpoint-*")) if out.is_dir() else []
 
 
-def prepare_model(recipe: Recipe, config: MethodConfig) -> tuple[Any, Any, int]:
-    """Load the model, check RMU layers, choose the trainable parameters (full) or add LoRA adapters."""
+def prepare_model(recipe: Recipe, config: MethodConfig, loaded: Any = None) -> tuple[Any, Any, int]:
+    """Load the model (unless `loaded` is given), check RMU layers, choose the trainable parameters (full)
+    or add LoRA adapters."""
     from unmirage.models import load_model
 
-    loaded = load_model(recipe.model, dtype=recipe.dtype, tiny_sizes=recipe.tiny_sizes)
+    if loaded is None:
+        loaded = load_model(recipe.model, dtype=recipe.dtype, tiny_sizes=recipe.tiny_sizes)
     model, family = loaded.model, loaded.family
     check_layers(config, family, model)
     model.config.use_cache = False
@@ -83,8 +85,11 @@ def run_unlearning(
     merge: bool | None = None,
     overrides: tuple[str, ...] = (),
     callbacks: tuple[Any, ...] = (),
+    loaded: Any = None,
 ) -> RunResult:
-    """Train `recipe` (validated by `load_recipe`); with `resume`, continue from the last checkpoint."""
+    """Train `recipe` (validated by `load_recipe`); with `resume`, continue from the last checkpoint.
+
+    `loaded` (a `LoadedModel`) replaces loading `recipe.model` (benchmarks build models in memory)."""
     from transformers import set_seed
     from transformers.integrations import is_deepspeed_zero3_enabled
 
@@ -109,7 +114,7 @@ def run_unlearning(
     data = recipe.data
     forget = load_examples(data.forget, data.image_root, data.limit) if config.uses_forget else None
     retain = load_examples(data.retain, data.image_root, data.limit)
-    loaded, family, n_trainable = prepare_model(recipe, config)
+    loaded, family, n_trainable = prepare_model(recipe, config, loaded)
     if family.multimodal and data.image_root is None and not data.placeholder_images:
         raise UnmirageError(
             "data.image_root is required for a vision-language model (or placeholder_images: true)"
@@ -176,7 +181,8 @@ def run_unlearning(
     MetricsCallback(trainer, out / METRICS_FILE).attach()
     with checkpoints_in_model_format(loaded.model):
         result = trainer.train(resume_from_checkpoint=True if resume else None)
-    trainer.save_model(str(out))
+    if recipe.save_model:
+        trainer.save_model(str(out))
 
     rows: list[dict[str, Any]] = []
     if trainer.is_world_process_zero():
