@@ -163,6 +163,7 @@ def train_once(
         "peak_rss_mb": peak_rss_mb(),
         "rss_before_train_mb": before,
         "reference": result.reference,
+        "reference_extra_bytes": result.trainer.reference.extra_bytes() if result.trainer.reference else 0,
     }
 
 

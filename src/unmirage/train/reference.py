@@ -84,6 +84,10 @@ class Reference(abc.ABC):
     def __init__(self, family: FamilyAdapter) -> None:
         self.family = family
 
+    def extra_bytes(self) -> int:
+        """Memory this reference holds besides the trained model (weights, tables); 0 for `adapter`."""
+        return 0
+
     def prepare(self, trainer: Any, model: nn.Module) -> None:  # noqa: B027 (optional hook)
         """Called at every `compute_loss`; does one-time work (sharding, precomputation) on the first call."""
 
@@ -134,19 +138,21 @@ class SwapReference(Reference):
         super().__init__(family)
         self.initial = {n: p.detach().clone() for n, p in unwrap(model).named_parameters() if p.requires_grad}
 
+    def extra_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.initial.values())
+
     def _forward(self, model: nn.Module, batch: dict[str, Any], layer: int | None) -> tuple[Any, Any]:
         base = unwrap(model)
-        initial = {n: t.to(p.device) for (n, t), p in zip(self.initial.items(), self._params(base))}
+        params = dict(base.named_parameters())
+        for name, value in self.initial.items():  # follow the model to its device once
+            if value.device != params[name].device:
+                self.initial[name] = value.to(params[name].device)
 
         def call(**inputs: Any) -> Any:
-            return torch.func.functional_call(base, initial, args=(), kwargs=inputs, strict=False)
+            return torch.func.functional_call(base, self.initial, args=(), kwargs=inputs, strict=False)
 
         with eval_mode(base):
             return forward(base, batch, self.family, layer, call=call)
-
-    def _params(self, base: nn.Module) -> list[torch.Tensor]:
-        params = dict(base.named_parameters())
-        return [params[n] for n in self.initial]
 
 
 class CopyReference(Reference):
@@ -159,6 +165,10 @@ class CopyReference(Reference):
         self.model = copy.deepcopy(unwrap(model)).eval()
         self.model.requires_grad_(False)
         self.engine: Any = None
+
+    def extra_bytes(self) -> int:
+        tensors = list(self.model.parameters()) + list(self.model.buffers())
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def prepare(self, trainer: Any, model: nn.Module) -> None:
         if self.engine is not None:
@@ -249,6 +259,10 @@ class PrecomputedReference(Reference):
         if trainer.accelerator.is_main_process:
             self.save()
         trainer.accelerator.wait_for_everyone()
+
+    def extra_bytes(self) -> int:
+        tables = (self.tables or {}).values()
+        return sum(t.total.numel() * 4 + t.count.numel() * 4 for t in tables)
 
     def _forward(self, model: nn.Module, batch: dict[str, Any], layer: int | None) -> tuple[Any, Any]:
         raise UnmirageError("a precomputed reference holds NLL statistics only, no forward pass")

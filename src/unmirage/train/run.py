@@ -204,6 +204,7 @@ def run_unlearning(
             seed=seed,
             method=config.name,
             reference=kind,
+            reference_extra_bytes=reference.extra_bytes() if reference is not None else 0,
             trainable_parameters=n_trainable,
             trainable_names=trainable_names(loaded.model)[:200],
             total_parameters=n_total,
