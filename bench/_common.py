@@ -11,9 +11,8 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def emit(
-    bench: str, metric: str, value: float, unit: str = "", target: str | None = None, **extra: Any
-) -> None:
+def emit(bench: str, metric: str, value: float, unit: str = "", target: str | None = None,
+         **extra: Any) -> None:
     """Print one result line. `target` is the goal in words (e.g. '>= 10x'), shown next to the value."""
     row = {"bench": bench, "metric": metric, "value": round(float(value), 4), "unit": unit, "target": target}
     row.update(extra)

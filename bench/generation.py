@@ -16,25 +16,13 @@ from _common import emit, timed  # noqa: E402
 from unmirage.generate import BatchedGenerator, GenerationConfig, GenItem  # noqa: E402
 from unmirage.models import load_model  # noqa: E402
 
-WORDS = [
-    "What is in the picture",
-    "Share the recipe of this object",
-    "Can you describe the colours",
-    "How do I make this at home",
-    "Please explain the chart",
-    "Tell me about the person",
-]
+WORDS = ["What is in the picture", "Share the recipe of this object", "Can you describe the colours",
+         "How do I make this at home", "Please explain the chart", "Tell me about the person"]
 
 
 def items(n: int) -> list[GenItem]:
-    return [
-        GenItem(
-            id=str(i),
-            question=f"{WORDS[i % len(WORDS)]} {'in detail ' * (i % 5)}?",
-            image=Image.new("RGB", (64, 64), ((37 * i) % 255, 90, 160)),
-        )
-        for i in range(n)
-    ]
+    return [GenItem(id=str(i), question=f"{WORDS[i % len(WORDS)]} {'in detail ' * (i % 5)}?",
+                    image=Image.new("RGB", (64, 64), ((37 * i) % 255, 90, 160))) for i in range(n)]
 
 
 def one_at_a_time(loaded, batch: list[GenItem], max_new: int) -> tuple[list[str], int]:
@@ -44,10 +32,9 @@ def one_at_a_time(loaded, batch: list[GenItem], max_new: int) -> tuple[list[str]
     for item in batch:
         inputs, _ = gen.encode([item])
         with torch.inference_mode():
-            out = loaded.model.generate(
-                **inputs, max_new_tokens=max_new, do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id
-            )
-        new = out[0, inputs["input_ids"].shape[1] :]
+            out = loaded.model.generate(**inputs, max_new_tokens=max_new, do_sample=False,
+                                        pad_token_id=loaded.tokenizer.pad_token_id)
+        new = out[0, inputs["input_ids"].shape[1]:]
         tokens += int((new != loaded.tokenizer.pad_token_id).sum())
         answers.append(loaded.tokenizer.decode(new, skip_special_tokens=True))
     return answers, tokens
@@ -64,21 +51,12 @@ def run(name: str, sizes: dict, n: int, max_new: int) -> None:
     equal = [r["answer"] for r in rows] == [a.strip() for a in answers]
     emit("generation", f"{name} ({params / 1e6:.1f}M) one-at-a-time", tokens / t_single, "tok/s")
     emit("generation", f"{name} ({params / 1e6:.1f}M) batched 32", tokens / t_batched, "tok/s")
-    emit(
-        "generation",
-        f"{name} speed-up (outputs equal: {equal})",
-        t_single / t_batched,
-        "x",
-        target=">= 10x tiny, >= 8x 20M+",
-    )
+    emit("generation", f"{name} speed-up (outputs equal: {equal})", t_single / t_batched, "x",
+         target=">= 10x tiny, >= 8x 20M+")
 
 
 if __name__ == "__main__":
     torch.manual_seed(0)
     run("tiny", {}, n=64, max_new=32)
-    run(
-        "20M+",
-        {"hidden": 512, "layers": 8, "heads": 8, "vision_hidden": 128, "image_size": 64},
-        n=64,
-        max_new=32,
-    )
+    run("20M+", {"hidden": 512, "layers": 8, "heads": 8, "vision_hidden": 128, "image_size": 64}, n=64,
+        max_new=32)

@@ -36,14 +36,9 @@ def main(argv: list[str]) -> int:
             continue
         for line in proc.stdout.splitlines():
             if line.startswith("RESULT "):
-                row = json.loads(line[len("RESULT ") :])
-                table.add_row(
-                    row["bench"],
-                    row["metric"],
-                    f"{row['value']:g}",
-                    row.get("unit") or "",
-                    row.get("target") or "",
-                )
+                row = json.loads(line[len("RESULT "):])
+                table.add_row(row["bench"], row["metric"], f"{row['value']:g}", row.get("unit") or "",
+                              row.get("target") or "")
         print(f"  {script.name}: {time.perf_counter() - start:.1f} s", flush=True)
     Console().print(table)
     if failed:
