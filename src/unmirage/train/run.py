@@ -1,0 +1,261 @@
+"""Run an unlearning recipe end to end: data, model, trainable parameters, reference, Trainer, outputs.
+
+Outputs in `output_dir`: the model (Hugging Face folder, safetensors) or the PEFT adapter, its processor,
+`merged/` with `--merge` (LoRA), `metrics.jsonl`, `loss_terms.png`, TensorBoard logs (`report_to`),
+`reference_stats.safetensors` (precomputed reference), `checkpoint-*` folders and `manifest.json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unmirage.config import dump_config
+from unmirage.errors import UnmirageError
+from unmirage.methods import MethodConfig, get_method
+from unmirage.runs import read_jsonl_resumable, sha256_file, write_manifest
+from unmirage.train.data import SidesCollator, build_dataset, load_examples
+from unmirage.train.params import (
+    apply_lora,
+    check_layers,
+    default_patterns,
+    freeze_except,
+    select_parameters,
+    trainable_names,
+)
+from unmirage.train.recipe import Recipe, make_training_arguments
+from unmirage.train.reference import STATS_FILE, build_reference, choose_kind
+
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "loss_terms.png"
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced."""
+
+    output_dir: Path
+    global_step: int
+    reference: str | None
+    trainable_parameters: int
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    trainer: Any = None
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    return sorted(out.glob("checkpoint-*")) if out.is_dir() else []
+
+
+def prepare_model(recipe: Recipe, config: MethodConfig, loaded: Any = None) -> tuple[Any, Any, int]:
+    """Load the model (unless `loaded` is given), check RMU layers, choose the trainable parameters (full)
+    or add LoRA adapters."""
+    from unmirage.models import load_model
+
+    if loaded is None:
+        loaded = load_model(recipe.model, dtype=recipe.dtype, tiny_sizes=recipe.tiny_sizes)
+    model, family = loaded.model, loaded.family
+    check_layers(config, family, model)
+    model.config.use_cache = False
+    if recipe.lora is not None:
+        for param in model.parameters():
+            param.requires_grad_(False)
+        model = apply_lora(model, family, recipe.lora)
+        loaded.model = model
+    else:
+        patterns = recipe.trainable or default_patterns(config, family, model)
+        names = select_parameters([n for n, _ in model.named_parameters()], patterns)
+        freeze_except(model, names)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return loaded, family, n_trainable
+
+
+def run_unlearning(
+    recipe: Recipe,
+    config: MethodConfig,
+    *,
+    recipe_path: str | os.PathLike | None = None,
+    resume: bool = False,
+    merge: bool | None = None,
+    overrides: tuple[str, ...] = (),
+    callbacks: tuple[Any, ...] = (),
+    loaded: Any = None,
+) -> RunResult:
+    """Train `recipe` (validated by `load_recipe`); with `resume`, continue from the last checkpoint.
+
+    `loaded` (a `LoadedModel`) replaces loading `recipe.model` (benchmarks build models in memory)."""
+    from transformers import set_seed
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    from unmirage.data.collate import Collator
+    from unmirage.train.trainer import MetricsCallback, UnlearningTrainer
+
+    merge = recipe.merge if merge is None else merge
+    if merge and recipe.lora is None:
+        raise UnmirageError("--merge needs a LoRA run (lora: in the recipe)")
+    out = Path(recipe.output_dir)
+    if resume and not _checkpoints(out):
+        raise UnmirageError("--resume: no checkpoint-* folder to resume from", file=out)
+    if not resume and _checkpoints(out):
+        raise UnmirageError(
+            "output_dir already holds checkpoints; pass --resume or use another folder", file=out
+        )
+    spec = get_method(config.name)
+    seed = int(recipe.train.get("seed", 42))
+    set_seed(seed)
+
+    # data first: bad files fail before a model is loaded
+    data = recipe.data
+    forget = load_examples(data.forget, data.image_root, data.limit) if config.uses_forget else None
+    retain = load_examples(data.retain, data.image_root, data.limit)
+    loaded, family, n_trainable = prepare_model(recipe, config, loaded)
+    if family.multimodal and data.image_root is None and not data.placeholder_images:
+        raise UnmirageError(
+            "data.image_root is required for a vision-language model (or placeholder_images: true)"
+        )
+    dataset = build_dataset(forget, retain, epoch_over=data.epoch_over, seed=seed)
+    collator = Collator(
+        loaded, template=data.template, max_length=data.max_length, placeholder_images=data.placeholder_images
+    )
+
+    args = make_training_arguments(recipe, recipe_path)
+    zero3 = is_deepspeed_zero3_enabled()
+    n_total = sum(p.numel() for p in loaded.model.parameters())
+    kind = choose_kind(
+        recipe.reference,
+        config,
+        lora=recipe.lora is not None,
+        n_trainable=n_trainable,
+        n_total=n_total,
+        zero3=zero3,
+    )
+    fingerprint = {
+        "model": recipe.model,
+        "dtype": recipe.dtype,
+        "tiny_sizes": recipe.tiny_sizes,
+        "template": data.template,
+        "max_length": data.max_length,
+        "placeholder_images": data.placeholder_images,
+        "image_root": data.image_root,
+        "limit": data.limit,
+        "forget": sha256_file(data.forget) if forget is not None else None,
+        "retain": sha256_file(data.retain),
+    }
+    reference = build_reference(
+        kind,
+        family,
+        loaded.model,
+        config=config,
+        examples={"forget": getattr(dataset, "forget", None), "retain": dataset.retain},
+        collator=collator,
+        batch_size=recipe.reference_batch_size or args.per_device_train_batch_size,
+        path=out / STATS_FILE,
+        fingerprint=fingerprint,
+    )
+    control = None
+    if "control" in config.requires():
+        from unmirage.methods.rmu import control_vector
+
+        control_seed = config.control_seed if config.control_seed is not None else seed
+        control = control_vector(family.hidden_size(loaded.model), config.steering_coeff, control_seed)
+
+    trainer = UnlearningTrainer(
+        model=loaded.model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=SidesCollator(collator),
+        processing_class=loaded.processor,
+        callbacks=list(callbacks),
+        method=spec,
+        method_config=config,
+        family=family,
+        reference=reference,
+        control=control,
+    )
+    MetricsCallback(trainer, out / METRICS_FILE).attach()
+    with checkpoints_in_model_format(loaded.model):
+        result = trainer.train(resume_from_checkpoint=True if resume else None)
+    if recipe.save_model:
+        trainer.save_model(str(out))
+
+    rows: list[dict[str, Any]] = []
+    if trainer.is_world_process_zero():
+        rows = read_jsonl_resumable(out / METRICS_FILE)
+        outputs = [out / METRICS_FILE]
+        if recipe.plot and rows:
+            from unmirage.train.curves import plot_metrics
+
+            plot_metrics(rows, out / PLOT_FILE, title=f"{config.name} on {recipe.model}")
+            outputs.append(out / PLOT_FILE)
+        if merge:
+            outputs.append(merge_adapter(recipe, out))
+        write_manifest(
+            out,
+            command="unlearn",
+            config={"recipe": dump_config(recipe), "method": config.to_dict(), "overrides": list(overrides)},
+            inputs=[p for p in (recipe_path, data.forget, data.retain) if p],
+            outputs=outputs,
+            seed=seed,
+            method=config.name,
+            reference=kind,
+            reference_extra_bytes=reference.extra_bytes() if reference is not None else 0,
+            trainable_parameters=n_trainable,
+            trainable_names=trainable_names(loaded.model)[:200],
+            total_parameters=n_total,
+            lora=recipe.lora.model_dump() if recipe.lora else None,
+            placeholder_images=data.placeholder_images,
+            control_seed=(config.control_seed if config.control_seed is not None else seed)
+            if control is not None
+            else None,
+            global_step=trainer.state.global_step,
+            train_metrics=result.metrics,
+            resumed=resume,
+        )
+    trainer.accelerator.wait_for_everyone()
+    return RunResult(out, trainer.state.global_step, kind, n_trainable, rows, trainer)
+
+
+@contextlib.contextmanager
+def checkpoints_in_model_format(model: Any) -> Iterator[None]:
+    """Write `checkpoint-*` weights with the model's own parameter names.
+
+    transformers 5 saves some families (LLaVA) under their original Hub key names, but `Trainer` reloads a
+    checkpoint with a plain `load_state_dict`, which then matches nothing and silently resumes from the
+    starting weights. Inside this block `save_pretrained` keeps the in-memory names; the final model folder
+    (saved after the block) keeps the standard format.
+    """
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):  # PEFT adapters are saved by PEFT under their own names
+        yield
+        return
+    model.save_pretrained = functools.partial(type(model).save_pretrained, model, save_original_format=False)
+    try:
+        yield
+    finally:
+        del model.save_pretrained
+
+
+def merge_adapter(recipe: Recipe, out: Path) -> Path:
+    """Load the base model with the saved adapter, merge the LoRA weights and save to `out/merged`."""
+    from unmirage.models import load_model
+
+    merged_dir = out / "merged"
+    loaded = load_model(recipe.model, dtype=recipe.dtype, tiny_sizes=recipe.tiny_sizes, adapter=out)
+    model = loaded.model.merge_and_unload()
+    model.save_pretrained(str(merged_dir))
+    loaded.processor.save_pretrained(str(merged_dir))
+    return merged_dir / "config.json"
+
+
+def set_threads_from_env() -> None:
+    """Honour OMP_NUM_THREADS for torch's intra-op pool (multi-process CPU runs oversubscribe otherwise)."""
+    value = os.environ.get("OMP_NUM_THREADS")
+    if value and value.isdigit():
+        torch.set_num_threads(int(value))
