@@ -172,8 +172,8 @@ class PairedDataset(Dataset):
             raise UnmirageError("the retain set is empty")
         if epoch_over not in ("retain", "forget", "max"):
             raise UnmirageError(f"epoch_over must be retain, forget or max (got '{epoch_over}')")
-        self.forget = [_with_index(e, i) for i, e in enumerate(forget)]
-        self.retain = [_with_index(e, i) for i, e in enumerate(retain)]
+        self.forget = with_indices(forget)
+        self.retain = with_indices(retain)
         self.length = {"retain": len(retain), "forget": len(forget), "max": max(len(forget), len(retain))}[
             epoch_over
         ]
@@ -199,11 +199,17 @@ def _with_index(example: Example, index: int) -> Example:
     return example if example.index == index else dataclasses.replace(example, index=index)
 
 
+def with_indices(examples: Sequence[Example]) -> list[Example]:
+    """The examples with `index` set to their position (what the collator returns as `batch["index"]`)."""
+    return [_with_index(e, i) for i, e in enumerate(examples)]
+
+
 class PairedCollator:
-    """Collates `PairedDataset` items into `{"forget": batch, "retain": batch}`."""
+    """Collates items side by side: `{"forget": ex, "retain": ex}` -> `{"forget": batch, "retain": batch}`
+    (retain-only items give `{"retain": batch}`)."""
 
     def __init__(self, collator: Collator) -> None:
         self.collator = collator
 
     def __call__(self, items: Sequence[dict[str, Example]]) -> dict[str, dict[str, torch.Tensor]]:
-        return {side: self.collator([item[side] for item in items]) for side in ("forget", "retain")}
+        return {side: self.collator([item[side] for item in items]) for side in items[0]}

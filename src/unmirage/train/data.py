@@ -9,20 +9,21 @@ missing files are errors before any compute); without an image root the examples
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 
-import torch
 from torch.utils.data import Dataset
 
-from unmirage.data.collate import Collator, PairedDataset, TrainExample
+from unmirage.data.collate import PairedDataset, with_indices
+from unmirage.data.conversations import Example
 from unmirage.errors import UnmirageError
 
 
 def load_examples(
     path: str | os.PathLike, image_root: str | os.PathLike | None = None, limit: int | None = None
-) -> list[TrainExample]:
-    """Read a forget/retain file into `TrainExample`s (bad files, records and images are one-line errors)."""
+) -> list[Example]:
+    """Read a forget/retain file into `Example`s (bad files, records and images are one-line errors)."""
     from unmirage.data.conversations import load_examples as read_examples
     from unmirage.data.images import resolve_image_path
 
@@ -38,40 +39,27 @@ def load_examples(
             except UnmirageError as err:
                 raise UnmirageError(str(err), file=path) from None
         name = example.id if example.turn == 0 else f"{example.id}#{example.turn}"
-        result.append(TrainExample(id=name, question=example.question, answer=example.answer, image=image))
+        result.append(dataclasses.replace(example, id=name, image=image, turn=0))
     return result
 
 
 class RetainOnlyDataset(Dataset):
     """Items `{"retain": example}` for methods that train on one side only (SFT)."""
 
-    def __init__(self, retain: Sequence[TrainExample]) -> None:
+    def __init__(self, retain: Sequence[Example]) -> None:
         if not retain:
             raise UnmirageError("the retain set is empty")
-        self.retain = [
-            TrainExample(id=e.id, question=e.question, answer=e.answer, image=e.image, index=i)
-            for i, e in enumerate(retain)
-        ]
+        self.retain = with_indices(retain)
 
     def __len__(self) -> int:
         return len(self.retain)
 
-    def __getitem__(self, i: int) -> dict[str, TrainExample]:
+    def __getitem__(self, i: int) -> dict[str, Example]:
         return {"retain": self.retain[i]}
 
 
-class SidesCollator:
-    """Collates `{"forget": ex, "retain": ex}` items (or retain-only items) side by side."""
-
-    def __init__(self, collator: Collator) -> None:
-        self.collator = collator
-
-    def __call__(self, items: Sequence[dict[str, TrainExample]]) -> dict[str, dict[str, torch.Tensor]]:
-        return {side: self.collator([item[side] for item in items]) for side in items[0]}
-
-
 def build_dataset(
-    forget: Sequence[TrainExample] | None, retain: Sequence[TrainExample], *, epoch_over: str, seed: int
+    forget: Sequence[Example] | None, retain: Sequence[Example], *, epoch_over: str, seed: int
 ) -> Dataset:
     """The paired forget/retain dataset (epochs over `epoch_over`, the other side cycles), or retain-only."""
     if forget is None:

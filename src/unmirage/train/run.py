@@ -18,10 +18,11 @@ from typing import Any
 import torch
 
 from unmirage.config import dump_config
+from unmirage.data.collate import PairedCollator
 from unmirage.errors import UnmirageError
 from unmirage.methods import MethodConfig, get_method
 from unmirage.runs import read_jsonl_resumable, sha256_file, write_manifest
-from unmirage.train.data import SidesCollator, build_dataset, load_examples
+from unmirage.train.data import build_dataset, load_examples
 from unmirage.train.params import (
     apply_lora,
     check_layers,
@@ -169,7 +170,7 @@ def run_unlearning(
         model=loaded.model,
         args=args,
         train_dataset=dataset,
-        data_collator=SidesCollator(collator),
+        data_collator=PairedCollator(collator),
         processing_class=loaded.processor,
         callbacks=list(callbacks),
         method=spec,
