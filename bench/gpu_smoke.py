@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit  # noqa: E402
-from train_common import StepTimer, write_data  # noqa: E402
+from _train_common import StepTimer, write_data  # noqa: E402
 
 BENCH = "gpu_smoke"
 SPEC_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}

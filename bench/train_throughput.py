@@ -22,7 +22,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit  # noqa: E402
-from train_common import PRESETS, matmul_flops, train_once, write_data  # noqa: E402
+from _train_common import PRESETS, matmul_flops, train_once, write_data  # noqa: E402
 
 BENCH = "train_throughput"
 NPO = ["method.name=npo", "method.beta=0.9", "method.retain_npo_weight=1", "method.retain_ce_weight=1"]

@@ -4,6 +4,7 @@ this machine's matmul FLOP/s, and one measured run in a fresh process (so peak m
 from __future__ import annotations
 
 import json
+import os
 import random
 import resource
 import subprocess
@@ -74,17 +75,20 @@ def write_data(folder: Path, n: int, words: int, seed: int = 0) -> tuple[Path, P
 
 
 class StepTimer(TrainerCallback):
-    """Wall time of every optimizer step, and the tokens (attended positions) each step consumed."""
+    """Wall time and process CPU time of every optimizer step. On a shared machine the CPU time of a
+    one-thread run is the steadier measure (other jobs delay it but do not add to it)."""
 
     def __init__(self) -> None:
         self.times: list[float] = []
-        self._start = 0.0
+        self.cpu_times: list[float] = []
+        self._start = (0.0, 0.0)
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._start = time.perf_counter()
+        self._start = (time.perf_counter(), time.process_time())
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.times.append(time.perf_counter() - self._start)
+        self.times.append(time.perf_counter() - self._start[0])
+        self.cpu_times.append(time.process_time() - self._start[1])
 
 
 def peak_rss_mb() -> float:
@@ -104,10 +108,22 @@ def matmul_flops(n: int = 1024, repeats: int = 5) -> float:
     return 2 * n**3 / best
 
 
-def run_variant(script: Path, args: list[str], timeout: int = 900) -> dict[str, Any]:
+# glibc keeps freed blocks (and their pages) in its arenas, so peak RSS depends on allocation order by
+# +-100 MiB; with every block above 64 KiB served by mmap, freed tensors leave the process at once and the
+# peak RSS follows the peak of live memory. Used for the memory runs only (it slows allocation).
+EXACT_RSS_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
+
+
+def run_variant(
+    script: Path, args: list[str], timeout: int = 900, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Run `script --variant ...` in a fresh process and return the JSON it prints on its last line."""
     proc = subprocess.run(
-        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{script.name} {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
@@ -157,6 +173,7 @@ def train_once(
     batch_tokens = _tokens_per_step(result.trainer, batch)
     return {
         "step_times": timer.times,
+        "step_cpu_times": timer.cpu_times,
         "params": params,
         "trainable": result.trainable_parameters,
         "tokens_per_step": batch_tokens,
