@@ -265,3 +265,30 @@ def test_bad_data_images_and_resume_errors(tmp_path, data):
     )
     with pytest.raises(UnmirageError, match="escape the image root"):
         load_examples(tmp_path / "esc.json", image_root=images)
+
+
+@pytest.mark.parametrize("method", ["npo", "rmu"])
+def test_text_only_causal_lm(tmp_path, data, method):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from unmirage.models.families import family_for
+    from unmirage.models.load import LoadedModel
+    from unmirage.models.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer("llava")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+    )
+    model = LlamaForCausalLM(config)
+    loaded = LoadedModel(model=model, processor=tokenizer, family=family_for(model), source="causal")
+    extra = ("method.layer=1", "method.alpha=1") if method == "rmu" else ("lora.r=4",)
+    recipe, config = load_recipe(None, overrides(tmp_path, data, "causal", method, "out", 2, *extra))
+    result = run_unlearning(recipe, config, loaded=loaded)
+    assert result.global_step == 2 and {"forget_loss", "ce_retain"} <= set(result.metrics[0])
+    if method == "rmu":
+        names = {n for n, p in result.trainer.model.named_parameters() if p.requires_grad}
+        assert names == {"model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"}

@@ -45,6 +45,8 @@ def unlearn(
         merge=merge or None,
         overrides=tuple(overrides or ()),
     )
+    if not result.trainer.is_world_process_zero():
+        return
     last = result.metrics[-1] if result.metrics else {}
     summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k not in ("step", "epoch"))
     typer.echo(f"{config.name}: {result.global_step} steps -> {result.output_dir} ({summary})")
