@@ -15,11 +15,11 @@ from rich.console import Console
 from rich.table import Table
 
 HERE = Path(__file__).resolve().parent
-SKIP = {"run_all.py", "_common.py", "gpu_smoke.py"}  # gpu_smoke needs a GPU: run it by hand
+SKIP = {"run_all.py", "gpu_smoke.py"}  # gpu_smoke needs a GPU: run it by hand; _*.py are helpers
 
 
 def main(argv: list[str]) -> int:
-    scripts = sorted(p for p in HERE.glob("*.py") if p.name not in SKIP)
+    scripts = sorted(p for p in HERE.glob("*.py") if p.name not in SKIP and not p.name.startswith("_"))
     if argv:
         scripts = [p for p in scripts if p.stem in argv]
     table = Table(title="unmirage benchmarks (measured side by side in each run)")

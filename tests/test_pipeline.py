@@ -146,7 +146,6 @@ def test_smol_plan_sft_stages_on_a_tiny_stand_in(tmp_path):
     """The real plan file, stages compose -> sft-data -> sft -> eval-sft, both forms, on a tiny ChatML LM."""
     pytest.importorskip("unmirage.train.recipe", reason="the unlearn command has not landed")
     from helpers import safe_record, unsafe_record, write_json
-
     from test_smol import _stand_in_lm
     from unmirage.models import load_model
 
