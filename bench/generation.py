@@ -8,11 +8,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-from PIL import Image
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, timed  # noqa: E402
+from _common import emit, timed  # noqa: E402,I001  (sets OMP_WAIT_POLICY before torch starts)
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 from unmirage.generate import BatchedGenerator, GenerationConfig, GenItem  # noqa: E402
 from unmirage.models import load_model  # noqa: E402
 
