@@ -25,6 +25,8 @@ $(VENV)/.installed: pyproject.toml
 
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) install -q -e '.[dev]'
+	# DeepSpeed (ZeRO-3 tests) builds against the installed torch, not a fresh one in an isolated build env
+	$(PIP) install -q --no-build-isolation 'deepspeed>=0.16'
 	touch $@
 
 install: $(VENV)/.installed
