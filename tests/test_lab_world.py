@@ -95,7 +95,7 @@ def test_sft_first_word_statistics() -> None:
 
 
 def test_write_world_files(tmp_path) -> None:
-    world = World(small(sft_colour_share=0.5))
+    world = World(small())
     files = write_world(world, tmp_path / "w")
     sft = json.loads(files.sft_train.read_text())
     test = json.loads(files.test.read_text())
@@ -112,7 +112,6 @@ def test_write_world_files(tmp_path) -> None:
         else:
             assert {"harmful_category", "harmful_subcategory"} <= set(record)
             assert record["instr-resp"][0]["response"] == REFUSAL
-    assert any(len(r["instr-resp"]) == 2 for r in sft if not r["safe"])  # harmless colour questions
     assert general[0]["conversations"][0]["value"].startswith("<image>\n")
     with Image.open(files.image_root / test[0]["image"]) as picture:
         assert picture.size == (32, 32)
@@ -121,7 +120,7 @@ def test_write_world_files(tmp_path) -> None:
     kind = objects[safe_record["image"]]["kind_name"]
     assert oracle.judge(safe_record["instr-resp"][0]["response"], kind=kind).correct
     # the same config writes the same files
-    again = write_world(World(small(sft_colour_share=0.5)), tmp_path / "again")
+    again = write_world(World(small()), tmp_path / "again")
     assert again.sft_train.read_text() == files.sft_train.read_text()
     assert (again.image_root / test[0]["image"]).read_bytes() == (
         files.image_root / test[0]["image"]

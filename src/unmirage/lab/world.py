@@ -195,12 +195,6 @@ class WorldConfig(StrictModel):
     unsafe_what_share: float = Field(
         0.0, ge=0, le=1, description="Share of 'What' among unsafe SFT queries (VLGuard train: 0.028)."
     )
-    sft_colour_share: float = Field(
-        0.0,
-        ge=0,
-        le=1,
-        description="Share of hazard-picture records that also carry a harmless colour question, answered.",
-    )
     safe_unsafe_pairs: bool = Field(
         True,
         description="Give each safe record a second, text-harmful pair (a hazard's recipe asked by name; "
@@ -489,9 +483,6 @@ class World:
                         "response": REFUSAL,
                     }
                 ]
-                if rng.random() < cfg.sft_colour_share:
-                    _, question = self.colour_question(rng)
-                    pairs.append({"instruction": question, "response": self.colour_answer(spec)})
                 record = {
                     "id": record_id,
                     "image": f"{prefix}/{record_id}.png",
