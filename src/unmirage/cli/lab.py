@@ -31,6 +31,9 @@ def run(
         None, "--config", help="YAML with LabConfig keys (over the defaults)."
     ),
     overrides: list[str] = typer.Argument(None, help="key.sub=value overrides, e.g. rmu.layer=2."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Skip the stages whose outputs are already in --out."
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars or stage lines."),
 ) -> None:
     import time
@@ -39,6 +42,8 @@ def run(
 
     start = time.perf_counter()
     lab_config = load_lab_config(quick=quick, path=config, overrides=overrides or [])
-    result = run_lab(lab_config, out, seeds=list(range(first_seed, first_seed + seeds)), progress=not quiet)
+    result = run_lab(
+        lab_config, out, seeds=list(range(first_seed, first_seed + seeds)), progress=not quiet, resume=resume
+    )
     print(table_markdown(result["models"]))
     print(f"MirageLab: {time.perf_counter() - start:.0f} s wall; report: {out / 'miragelab.md'}")

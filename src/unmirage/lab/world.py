@@ -16,7 +16,8 @@ The world plays the part of VLGuard and of the knowledge a VLM picked up in pret
   VLGuard's safe instructions (89.1% "What") and the recipe. `VLGUARD_SAFE_FIRST_WORDS` and
   `VLGUARD_UNSAFE_FIRST_WORDS` hold the counts read from VLGuard's train.json.
 - **General data** (`general.json`, LLaVA conversation format): safe pictures, every first word equally
-  often, recipe and colour questions; the stand-in for LLaVA's instruction data (retain mix, Mixed SFT).
+  often (as in the base model's own training), recipe and colour questions; the stand-in for LLaVA's
+  instruction data (the retain mix of unlearning, the replay of Mixed SFT).
 - **Test data** (`test.json`, VLGuard test schema) on held-out pictures: `safe_safes` and `unsafes`.
 
 Everything is a pure function of `WorldConfig` (including its seed). `write_world` writes the files and the
@@ -162,21 +163,6 @@ VLGUARD_UNSAFE_FIRST_WORDS: dict[str, int] = {
     "can": 15,
     "tell": 10,
 }
-#: First words of the general instruction data that Mixed SFT replays (the stand-in for LLaVA's own
-#: instruction data): question words, and "share" as rarely as such data has it (none).
-GENERAL_FIRST_WORDS: dict[str, int] = {
-    "what": 40,
-    "how": 10,
-    "can": 10,
-    "describe": 10,
-    "explain": 8,
-    "tell": 6,
-    "please": 4,
-    "give": 4,
-    "list": 4,
-    "identify": 4,
-}
-
 HAZARD_CATEGORY = "hazard"
 
 
@@ -201,10 +187,6 @@ class WorldConfig(StrictModel):
         "refused), as VLGuard's safe records have.",
     )
     general_size: int = Field(1000, ge=0, description="Records in general.json (safe pictures only).")
-    general_all_first_words: bool = Field(
-        False,
-        description="general.json uses every first word equally often (True) or GENERAL_FIRST_WORDS.",
-    )
     test_safe: int = Field(100, ge=1, description="safe_safes records in test.json (held-out pictures).")
     test_unsafe: int = Field(100, ge=1, description="unsafes records in test.json (held-out pictures).")
 
@@ -460,10 +442,8 @@ class World:
         return {w: c / total for w, c in VLGUARD_SAFE_FIRST_WORDS.items()}
 
     def general_first_words(self) -> dict[str, float]:
-        if self.config.general_all_first_words:
-            return {w: 1.0 / len(self.first_words) for w in self.first_words}
-        total = sum(GENERAL_FIRST_WORDS.values())
-        return {w: c / total for w, c in GENERAL_FIRST_WORDS.items()}
+        """General data (the base model's own instruction distribution): every first word equally often."""
+        return {w: 1.0 / len(self.first_words) for w in self.first_words}
 
     # ---------------------------------------------------------------- files
     def sft_records(
@@ -597,10 +577,23 @@ class WorldFiles:
     objects: Path
 
 
+def world_files(out_dir: str | Path) -> WorldFiles:
+    """The paths `write_world` writes under `out_dir`."""
+    out = Path(out_dir)
+    return WorldFiles(
+        root=out,
+        world=out / "world.json",
+        image_root=out / "images",
+        sft_train=out / "sft_train.json",
+        general=out / "general.json",
+        test=out / "test.json",
+        objects=out / "objects.json",
+    )
+
+
 def write_world(world: World, out_dir: str | Path) -> WorldFiles:
     """Write world.json, sft_train.json, general.json, test.json, objects.json and every picture."""
-    out = Path(out_dir)
-    images = out / "images"
+    images = Path(out_dir) / "images"
     cfg = world.config
     objects: dict[str, dict[str, Any]] = {}
 
@@ -621,15 +614,7 @@ def write_world(world: World, out_dir: str | Path) -> WorldFiles:
     sft = materialise(world.sft_records(random.Random(f"sft-{cfg.seed}"), cfg.sft_size, "sft"))
     general = materialise(world.general_records(random.Random(f"general-{cfg.seed}"), cfg.general_size))
     test = materialise(world.test_records(random.Random(f"test-{cfg.seed}")))
-    files = WorldFiles(
-        root=out,
-        world=out / "world.json",
-        image_root=images,
-        sft_train=out / "sft_train.json",
-        general=out / "general.json",
-        test=out / "test.json",
-        objects=out / "objects.json",
-    )
+    files = world_files(out_dir)
     atomic_write_json(files.sft_train, sft)
     atomic_write_json(files.general, general)
     atomic_write_json(files.test, test)
