@@ -30,7 +30,7 @@ from unmirage.lab.world import Example, World
 class VisionStage(StrictModel):
     """Vision-tower pretraining (kind + colour classification from the patch tokens)."""
 
-    steps: int = Field(600, ge=1, description="Optimizer steps.")
+    steps: int = Field(1000, ge=1, description="Optimizer steps.")
     batch_size: int = Field(64, ge=1, description="Pictures per step.")
     learning_rate: float = Field(4e-3, gt=0, description="Peak learning rate (AdamW, warm-up then cosine).")
     warmup: float = Field(0.1, ge=0, lt=1, description="Warm-up share of the steps.")

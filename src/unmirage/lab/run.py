@@ -67,12 +67,13 @@ class TrainStage(StrictModel):
 
 
 class SFTStage(TrainStage):
-    """Safety SFT: the reference's baseline. Vision tower and projector stay frozen."""
+    """Safety SFT, the reference's baseline. It trains the language model's decoder layers (the modules LLaVA's
+    LoRA recipe adapts: vision tower, projector, embeddings and LM head stay as they are)."""
 
     learning_rate: float = 2e-4
     max_steps: int = 100
     batch_size: int = 64
-    trainable: list[str] | None = ["model.language_model", "lm_head"]
+    trainable: list[str] | None = ["model.language_model.layers"]
     replay: int = Field(0, ge=0, description="General instruction records mixed in (Mixed SFT).")
 
 
@@ -123,7 +124,7 @@ class LabConfig(StrictModel):
     vision: VisionStage = VisionStage()
     base: BaseStage = BaseStage()
     sft_posthoc: SFTStage = SFTStage()
-    sft_mixed: SFTStage = SFTStage(replay=1000)
+    sft_mixed: SFTStage = SFTStage(replay=500)
     npo: NPOStage = NPOStage()
     rmu: RMUStage = RMUStage()
     eval: EvalStage = EvalStage()
@@ -136,7 +137,7 @@ def quick_config() -> LabConfig:
         vision=VisionStage(steps=400, pictures=6400),
         base=BaseStage(steps=300, examples=9600),
         sft_posthoc=SFTStage(max_steps=80),
-        sft_mixed=SFTStage(max_steps=80, replay=400),
+        sft_mixed=SFTStage(max_steps=80, replay=300),
         npo=NPOStage(max_steps=80),
         rmu=RMUStage(max_steps=80),
         eval=EvalStage(bootstrap=100, unlearn_mix_to=1000),
@@ -189,9 +190,10 @@ class Runner:
         except SystemExit as exc:
             if exc.code not in (0, None):
                 raise UnmirageError(f"'unmirage {argv[0]}' exited with status {exc.code}") from None
-        except Exception as exc:  # click's usage errors
-            if type(exc).__module__.startswith("click"):
-                raise UnmirageError(f"'unmirage {' '.join(argv[:2])}': {exc}") from None
+        except Exception as exc:  # usage errors of click (or typer's copy of it)
+            if "click" in type(exc).__module__:
+                message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+                raise UnmirageError(f"'unmirage {' '.join(argv[:2])}': {message}") from None
             raise
 
     @contextmanager
