@@ -124,7 +124,7 @@ class LabConfig(StrictModel):
     vision: VisionStage = VisionStage()
     base: BaseStage = BaseStage()
     sft_posthoc: SFTStage = SFTStage()
-    sft_mixed: SFTStage = SFTStage(replay=500)
+    sft_mixed: SFTStage = SFTStage(replay=500, max_steps=150)
     npo: NPOStage = NPOStage()
     rmu: RMUStage = RMUStage()
     eval: EvalStage = EvalStage()
@@ -137,7 +137,7 @@ def quick_config() -> LabConfig:
         vision=VisionStage(steps=400, pictures=6400),
         base=BaseStage(steps=300, examples=9600),
         sft_posthoc=SFTStage(max_steps=80),
-        sft_mixed=SFTStage(max_steps=80, replay=300),
+        sft_mixed=SFTStage(max_steps=120, replay=300),
         npo=NPOStage(max_steps=80),
         rmu=RMUStage(max_steps=80),
         eval=EvalStage(bootstrap=100, unlearn_mix_to=1000),
