@@ -135,7 +135,8 @@ def train_base(
     log: Callable[[int, float], None] | None = None,
 ) -> dict[str, float]:
     """Teach the model the world: answer every question about every kind. Returns the last losses."""
-    from unmirage.data.collate import Collator, TrainExample
+    from unmirage.data.collate import Collator
+    from unmirage.data.conversations import Example as TrainExample
 
     model = loaded.model
     examples: Sequence[Example] = world.base_examples(stage.examples, seed, stage.colour_share)
