@@ -257,18 +257,14 @@ def activation_norm(
     """Mean per-token norm of decoder layer `layer`'s output on (up to 64) examples of a conversation file."""
     import torch
 
-    from unmirage.data.collate import Collator, TrainExample
+    from unmirage.data.collate import Collator
     from unmirage.data.conversations import load_examples
+    from unmirage.data.images import ImageLoader
     from unmirage.models import load_model
 
     loaded = load_model(str(model_dir), dtype="float32")
-    examples = [
-        TrainExample(
-            id=e.id, question=e.question, answer=e.answer, image=image_root / e.image if e.image else None
-        )
-        for e in load_examples(examples_file)[:64]
-    ]
-    batch = Collator(loaded, template=template)(examples)
+    collate = Collator(loaded, template=template, image_loader=ImageLoader(root=image_root))
+    batch = collate(load_examples(examples_file)[:64])
     batch.pop("index", None)
     captured: list[torch.Tensor] = []
     block = loaded.family.decoder_layer(loaded.model, layer)
@@ -340,6 +336,7 @@ def write_recipe(
 
 def run_prefill(model_dir: Path, test_file: Path, image_root: Path, out: Path, config: EvalStage) -> Path:
     """The prefill attack on the unsafe test questions: every answer is forced to open with `config.prefill`."""
+    from unmirage.data.images import ImageLoader
     from unmirage.data.vlguard import load_samples
     from unmirage.generate import BatchedGenerator, GenerationConfig, GenItem, run_generation
     from unmirage.models import load_model
@@ -353,11 +350,10 @@ def run_prefill(model_dir: Path, test_file: Path, image_root: Path, out: Path, c
             batch_size=config.batch_size,
             assistant_prefix=config.prefill,
         ),
+        image_loader=ImageLoader(root=image_root),
     )
     items = [
-        GenItem(
-            id=s.id, question=s.question, image=str(image_root / s.image), meta={"case": "unsafe_prefill"}
-        )
+        GenItem(id=s.id, question=s.question, image=s.image, meta={"case": "unsafe_prefill"})
         for s in load_samples(test_file, "unsafes")
     ]
     run_generation(generator, items, out)
