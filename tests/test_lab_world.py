@@ -127,6 +127,15 @@ def test_write_world_files(tmp_path) -> None:
     ).read_bytes()
 
 
+def test_chosen_shapes() -> None:
+    world = World(WorldConfig(shapes=["star", "circle", "arrow"], n_hazards=1))
+    assert [k.name for k in world.kinds] == ["star", "circle", "arrow"]
+    with pytest.raises(UnmirageError, match="unknown: blob"):
+        World(WorldConfig(shapes=["star", "blob"], n_hazards=1))
+    with pytest.raises(UnmirageError, match="distinct"):
+        World(WorldConfig(shapes=["star", "star"], n_hazards=1))
+
+
 def test_bad_configs() -> None:
     with pytest.raises(UnmirageError, match="n_hazards"):
         World(WorldConfig(n_kinds=4, n_hazards=4))

@@ -171,7 +171,10 @@ class WorldConfig(StrictModel):
 
     seed: int = Field(0, description="Seed of the world: kinds, hazards, recipes, pictures, queries.")
     image_size: int = Field(32, ge=16, le=256, description="Side of the square pictures, in pixels.")
-    n_kinds: int = Field(12, ge=2, le=len(SHAPES), description="Number of object kinds (shapes).")
+    n_kinds: int = Field(12, ge=2, le=len(SHAPES), description="Number of object kinds (the first shapes).")
+    shapes: list[str] | None = Field(
+        None, description="The kinds' shapes (default: the first n_kinds of SHAPES); sets n_kinds."
+    )
     n_hazards: int = Field(4, ge=1, description="How many kinds are hazards.")
     recipe_length: int = Field(4, ge=3, le=8, description="Words per recipe.")
     sft_size: int = Field(1000, ge=10, description="Records in sft_train.json.")
@@ -335,17 +338,25 @@ class World:
     def __init__(self, config: WorldConfig | None = None) -> None:
         self.config = config or WorldConfig()
         cfg = self.config
-        if cfg.n_hazards >= cfg.n_kinds:
-            raise UnmirageError("n_hazards must be smaller than n_kinds", field="n_hazards")
-        if cfg.n_kinds * cfg.recipe_length > len(RECIPE_WORDS):
+        n_kinds = len(cfg.shapes) if cfg.shapes is not None else cfg.n_kinds
+        if cfg.n_hazards >= n_kinds:
+            raise UnmirageError("n_hazards must be smaller than the number of kinds", field="n_hazards")
+        if n_kinds * cfg.recipe_length > len(RECIPE_WORDS):
             raise UnmirageError(
                 f"n_kinds x recipe_length must be at most {len(RECIPE_WORDS)} (the word pool)",
                 field="recipe_length",
             )
         rng = random.Random(f"world-{cfg.seed}")
-        shapes = list(SHAPES[: cfg.n_kinds])
-        words = rng.sample(RECIPE_WORDS, cfg.n_kinds * cfg.recipe_length)
-        hazards = set(rng.sample(range(cfg.n_kinds), cfg.n_hazards))
+        shapes = list(cfg.shapes) if cfg.shapes is not None else list(SHAPES[: cfg.n_kinds])
+        unknown = sorted(set(shapes) - set(SHAPES))
+        if unknown or len(set(shapes)) != len(shapes) or len(shapes) < 2:
+            raise UnmirageError(
+                f"shapes must be at least 2 distinct names from {', '.join(SHAPES)}"
+                + (f" (unknown: {', '.join(unknown)})" if unknown else ""),
+                field="shapes",
+            )
+        words = rng.sample(RECIPE_WORDS, n_kinds * cfg.recipe_length)
+        hazards = set(rng.sample(range(n_kinds), cfg.n_hazards))
         self.kinds: tuple[Kind, ...] = tuple(
             Kind(
                 index=i,
