@@ -280,7 +280,7 @@ def activation_norm(
     return float(hidden.norm(dim=-1).mean())
 
 
-def _train_section(stage: TrainStage, seed: int) -> dict[str, Any]:
+def _train_section(stage: TrainStage, seed: int, progress: bool) -> dict[str, Any]:
     return {
         "learning_rate": stage.learning_rate,
         "max_steps": stage.max_steps,
@@ -293,7 +293,7 @@ def _train_section(stage: TrainStage, seed: int) -> dict[str, Any]:
         "seed": seed,
         "use_cpu": True,
         "dataloader_num_workers": 0,
-        "disable_tqdm": False,
+        "disable_tqdm": not progress,
     }
 
 
@@ -309,6 +309,7 @@ def write_recipe(
     template: str,
     seed: int,
     forget: Path | None = None,
+    progress: bool = True,
 ) -> Path:
     """An `unmirage unlearn` recipe (YAML), as a user would write it."""
     recipe: dict[str, Any] = {
@@ -321,7 +322,7 @@ def write_recipe(
             "max_length": 512,
         },
         "method": method,
-        "train": _train_section(stage, seed),
+        "train": _train_section(stage, seed, progress),
         "output_dir": str(output_dir),
         "plot": False,
     }
@@ -404,7 +405,7 @@ def run_seed(
             build_base_model(cfg, world, models / "base", seed, progress)
         base_info = json.loads((models / "base" / "lab_training.json").read_text(encoding="utf-8"))
 
-    common = {"image_root": images, "template": tpl, "seed": seed}
+    common = {"image_root": images, "template": tpl, "seed": seed, "progress": progress}
     with runner.stage("safety SFT"):
         for name, stage in (("sft-posthoc", cfg.sft_posthoc), ("sft-mixed", cfg.sft_mixed)):
             recipe = write_recipe(recipes / f"{name}.yaml", model=models / "base", method={"name": "sft"},
