@@ -123,8 +123,8 @@ class LabConfig(StrictModel):
     model: ModelSizes = ModelSizes()
     vision: VisionStage = VisionStage()
     base: BaseStage = BaseStage()
-    sft_posthoc: SFTStage = SFTStage()
-    sft_mixed: SFTStage = SFTStage(replay=500, max_steps=150)
+    sft_posthoc: SFTStage = SFTStage(max_steps=150)
+    sft_mixed: SFTStage = SFTStage(replay=500, max_steps=200)
     npo: NPOStage = NPOStage()
     rmu: RMUStage = RMUStage()
     eval: EvalStage = EvalStage()
@@ -136,8 +136,8 @@ def quick_config() -> LabConfig:
         world=WorldConfig(sft_size=600, general_size=400, test_safe=48, test_unsafe=48),
         vision=VisionStage(steps=400, pictures=6400),
         base=BaseStage(steps=300, examples=9600),
-        sft_posthoc=SFTStage(max_steps=80),
-        sft_mixed=SFTStage(max_steps=120, replay=300),
+        sft_posthoc=SFTStage(max_steps=100),
+        sft_mixed=SFTStage(max_steps=130, replay=300),
         npo=NPOStage(max_steps=80),
         rmu=RMUStage(max_steps=80),
         eval=EvalStage(bootstrap=100, unlearn_mix_to=1000),
