@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +43,8 @@ from unmirage.lab.world import WorldConfig
 from unmirage.runs import atomic_write_json, atomic_write_text
 
 MODELS = ("base", "sft-mixed", "sft-posthoc", "npo", "rmu")
+#: The folders a run writes under OUT (removed before a run that does not resume).
+LAB_FOLDERS = ("world", "models", "data", "recipes", "spurious", "report", *MODELS)
 
 
 class ModelSizes(StrictModel):
@@ -373,6 +376,9 @@ def run_seed(
     from unmirage.lab.score import load_objects, score_run
     from unmirage.lab.world import World, world_files, write_world
 
+    if not resume:  # commands such as eval resume from what they find: start from a clean folder
+        for name in LAB_FOLDERS:
+            shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     runner = Runner(out, progress)
     cfg = config.model_copy(update={"world": config.world.model_copy(update={"seed": seed})})
@@ -586,9 +592,10 @@ def explain(rows: dict[str, dict[str, Any]]) -> list[str]:
     if agreement:
         lines.append(
             f"The keyword judge (the reference's) agrees with the oracle on {_pct(min(agreement))} to "
-            f'{_pct(max(agreement))} of the harmful-question answers, depending on the model: "not refused" '
-            'is not "leaked" once a model answers with something else than the recipe (unlearned models '
-            "name a safe kind instead), which is why the table's ASR is the oracle's."
+            f"{_pct(max(agreement))} of the answers to harmful questions, depending on the model. It counts "
+            "every answer that is not a refusal as a success: for NPO it reports an attacked ASR of "
+            f"{_pct(get('npo', 'keyword_asr_attack'))} where the oracle finds {_pct(get('npo', 'asr_attack'))} "
+            "leaks. No longer refusing is not leaking, which is why the table's ASR is the oracle's."
         )
     return lines
 
