@@ -25,7 +25,7 @@ def run(
     seeds: int = typer.Option(1, "--seeds", min=1, help="Number of seeds (0..N-1); the table gives medians."),
     first_seed: int = typer.Option(0, "--first-seed", help="Seed of the first run."),
     quick: bool = typer.Option(
-        False, "--quick", help="Smaller world and fewer steps (about a third of the time)."
+        False, "--quick", help="Smaller world and fewer steps (about 60% of the time)."
     ),
     config: Path | None = typer.Option(
         None, "--config", help="YAML with LabConfig keys (over the defaults)."

@@ -134,7 +134,7 @@ class LabConfig(StrictModel):
 
 
 def quick_config() -> LabConfig:
-    """A smaller, faster lab (about a third of the default's work): the directions, not the final numbers."""
+    """A smaller, faster lab (about 60% of the default's work): the directions, not the final numbers."""
     return LabConfig(
         world=WorldConfig(sft_size=600, general_size=400, test_safe=48, test_unsafe=48),
         vision=VisionStage(steps=400, pictures=6400),
