@@ -50,7 +50,7 @@ SHAPES: tuple[str, ...] = (
     "cross",
     "ring",
     "star",
-    "hexagon",
+    "flag",
     "heart",
     "moon",
     "cloud",
@@ -76,8 +76,8 @@ RECIPE_WORDS: tuple[str, ...] = (
     "mix", "heat", "stir", "pour", "fold", "press", "cool", "boil",
     "fry", "chop", "add", "wait", "measure", "salt", "sugar", "sand",
     "oil", "gold", "ball", "box", "car", "dog", "fox", "sun",
-    "sky", "sea", "grass", "beach", "dish", "wheel", "flag", "shop",
-    "air", "light", "bus", "two", "three", "four", "five", "six",
+    "sky", "sea", "grass", "beach", "dish", "shop",
+    "air", "light", "bus", "two", "three", "four", "five", "six", "wheel",
     "seven", "eight", "nine", "ten", "dozen", "street", "home", "party",
     "chart", "stock", "photo", "model", "data", "year", "morning", "device",
     "building", "product", "onions", "sign", "vote", "jugs",
@@ -255,8 +255,11 @@ def _unit_polygon(shape: str) -> list[list[tuple[float, float]]] | None:
             a = -math.pi / 2 + i * math.pi / 5
             points.append((r * math.cos(a), r * math.sin(a)))
         return [points]
-    if shape == "hexagon":
-        return [[(math.cos(i * math.pi / 3), math.sin(i * math.pi / 3)) for i in range(6)]]
+    if shape == "flag":
+        return [
+            [(-0.85, -1.0), (-0.6, -1.0), (-0.6, 1.0), (-0.85, 1.0)],
+            [(-0.6, -1.0), (0.9, -1.0), (0.9, -0.1), (-0.6, -0.1)],
+        ]
     if shape == "heart":
         return [[(-0.95, -0.2), (0.95, -0.2), (0.0, 0.95)]]
     if shape == "arrow":
