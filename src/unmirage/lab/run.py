@@ -604,6 +604,7 @@ def lab_markdown(rows: dict[str, dict[str, Any]], timings: dict[str, float], con
                  seeds: Sequence[int]) -> str:  # fmt: skip
     """OUT/miragelab.md: the table, what it shows, the SFT statistics used and the time spent."""
     shares = config.world
+    stages = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items() if k != "total")
     seeds_text = f"median over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}"
     text = [
         "# MirageLab",
@@ -626,10 +627,7 @@ def lab_markdown(rows: dict[str, dict[str, Any]], timings: dict[str, float], con
         f'identify 91, explain 86, ...), with "What" at {100 * shares.unsafe_what_share:.1f}% '
         "(VLGuard: 2.8%).",
         "",
-        f"Wall time: {timings.get('total', float('nan')):.0f} s "
-        + "("
-        + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items() if k != "total")
-        + ").",
+        f"Wall time: {timings.get('total', float('nan')):.0f} s" + (f" ({stages})." if stages else "."),
         "",
     ]
     return "\n".join(text)
