@@ -97,7 +97,7 @@ class RMUStage(TrainStage):
     max_steps: int = 100
     batch_size: int = 32
     layer: int = Field(1, ge=0, description="Decoder layer whose output is steered.")
-    steering_relative: float = Field(4.0, gt=0, description="Control norm / mean activation norm.")
+    steering_relative: float = Field(8.0, gt=0, description="Control norm / mean activation norm.")
     alpha: float = Field(10.0, ge=0, description="Weight of the retain activation MSE.")
     retain_ce_weight: float = Field(1.0, ge=0, description="Weight of the retain CE term.")
     mask: str = Field("all", description="Positions steered: all | text | answer.")
