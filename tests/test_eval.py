@@ -273,3 +273,12 @@ def test_eval_end_to_end_with_tiny_llava(tmp_path) -> None:
     assert len(rows) == 9
     build_report([tmp_path / "run"], tmp_path / "report")
     assert "| tiny-llava |" in (tmp_path / "report" / "table.md").read_text()
+
+
+def test_bootstrap_must_be_positive():
+    from unmirage.config import validate
+    from unmirage.errors import UnmirageError
+    from unmirage.eval import EvalSettings
+
+    with pytest.raises(UnmirageError, match="bootstrap: .*at least 1"):
+        validate(EvalSettings, {"model": "m", "vlguard_test": "t.json", "bootstrap": 0})

@@ -93,7 +93,7 @@ class EvalSettings(StrictModel):
             raise ValueError(f"unknown generation backend (choose from {', '.join(BACKENDS)})")
         return value
 
-    @field_validator("subsample")
+    @field_validator("subsample", "bootstrap")
     @classmethod
     def _positive(cls, value: int | None) -> int | None:
         if value is not None and value < 1:
