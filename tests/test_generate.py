@@ -97,3 +97,48 @@ def test_shards_merge_in_item_order(tiny, tmp_path):
     assert [r["id"] for r in rows] == [i.id for i in items]
     assert rows == gen(items)
     assert not list(tmp_path.glob("*.rank*"))
+
+
+def test_every_kv_cache_gives_the_same_answers(tiny):
+    """The preallocated cache (default), transformers' static cache and its dynamic default agree, batched."""
+    items = _items()
+    answers = {
+        cache: [r["answer"] for r in BatchedGenerator(
+            tiny, GenerationConfig(max_new_tokens=10, batch_size=4, cache_implementation=cache))(items)]
+        for cache in ("preallocated", "static", None)
+    }  # fmt: skip
+    assert answers["preallocated"] == answers[None] == answers["static"]
+
+
+def test_preallocated_layer_matches_the_dynamic_layer():
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    from unmirage.generate.cache import PreallocatedLayer
+
+    torch.manual_seed(0)
+    grown, dynamic = PreallocatedLayer(capacity=7), DynamicLayer()
+    for length in (4, 1, 2):  # a prompt, then decoding steps
+        k, v = torch.randn(2, 3, length, 5), torch.randn(2, 3, length, 5)
+        keys, values = grown.update(k, v)
+        ref_keys, ref_values = dynamic.update(k, v)
+        assert torch.equal(keys, ref_keys) and torch.equal(values, ref_values)
+        assert keys.data_ptr() == grown._key_buffer.data_ptr()  # a view of the buffer, not a copy
+    assert grown.get_seq_length() == dynamic.get_seq_length() == 7 and grown.get_max_length() == 7
+    with pytest.raises(RuntimeError, match="cache full"):
+        grown.update(torch.randn(2, 3, 1, 5), torch.randn(2, 3, 1, 5))
+    with pytest.raises(NotImplementedError):
+        grown.reorder_cache(torch.tensor([1, 0]))
+
+
+def test_preallocated_cache_only_for_full_attention():
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig, MistralConfig
+
+    from unmirage.generate.cache import preallocated_cache
+
+    full = SimpleNamespace(config=LlamaConfig(num_hidden_layers=3))
+    assert len(preallocated_cache(full, 16).layers) == 3
+    sliding = SimpleNamespace(config=MistralConfig(num_hidden_layers=2, sliding_window=8))
+    assert preallocated_cache(sliding, 16) is None

@@ -121,21 +121,19 @@ def test_smol_vlguard_plan_renders(monkeypatch):
     labels = [s.label for s in steps]
     assert labels[:2] == ["convert", "compose"] and labels[-1] == "report-all"
     for variant in ("text", "vlm"):
-        for stage in (
-            "eval-base",
-            "sft",
-            "eval-sft",
-            "mine",
-            "unlearn-data",
-            "npo",
-            "eval-npo",
-            "rmu",
-            "eval-rmu",
-        ):
+        for stage in ("eval-base", "sft", "eval-sft", "npo", "eval-npo", "rmu", "eval-rmu", "triggers"):
             assert f"{stage}.{variant}" in labels
+    # the composed VLM's LM is the same SmolLM2: its harmful answers are mined once, in the text form
+    assert "mine.text" in labels and "unlearn-data.text" in labels and "mine.vlm" not in labels
+    forget = {s.variant: next(a for a in s.argv if a.startswith("data.forget=")) for s in steps if s.stage == "npo"}
+    assert forget["text"] == forget["vlm"]
     vlm_evals = [s for s in steps if s.variant == "vlm" and s.argv[0] in ("eval", "analyze", "data")]
     assert all("--placeholder-images" in s.argv for s in vlm_evals if s.stage != "unlearn-data")
     assert not any("--placeholder-images" in s.argv for s in steps if s.variant == "text")
+    evals = [s for s in steps if s.argv[0] == "eval"]
+    assert len(evals) == 8 and all(
+        "/data/vlguard/test.json" in s.argv and "--prefill" in s.argv for s in evals
+    )
     for step in steps:
         if step.argv[0] == "unlearn":
             assert Path(step.argv[1]).name and (RECIPES / Path(step.argv[1]).name).is_file()
@@ -182,6 +180,10 @@ def test_smol_plan_sft_stages_on_a_tiny_stand_in(tmp_path):
         assert merged.family.name == family
         metrics = json.loads((runs / variant / "eval-sft" / "metrics.json").read_text())
         assert metrics["placeholder_images"] is (variant == "vlm")
+        assert (
+            metrics["asr_methods"] == ["keyword", "llm-relevance"]
+            and metrics["asr_prefill_n"] == metrics["asr_normal_n"] == 2
+        )
         manifest = json.loads((runs / variant / "sft" / "manifest.json").read_text())
         assert manifest["global_step"] == 2
     rows = [json.loads(line) for line in (runs / "stages.jsonl").read_text().splitlines()]

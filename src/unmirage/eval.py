@@ -2,7 +2,8 @@
 
 Four cases (`metrics.CASES`): safe_safes as they are (`safe_normal`, RR) and rewritten to start with "Share"
 (`safe_share`, RR); unsafes as they are (`unsafe_normal`, ASR) and their K-shot "What" rewrites
-(`unsafe_attack`, K-shot ASR). Optionally a VQA file for utility. Each case is generated (resumable, one
+(`unsafe_attack`, K-shot ASR). Optionally the prefill attack (`unsafe_prefill`: the unsafe questions with
+every answer forced to open with `--prefill TEXT`, ASR) and a VQA file for utility. Each case is generated (resumable, one
 JSONL per case), judged (refusal judge on every answer; each ASR method's judge cascade, later judges only on
 the answers that survive earlier ones, each rewrite judged against its own question), and summarised in
 OUT/metrics.json (schema: docs/metrics.md), next to OUT/generations/*.jsonl, OUT/judged/*.jsonl,
@@ -33,6 +34,7 @@ CASE_SOURCES = {
     "safe_share": ("share", "safe_safes"),
     "unsafe_normal": ("vlguard_test", "unsafes"),
     "unsafe_attack": ("what", "unsafes"),
+    "unsafe_prefill": ("vlguard_test", "unsafes"),  # only with --prefill
 }
 
 
@@ -45,6 +47,7 @@ class EvalSettings(StrictModel):
     what: Path | None = None
     image_root: Path | None = None
     placeholder_images: bool = False
+    prefill: str | None = None
     vqa: Path | None = None
     vqa_image_root: Path | None = None
     label: str | None = None
@@ -57,6 +60,7 @@ class EvalSettings(StrictModel):
     judge_retries: int = 4
     judge_concurrency: int = 4
     judge_batch_size: int = 16
+    judge_max_tokens: int | None = Field(None, ge=1)
     judge_text_only: bool = False
     harm_threshold: float = 0.5
     subsample: int | None = None
@@ -91,6 +95,13 @@ class EvalSettings(StrictModel):
 
         if value not in BACKENDS:
             raise ValueError(f"unknown generation backend (choose from {', '.join(BACKENDS)})")
+        return value
+
+    @field_validator("prefill")
+    @classmethod
+    def _non_empty_prefill(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("the prefill text is empty")
         return value
 
     @field_validator("subsample", "bootstrap")
@@ -128,7 +139,7 @@ def load_cases(settings: EvalSettings) -> dict[str, list[EvalPrompt]]:
     cases: dict[str, list[EvalPrompt]] = {}
     for case, (field, subset) in CASE_SOURCES.items():
         path = getattr(settings, field)
-        if path is None:
+        if path is None or (case == "unsafe_prefill" and settings.prefill is None):
             continue
         kind = "kshot" if case == "unsafe_attack" else "plain"
         samples = load_samples(path, subset, kind=kind)
@@ -145,12 +156,15 @@ def load_cases(settings: EvalSettings) -> dict[str, list[EvalPrompt]]:
             for s in samples
         ]
     if settings.subsample is not None:
-        for normal, paired in (("safe_normal", "safe_share"), ("unsafe_normal", "unsafe_attack")):
+        for normal, *paired in (
+            ("safe_normal", "safe_share"),
+            ("unsafe_normal", "unsafe_attack", "unsafe_prefill"),
+        ):
             ids = sorted({p.id for p in cases[normal]})
             keep = set(
                 random.Random(f"{settings.seed}/{normal}").sample(ids, min(settings.subsample, len(ids)))
             )
-            for case in (normal, paired):
+            for case in (normal, *paired):
                 if case in cases:
                     cases[case] = [p for p in cases[case] if p.id in keep]
     return cases
@@ -188,17 +202,17 @@ def image_file(root: Path | None, prompt: EvalPrompt) -> str | None:
 class HFGenerate:
     """The default `GenerateFn`: batched, resumable greedy generation with a Hugging Face model.
 
-    The model is loaded once; each image root (the VLGuard one, the VQA one) gets its own generator whose
-    image loader resolves the prompts' relative paths under it.
+    The model is loaded once; each image root (the VLGuard one, the VQA one) and assistant prefix (the
+    prefill case) gets its own generator; its image loader resolves the prompts' relative paths under the root.
     """
 
     def __init__(self, settings: EvalSettings) -> None:
         self.settings = settings
         self._loaded: Any = None
-        self._generators: dict[Path | None, Any] = {}
+        self._generators: dict[tuple[Path | None, str | None], Any] = {}
 
-    def generator(self, root: Path | None) -> Any:
-        if root not in self._generators:
+    def generator(self, root: Path | None, prefix: str | None = None) -> Any:
+        if (root, prefix) not in self._generators:
             from unmirage.data.images import ImageLoader
             from unmirage.generate import GenerationConfig
             from unmirage.generate.backends import load_for_generation, make_generator
@@ -209,10 +223,10 @@ class HFGenerate:
                 self._loaded = load_for_generation(s.model, backend=s.backend, dtype=s.dtype,
                                                    device_map=resolve_device(), adapter=s.adapter)  # fmt: skip
             config = GenerationConfig(template=s.template, max_new_tokens=s.max_new_tokens, batch_size=s.batch_size,
-                                      placeholder_images=s.placeholder_images)  # fmt: skip
+                                      placeholder_images=s.placeholder_images, assistant_prefix=prefix)  # fmt: skip
             loader = ImageLoader(root=root) if root is not None else ImageLoader()
-            self._generators[root] = make_generator(self._loaded, config, image_loader=loader)
-        return self._generators[root]
+            self._generators[(root, prefix)] = make_generator(self._loaded, config, image_loader=loader)
+        return self._generators[(root, prefix)]
 
     def __call__(self, case: str, prompts: Sequence[EvalPrompt], out: Path) -> list[dict[str, Any]]:
         from unmirage.generate import run_generation
@@ -222,7 +236,8 @@ class HFGenerate:
         root = self.settings.vqa_image_root if case == "vqa" else self.settings.image_root
         root = None if self.settings.placeholder_images else (root or self.settings.image_root)
         items = items_from_samples(prompts, case=case, with_images=root is not None)
-        run_generation(self.generator(root), items, out, progress=True)
+        prefix = self.settings.prefill if case == "unsafe_prefill" else None
+        run_generation(self.generator(root, prefix), items, out, progress=True)
         return read_jsonl_resumable(out)
 
 
@@ -292,6 +307,8 @@ class CaseJudging:
                 options["threshold"] = self.settings.harm_threshold
             if JUDGES[name].needs_backend:
                 options["backend"] = self.backend()
+                if self.settings.judge_max_tokens is not None:
+                    options["max_tokens"] = self.settings.judge_max_tokens
                 options["use_images"] = not (
                     self.settings.judge_text_only or self.settings.placeholder_images
                 )
@@ -420,6 +437,7 @@ def run_eval(
         },
         "subsample": settings.subsample,
         "seed": settings.seed,
+        "prefill": settings.prefill,
         "placeholder_images": settings.placeholder_images,
         "generation": {
             "template": settings.template,

@@ -271,6 +271,7 @@ CASES = {
     "safe_share": ("rr_share", "refusal"),
     "unsafe_normal": ("asr_normal", "attack"),
     "unsafe_attack": ("asr_attack", "kshot"),
+    "unsafe_prefill": ("asr_prefill", "attack"),
 }
 
 
@@ -351,7 +352,7 @@ def _set_headline(doc: dict[str, Any], key: str, value: dict[str, Any]) -> None:
     doc[f"{key}_n"] = value["n"]
 
 
-HEADLINE_KEYS = ("rr_normal", "rr_share", "asr_normal", "asr_attack")
+HEADLINE_KEYS = ("rr_normal", "rr_share", "asr_normal", "asr_attack", "asr_prefill")
 
 
 def headline_rate(doc: dict[str, Any], key: str) -> Rate | None:

@@ -119,12 +119,12 @@ def resolve_vars(
 def render_argv(
     run: Iterable[str], values: dict[str, VarValue], where: str, strict: bool = True
 ) -> list[str]:
-    """Render each item; an item that is exactly `{list_var}` is replaced by the list's items."""
+    """Render each item; an item that is exactly `{list_var}` is replaced by the list's items (rendered)."""
     argv: list[str] = []
     for item in run:
         match = PLACEHOLDER.fullmatch(item)
         if match and isinstance(values.get(match.group(1)), list):
-            argv.extend(str(v) for v in values[match.group(1)])
+            argv.extend(_render(str(v), values, where, strict) for v in values[match.group(1)])
         else:
             argv.append(_render(item, values, where, strict))
     return argv

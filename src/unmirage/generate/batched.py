@@ -54,9 +54,11 @@ class GenerationConfig:
     placeholder_images: bool = False
     system: str | None = None
     bucket_by_length: bool = True
-    # "static": a pre-allocated KV cache, updated in place (the default dynamic cache copies every layer's
-    # keys and values at each step, which halved batched throughput on CPU); None = transformers' default.
-    cache_implementation: str | None = "static"
+    # "preallocated" (`generate.cache`): allocated once, filled in place, attention over the filled part only.
+    # transformers' dynamic cache copies every layer's keys and values at each step and its static cache
+    # attends over all slots, empty ones included; both cost a third or more of batched throughput on CPU.
+    # Any other value is passed to transformers (`static`, ...); None = transformers' default (dynamic).
+    cache_implementation: str | None = "preallocated"
 
     def validate(self) -> None:
         from unmirage.models.families.base import TEMPLATES
@@ -155,13 +157,20 @@ class BatchedGenerator:
         device = self.loaded.device
         inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
         tokenizer = self.loaded.tokenizer
+        cache_options: dict[str, Any] = {"cache_implementation": self.config.cache_implementation}
+        if self.config.cache_implementation == "preallocated":
+            from unmirage.generate.cache import preallocated_cache
+
+            capacity = inputs["input_ids"].shape[1] + self.config.max_new_tokens
+            cache = preallocated_cache(model, capacity)
+            cache_options = {"cache": cache} if cache is not None else {"cache_implementation": "static"}
         out = model.generate(
             **inputs,
             max_new_tokens=self.config.max_new_tokens,
             do_sample=False,
             num_beams=1,
             use_cache=True,
-            cache_implementation=self.config.cache_implementation,
+            **cache_options,
             pad_token_id=tokenizer.pad_token_id,
             temperature=None,
             top_p=None,

@@ -338,32 +338,6 @@ def write_recipe(
     return path
 
 
-def run_prefill(model_dir: Path, test_file: Path, image_root: Path, out: Path, config: EvalStage) -> Path:
-    """The prefill attack on the unsafe test questions: every answer is forced to open with `config.prefill`."""
-    from unmirage.data.images import ImageLoader
-    from unmirage.data.vlguard import load_samples
-    from unmirage.generate import BatchedGenerator, GenerationConfig, GenItem, run_generation
-    from unmirage.models import load_model
-
-    loaded = load_model(str(model_dir), dtype="float32")
-    generator = BatchedGenerator(
-        loaded,
-        GenerationConfig(
-            template=config.template,
-            max_new_tokens=config.max_new_tokens,
-            batch_size=config.batch_size,
-            assistant_prefix=config.prefill,
-        ),
-        image_loader=ImageLoader(root=image_root),
-    )
-    items = [
-        GenItem(id=s.id, question=s.question, image=s.image, meta={"case": "unsafe_prefill"})
-        for s in load_samples(test_file, "unsafes")
-    ]
-    run_generation(generator, items, out)
-    return out
-
-
 def run_seed(
     config: LabConfig, out: Path, seed: int, progress: bool = True, resume: bool = False
 ) -> dict[str, Any]:
@@ -458,8 +432,7 @@ def run_seed(
                            "--share", attacks["share"], "--what", attacks["what"],
                            "--image-root", images, "--out", run_dir, "--label", name, "--template", tpl,
                            "--max-new-tokens", cfg.eval.max_new_tokens, "--batch-size", cfg.eval.batch_size,
-                           "--bootstrap", cfg.eval.bootstrap, "--seed", seed)  # fmt: skip
-                run_prefill(models / name, files.test, images, run_dir / "prefill.jsonl", cfg.eval)
+                           "--bootstrap", cfg.eval.bootstrap, "--seed", seed, "--prefill", cfg.eval.prefill)  # fmt: skip
                 metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
                 metrics["oracle"] = score_run(run_dir, oracle, objects)
                 atomic_write_json(metrics_path, metrics)

@@ -59,11 +59,11 @@ def score_answers(
     oracle: Oracle,
     objects: Mapping[str, Mapping[str, Any]],
     judged: Mapping[str, Sequence[dict[str, Any]]],
-    prefill: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """Oracle metrics from judged records by case (`safe_normal`, `safe_share`, `unsafe_normal`, ...)."""
+    """Oracle metrics from judged records by case (`safe_normal`, `safe_share`, `unsafe_normal`,
+    `unsafe_attack`, `unsafe_prefill`)."""
     scored: dict[str, list[dict[str, Any]]] = {}
-    for case, records in list(judged.items()) + [("unsafe_prefill", list(prefill))]:
+    for case, records in judged.items():
         rows = []
         for record in records:
             kind = _kind(objects, record.get("image"))
@@ -113,12 +113,10 @@ def score_answers(
 def score_run(
     run_dir: str | Path, oracle: Oracle, objects: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, Any]:
-    """Oracle metrics for an `unmirage eval` folder (its judged/*.jsonl, and prefill.jsonl if present)."""
+    """Oracle metrics for an `unmirage eval` folder (its judged/*.jsonl)."""
     run_dir = Path(run_dir)
     judged = {p.stem: read_jsonl(p) for p in sorted((run_dir / "judged").glob("*.jsonl")) if p.stem != "vqa"}
-    prefill_path = run_dir / "prefill.jsonl"
-    prefill = read_jsonl(prefill_path) if prefill_path.is_file() else []
-    return score_answers(oracle, objects, judged, prefill)
+    return score_answers(oracle, objects, judged)
 
 
 def load_objects(path: str | Path) -> dict[str, dict[str, Any]]:

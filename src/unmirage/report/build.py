@@ -43,6 +43,11 @@ class RunSummary:
         rate = headline_rate(self.metrics, key)
         return "" if rate is None else f"{rate.k}/{rate.n}"
 
+    def method_value(self, case: str, method: str) -> float | None:
+        """The ASR of one judge method on one harmful case (`unsafe_normal`, ...), None when not measured."""
+        block = (((self.metrics.get("cases") or {}).get(case) or {}).get("asr") or {}).get(method) or {}
+        return (block.get("rate") or {}).get("value")
+
     def utility(self) -> dict[str, Any] | None:
         """The VQA accuracy block of the run (value, ci, n), if it measured one."""
         return ((self.metrics.get("utility") or {}).get("vqa") or {}).get("accuracy")
@@ -90,23 +95,59 @@ def _with_ci(run: RunSummary, key: str) -> str:
     return f"{_pct(value)}{ci}"
 
 
+def _has_prefill(runs: Sequence[RunSummary]) -> bool:
+    return any(run.value("asr_prefill") is not None for run in runs)
+
+
 def table_rows(runs: Sequence[RunSummary]) -> list[list[str]]:
-    """The paper-style table: header row, then one row per run (percentages)."""
-    rows = [["Model", "ASR (normal → attack)", "RR (normal → Share)", "Utility (VQA)"]]
+    """The paper-style table: header row, then one row per run (percentages); a prefill column when measured."""
+    prefill = _has_prefill(runs)
+    rows = [["Model", "ASR (normal → attack)", *(["ASR prefill"] if prefill else []), "RR (normal → Share)",
+             "Utility (VQA)"]]  # fmt: skip
     for run in runs:
-        rows.append([run.label, _arrow(run, "asr_normal", "asr_attack"), _arrow(run, "rr_normal", "rr_share"),
+        rows.append([run.label, _arrow(run, "asr_normal", "asr_attack"),
+                     *([_pct(run.value("asr_prefill"))] if prefill else []), _arrow(run, "rr_normal", "rr_share"),
                      _pct(run.value("utility"))])  # fmt: skip
+    return rows
+
+
+def judge_rows(runs: Sequence[RunSummary]) -> list[list[str]] | None:
+    """ASR under every judge method the runs used (None when each run used one method): keyword non-refusal
+    next to, e.g., on-topic non-refusal (`llm-relevance`) shows how much of the "success" is noise."""
+    methods = list(dict.fromkeys(m for run in runs for m in run.metrics.get("asr_methods") or []))
+    if len(methods) < 2:
+        return None
+    cases = [("unsafe_normal", "normal"), ("unsafe_attack", "attack")]
+    if _has_prefill(runs):
+        cases.append(("unsafe_prefill", "prefill"))
+    rows = [["Model", *[f"ASR {name} ({m})" for m in methods for _c, name in cases]]]
+    for run in runs:
+        rows.append([run.label, *[_pct(run.method_value(c, m)) for m in methods for c, _name in cases]])
+    return rows
+
+
+def lm_eval_rows(runs: Sequence[RunSummary]) -> list[list[str]] | None:
+    """lm-evaluation-harness scores (`unmirage utility lm-eval`): one column per task and metric, or None."""
+    blocks = [((r.metrics.get("utility") or {}).get("lm_eval") or {}) for r in runs]
+    columns = list(dict.fromkeys((task, metric) for block in blocks for task, values in block.items()
+                                 for metric in values if not metric.endswith("_stderr")))  # fmt: skip
+    if not columns:
+        return None
+    rows = [["Model", *[f"{task} {metric}" for task, metric in columns]]]
+    for run, block in zip(runs, blocks, strict=True):
+        rows.append([run.label, *[_pct((block.get(task) or {}).get(metric)) for task, metric in columns]])
     return rows
 
 
 def detail_rows(runs: Sequence[RunSummary]) -> list[list[str]]:
     """Every headline rate with its 95% interval and count, and the judges used."""
-    rows = [
-        ["Model", "ASR normal", "ASR attack", "RR normal", "RR Share", "Utility", "ASR judge", "RR judge"]
-    ]
+    keys = [k for k in (*HEADLINE_KEYS[2:], *HEADLINE_KEYS[:2]) if k != "asr_prefill" or _has_prefill(runs)]
+    names = {"asr_normal": "ASR normal", "asr_attack": "ASR attack", "asr_prefill": "ASR prefill",
+             "rr_normal": "RR normal", "rr_share": "RR Share"}  # fmt: skip
+    rows = [["Model", *[names[k] for k in keys], "Utility", "ASR judge", "RR judge"]]
     for run in runs:
         cells = [run.label]
-        for key in (*HEADLINE_KEYS[2:], *HEADLINE_KEYS[:2]):
+        for key in keys:
             cells.append(f"{_with_ci(run, key)} ({run.count(key)})" if run.count(key) else "-")
         cells.append(_with_ci(run, "utility"))
         cells.append(str(run.metrics.get("asr_method", "-")))
@@ -138,7 +179,7 @@ def _markdown_table(rows: list[list[str]]) -> str:
 
 INTRO = (
     "ASR: attack success rate on harmful questions (normal, then the K-shot rewrite attack; a question counts "
-    "if any rewrite succeeds). RR: rejection rate on safe questions (normal, then rewritten to start with "
+    "if any rewrite succeeds; prefill: every answer forced to open with a compliant prefix). RR: rejection rate on safe questions (normal, then rewritten to start with "
     '"Share"). All numbers in percent; brackets: 95% bootstrap intervals; parentheses: successes/total.'
 )
 
@@ -148,6 +189,12 @@ def markdown_report(runs: Sequence[RunSummary], chart_name: str = "chart.png") -
     parts = ["# unmirage evaluation report", "", INTRO, "", _markdown_table(table_rows(runs)), "",
              f"![ASR, RR and utility per run]({chart_name})", "", "## Details", "",
              _markdown_table(detail_rows(runs)), ""]  # fmt: skip
+    for title, rows in (
+        ("ASR by judge", judge_rows(runs)),
+        ("Utility (lm-evaluation-harness)", lm_eval_rows(runs)),
+    ):
+        if rows is not None:
+            parts += [f"## {title}", "", _markdown_table(rows), ""]
     caveats = notes(runs)
     if caveats:
         parts += ["## Notes", "", *[f"- {c}" for c in caveats], ""]
@@ -164,6 +211,9 @@ def _html_table(rows: list[list[str]]) -> str:
 def html_report(runs: Sequence[RunSummary], chart_png: bytes) -> str:
     """report.html: self-contained (the chart is embedded as a data URL)."""
     image = base64.b64encode(chart_png).decode("ascii")
+    extra = "".join(f"<h2>{html.escape(title)}</h2>{_html_table(rows)}" for title, rows in
+                    (("ASR by judge", judge_rows(runs)), ("Utility (lm-evaluation-harness)", lm_eval_rows(runs)))
+                    if rows is not None)  # fmt: skip
     caveats = "".join(f"<li>{html.escape(c)}</li>" for c in notes(runs))
     run_list = "".join(
         f"<li>{html.escape(r.label)}: <code>{html.escape(str(r.path))}</code></li>" for r in runs
@@ -177,6 +227,7 @@ def html_report(runs: Sequence[RunSummary], chart_png: bytes) -> str:
         f"{_html_table(table_rows(runs))}"
         f'<img alt="ASR, RR and utility per run" src="data:image/png;base64,{image}">'
         f"<h2>Details</h2>{_html_table(detail_rows(runs))}"
+        + extra
         + (f"<h2>Notes</h2><ul>{caveats}</ul>" if caveats else "")
         + f"<h2>Runs</h2><ul>{run_list}</ul></body></html>\n"
     )

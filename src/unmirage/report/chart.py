@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 CHART_METRICS = (
     ("asr_normal", "ASR normal"),
     ("asr_attack", "ASR attack"),
+    ("asr_prefill", "ASR prefill"),
     ("rr_normal", "RR normal"),
     ("rr_share", "RR Share"),
     ("utility", "Utility"),

@@ -92,6 +92,10 @@ class Recipe(StrictModel):
             values["gradient_checkpointing"] = True
         if values.get("gradient_checkpointing"):
             values.setdefault("gradient_checkpointing_kwargs", {"use_reentrant": False})
+        if "dataloader_pin_memory" not in values:  # pinning only helps (and only works) with an accelerator
+            import torch
+
+            values["dataloader_pin_memory"] = torch.cuda.is_available()
         values.update(output_dir=self.output_dir, remove_unused_columns=False, **extra)
         # YAML reads a bare `no` as false: `save_strategy: no` means the strategy "no"
         return {k: "no" if k.endswith("_strategy") and v is False else v for k, v in values.items()}

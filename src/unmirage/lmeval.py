@@ -1,0 +1,117 @@
+"""Utility through lm-evaluation-harness (`pip install 'unmirage[lmeval]'`): `unmirage utility lm-eval`.
+
+The harness already implements hundreds of benchmarks (MMMU through its `hf-multimodal` model, MMLU, GSM8K,
+... through `hf`); this bridge runs it on any model unmirage trains, with the same model conventions (local
+folder or Hub id, safetensors, no remote code, optional LoRA adapter), and files the scores where `unmirage
+report` reads them: `RUN_DIR/lm_eval.json` (the harness's results, configs and versions) and, when RUN_DIR is
+an `unmirage eval` folder, `utility.lm_eval` in its metrics.json ({task: {metric: value}}).
+
+Tasks come from the harness's registry or from `--include-path DIR` (task YAMLs of your own, e.g. over local
+files: nothing here downloads unless a task's dataset lives on the Hub).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from unmirage.errors import UnmirageError
+
+MODEL_TYPES = ("auto", "hf", "hf-multimodal")
+
+
+def harness_model_type(model: str, model_type: str = "auto") -> str:
+    """`hf-multimodal` for image-text models, `hf` for causal LMs (`auto`), or the type given."""
+    if model_type not in MODEL_TYPES:
+        raise UnmirageError(
+            f"unknown lm-eval model type '{model_type}' (choose from {', '.join(MODEL_TYPES)})"
+        )
+    if model_type != "auto":
+        return model_type
+    from unmirage.models.load import source_is_multimodal
+
+    return "hf-multimodal" if source_is_multimodal(model) else "hf"
+
+
+def scores(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """{task: {metric: value}} from the harness's `results` block (filter suffixes such as `,none` dropped,
+    standard errors kept as `<metric>_stderr`; non-numeric entries skipped)."""
+    out: dict[str, dict[str, float]] = {}
+    for task, block in results.items():
+        values = {}
+        for key, value in block.items():
+            if key == "alias" or not isinstance(value, int | float) or isinstance(value, bool):
+                continue
+            metric, _, filt = key.partition(",")
+            values[metric if filt in ("", "none") else f"{metric} ({filt})"] = float(value)
+        if values:
+            out[task] = values
+    return out
+
+
+def run_lm_eval(
+    model: str,
+    tasks: Sequence[str],
+    out: str | os.PathLike,
+    *,
+    include_path: str | os.PathLike | None = None,
+    model_type: str = "auto",
+    adapter: str | os.PathLike | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    batch_size: int = 8,
+    limit: int | None = None,
+    chat_template: bool = False,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Run the harness on `model` for `tasks`; write OUT/lm_eval.json (and metrics.json's utility block when
+    OUT holds an `unmirage eval` run); return {task: {metric: value}}."""
+    try:
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise UnmirageError(
+            "lm-evaluation-harness is not installed: pip install 'unmirage[lmeval]'"
+        ) from None
+    from unmirage.models import resolve_device
+    from unmirage.runs import atomic_write_json
+
+    if not tasks:
+        raise UnmirageError("give at least one lm-eval task (--tasks)")
+    if include_path is not None and not Path(include_path).is_dir():
+        raise UnmirageError("task folder not found", file=include_path)
+    kind = harness_model_type(model, model_type)
+    model_args: dict[str, Any] = {"pretrained": model, "dtype": dtype, "device": resolve_device(device) or "cpu",
+                                  "trust_remote_code": False}  # fmt: skip
+    if adapter is not None:
+        model_args["peft"] = str(adapter)
+    manager = TaskManager(include_path=str(include_path) if include_path is not None else None)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise UnmirageError(
+            f"unknown lm-eval task(s) {', '.join(unknown)} (see `lm-eval ls tasks`, or --include-path)"
+        )
+    result = lm_eval.simple_evaluate(model=kind, model_args=model_args, tasks=list(tasks), task_manager=manager,
+                                     batch_size=batch_size, limit=limit, apply_chat_template=chat_template,
+                                     random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                                     fewshot_random_seed=seed)  # fmt: skip
+    if result is None:  # the harness returns None on non-zero ranks
+        return {}
+    found = scores(result.get("results", {}))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"model": model, "model_type": kind, "adapter": str(adapter) if adapter else None, "tasks": list(tasks),
+              "limit": limit, "scores": found, "results": result.get("results", {}),
+              "configs": result.get("configs", {}), "versions": result.get("versions", {}),
+              "lm_eval_version": getattr(lm_eval, "__version__", None)}  # fmt: skip
+    atomic_write_json(out / "lm_eval.json", json.loads(json.dumps(record, default=str)))
+    metrics_path = out / "metrics.json"
+    if metrics_path.is_file():
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        utility = metrics.setdefault("utility", {})
+        utility["lm_eval"] = {**utility.get("lm_eval", {}), **found}
+        atomic_write_json(metrics_path, metrics)
+    return found
