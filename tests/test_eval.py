@@ -189,7 +189,9 @@ def test_eval_four_cases_hand_computed(tmp_path) -> None:
 
 def test_eval_judge_errors_stop_and_rerun_retries_them(tmp_path) -> None:
     paths = vlguard_files(tmp_path / "data")
-    settings = settings_for(paths, asr_methods=["llm-relevance"], judge_model="scripted-judge", judge_max_tokens=24)
+    settings = settings_for(
+        paths, asr_methods=["llm-relevance"], judge_model="scripted-judge", judge_max_tokens=24
+    )
     with pytest.raises(UnmirageError, match="2 answers could not be judged.*rerun"):
         run_eval(
             settings, tmp_path / "run", generate=ScriptedGenerate(), judge_backend=RelevanceBackend(fail=2)

@@ -125,7 +125,9 @@ def test_smol_vlguard_plan_renders(monkeypatch):
             assert f"{stage}.{variant}" in labels
     # the composed VLM's LM is the same SmolLM2: its harmful answers are mined once, in the text form
     assert "mine.text" in labels and "unlearn-data.text" in labels and "mine.vlm" not in labels
-    forget = {s.variant: next(a for a in s.argv if a.startswith("data.forget=")) for s in steps if s.stage == "npo"}
+    forget = {
+        s.variant: next(a for a in s.argv if a.startswith("data.forget=")) for s in steps if s.stage == "npo"
+    }
     assert forget["text"] == forget["vlm"]
     vlm_evals = [s for s in steps if s.variant == "vlm" and s.argv[0] in ("eval", "analyze", "data")]
     assert all("--placeholder-images" in s.argv for s in vlm_evals if s.stage != "unlearn-data")

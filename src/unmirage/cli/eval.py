@@ -54,7 +54,8 @@ def eval_command(
     judge_concurrency: int = typer.Option(4, help="LLM judge: parallel HTTP requests."),
     judge_text_only: bool = typer.Option(False, help="LLM judge: do not send images."),
     judge_max_tokens: int | None = typer.Option(
-        None, help="LLM judge: reply length in tokens (default: the judge's, 128 relevance, 64 harm); the verdict "
+        None,
+        help="LLM judge: reply length in tokens (default: the judge's, 128 relevance, 64 harm); the verdict "
         "is in the first line, so ~32 is enough and much faster on a local model.",
     ),
     harm_threshold: float = typer.Option(
