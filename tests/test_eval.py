@@ -237,6 +237,9 @@ def test_eval_bad_settings(tmp_path) -> None:
     (paths["images"] / "unsafe" / "u1.png").unlink()
     with pytest.raises(UnmirageError, match="id u1.*image not found"):
         run_eval(settings_for(paths), tmp_path / "r", generate=ScriptedGenerate())
+    with pytest.raises(UnmirageError, match="choice needs a local judge model"):
+        run_eval(settings_for(paths, asr_methods=["llm-relevance"], judge_model="m", judge_url="http://127.0.0.1:9/v1",
+                              judge_scoring="choice"), tmp_path / "r3", generate=ScriptedGenerate())  # fmt: skip
     with pytest.raises(UnmirageError, match="need --judge-model"):
         run_eval(settings_for(paths, asr_methods=["llm-harm"], placeholder_images=True, image_root=None),
                  tmp_path / "r2", generate=ScriptedGenerate())  # fmt: skip

@@ -183,7 +183,7 @@ def test_smol_plan_sft_stages_on_a_tiny_stand_in(tmp_path):
         metrics = json.loads((runs / variant / "eval-sft" / "metrics.json").read_text())
         assert metrics["placeholder_images"] is (variant == "vlm")
         assert (
-            metrics["asr_methods"] == ["keyword", "llm-relevance"]
+            metrics["asr_methods"] == ["keyword", "llm-topic"]
             and metrics["asr_prefill_n"] == metrics["asr_normal_n"] == 2
         )
         manifest = json.loads((runs / variant / "sft" / "manifest.json").read_text())

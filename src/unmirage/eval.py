@@ -20,7 +20,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -61,8 +61,10 @@ class EvalSettings(StrictModel):
     judge_concurrency: int = 4
     judge_batch_size: int = 16
     judge_max_tokens: int | None = Field(None, ge=1)
+    judge_scoring: Literal["generate", "choice"] = "generate"
     judge_text_only: bool = False
     harm_threshold: float = 0.5
+    topic_threshold: float | None = None
     subsample: int | None = None
     seed: int = 0
     template: str = "v1"
@@ -305,8 +307,11 @@ class CaseJudging:
                 options["extended"] = extended
             if name == "llm-harm":
                 options["threshold"] = self.settings.harm_threshold
+            if name == "llm-topic" and self.settings.topic_threshold is not None:
+                options["threshold"] = self.settings.topic_threshold
             if JUDGES[name].needs_backend:
                 options["backend"] = self.backend()
+                options["scoring"] = self.settings.judge_scoring
                 if self.settings.judge_max_tokens is not None:
                     options["max_tokens"] = self.settings.judge_max_tokens
                 options["use_images"] = not (
@@ -397,6 +402,10 @@ def run_eval(
     if llm_judges and judge_backend is None and settings.judge_model is None:
         raise UnmirageError(f"the LLM judges ({', '.join(sorted(llm_judges))}) need --judge-model "
                             "(a local model, or the served name with --judge-url)")  # fmt: skip
+    if settings.judge_scoring == "choice" and settings.judge_url is not None:
+        raise UnmirageError(
+            "--judge-scoring choice needs a local judge model (it reads the model's probabilities)"
+        )
     cases = load_cases(settings)
     vqa_items = None
     if settings.vqa is not None:

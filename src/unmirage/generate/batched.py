@@ -30,6 +30,7 @@ class GenItem:
 
     `image` is whatever the generator's `image_loader` takes: a path (relative to its image root, or as
     given), a PIL image, or None (no image; a grey placeholder with `placeholder_images`).
+    `assistant_prefix` overrides the config's prefill for this item ("" for none).
     """
 
     id: str
@@ -37,6 +38,7 @@ class GenItem:
     image: Any = None
     variant: int | str = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    assistant_prefix: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -99,9 +101,14 @@ class BatchedGenerator:
             has_image=has_image,
             system=cfg.system,
         )
-        if cfg.assistant_prefix:
-            text += (" " if cfg.template == "v1" else "") + cfg.assistant_prefix
+        prefix = self.prefix_of(item)
+        if prefix:
+            text += (" " if cfg.template == "v1" else "") + prefix
         return text
+
+    def prefix_of(self, item: GenItem) -> str | None:
+        """The assistant prefix of one item: its own, else the config's."""
+        return item.assistant_prefix if item.assistant_prefix is not None else self.config.assistant_prefix
 
     def _image(self, item: GenItem) -> Image.Image | None:
         if not self.loaded.multimodal:
@@ -182,7 +189,8 @@ class BatchedGenerator:
     def row(self, item: GenItem, answer: str, has_image: bool) -> dict[str, Any]:
         """The output line of one item."""
         cfg = self.config
-        answer = ((cfg.assistant_prefix or "") + answer).strip()  # a prefilled answer starts with its prefix
+        prefix = self.prefix_of(item)
+        answer = ((prefix or "") + answer).strip()  # a prefilled answer starts with its prefix
         row = {"id": item.id, "variant": item.variant, "question": item.question, "answer": answer}
         row.update(item.meta)
         row.update(
@@ -190,7 +198,7 @@ class BatchedGenerator:
                 "image": str(item.image) if isinstance(item.image, str | os.PathLike) else None,
                 "placeholder_image": bool(self.loaded.multimodal and has_image and item.image is None),
                 "template": cfg.template,
-                "assistant_prefix": cfg.assistant_prefix,
+                "assistant_prefix": prefix,
                 "model": self.loaded.source,
             }
         )

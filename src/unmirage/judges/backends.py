@@ -24,12 +24,18 @@ RETRYABLE_STATUS = frozenset({408, 409, 425, 429}) | frozenset(range(500, 600))
 
 @dataclass(frozen=True)
 class ChatRequest:
-    """One judge query: optional system text, the user text, an optional image file, a reply length cap."""
+    """One judge query: optional system text, the user text, an optional image file, a reply length cap.
+
+    With `choices`, the reply is not generated but chosen: the choice the model finds most likely as the
+    start of its reply (local models only). Weak local judges often ignore the asked-for format when they
+    generate; choosing among the allowed openings always gives a well-formed reply.
+    """
 
     text: str
     system: str | None = None
     image: str | None = None
     max_tokens: int = 256
+    choices: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -155,6 +161,10 @@ class OpenAIBackend:
 
     def chat_one(self, request: ChatRequest) -> BackendReply:
         """One request with retries; never raises for server or network trouble."""
+        if request.choices is not None:
+            raise UnmirageError(
+                "choice scoring needs the judge model's probabilities: use a local judge model"
+            )
         openai = self._openai
         messages = self.messages(request)
         error = "no attempt made"
@@ -258,18 +268,67 @@ class HFBackend:
         return GenItem(id=str(index), question=request.text, image=request.image)
 
     def chat(self, requests: Sequence[ChatRequest]) -> list[BackendReply]:
-        groups: dict[tuple[str | None, int, bool], list[int]] = {}
-        for index, request in enumerate(requests):
-            groups.setdefault((request.system, request.max_tokens, request.image is not None), []).append(
-                index
-            )
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for index, r in enumerate(requests):
+            groups.setdefault((r.system, r.max_tokens, r.image is not None, r.choices), []).append(index)
         replies: list[BackendReply] = [BackendReply()] * len(requests)
         for indices in groups.values():
-            generator = self.generator(requests[indices[0]])
-            rows = generator([self._item(i, requests[i]) for i in indices])
-            for i, row in zip(indices, rows, strict=True):
-                replies[i] = BackendReply(text=row["answer"])
+            group = [requests[i] for i in indices]
+            if group[0].choices is not None:
+                texts = self.choose(group)
+            else:
+                rows = self.generator(group[0])(
+                    [self._item(i, r) for i, r in zip(indices, group, strict=True)]
+                )
+                texts = [row["answer"] for row in rows]
+            for i, text in zip(indices, texts, strict=True):
+                replies[i] = BackendReply(text=text)
         return replies
+
+    def continuation_log_probs(
+        self, requests: Sequence[ChatRequest], continuations: Sequence[str]
+    ) -> list[tuple[float, int]]:
+        """(log P(continuation | prompt) summed over its tokens, its token count) per request: each
+        continuation is scored as the assistant's prefilled reply to its request (left-padded batches)."""
+        import torch
+
+        from unmirage.generate import GenItem
+
+        base = self.generator(requests[0])
+        model, device = self.loaded.model, self.loaded.device
+        out: list[tuple[float, int]] = []
+        for start in range(0, len(requests), self.batch_size):
+            batch = list(zip(requests[start : start + self.batch_size], continuations[start : start + self.batch_size],
+                             strict=True))  # fmt: skip
+            full, _ = base.encode([GenItem(id=str(i), question=r.text, image=r.image, assistant_prefix=c)
+                                   for i, (r, c) in enumerate(batch)])  # fmt: skip
+            alone, _ = base.encode([GenItem(id=str(i), question=r.text, image=r.image, assistant_prefix="")
+                                    for i, (r, _c) in enumerate(batch)])  # fmt: skip
+            lengths = (full["attention_mask"].sum(1) - alone["attention_mask"].sum(1)).tolist()
+            full = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in full.items()}
+            with torch.inference_mode():
+                logits = model(**full).logits[:, :-1].float()
+            ids = full["input_ids"][:, 1:]
+            token_lp = torch.log_softmax(logits, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+            for row, n in enumerate(lengths):  # left padding: the continuation is the last n tokens
+                out.append((float(token_lp[row, token_lp.shape[1] - n :].sum()) if n > 0 else 0.0, int(n)))
+        return out
+
+    def choice_log_probs(self, requests: Sequence[ChatRequest]) -> list[list[float]]:
+        """log P(choice | prompt) of every choice, per request (all requests share system text and choices)."""
+        choices = requests[0].choices or ()
+        columns = [self.continuation_log_probs(requests, [choice] * len(requests)) for choice in choices]
+        return [[column[i][0] for column in columns] for i in range(len(requests))]
+
+    def choose(self, requests: Sequence[ChatRequest]) -> list[str]:
+        """The most likely choice per request, as a reply text that starts with it and shows the scores."""
+        choices = requests[0].choices or ()
+        texts = []
+        for scores in self.choice_log_probs(requests):
+            best = max(range(len(choices)), key=scores.__getitem__)
+            shown = ", ".join(f"{c.rstrip(':')} {s:.3f}" for c, s in zip(choices, scores, strict=True))
+            texts.append(f"{choices[best]} chosen by likelihood (log p: {shown})")
+        return texts
 
 
 def make_backend(
