@@ -284,6 +284,7 @@ def test_eval_end_to_end_with_tiny_llava(tmp_path) -> None:
     prefilled = (tmp_path / "run" / "generations" / "unsafe_prefill.jsonl").read_text().splitlines()
     assert len(prefilled) == 3 and all(json.loads(r)["answer"].startswith("Sure, here is") for r in prefilled)
     assert metrics["asr_prefill_n"] == 3
+    assert metrics["generation_new_tokens"] > 0 and metrics["generation_tokens_per_s"] > 0
     for key in ("rr_normal", "rr_share", "asr_normal", "asr_attack"):
         assert 0.0 <= metrics[key] <= 1.0 and len(metrics[f"{key}_ci"]) == 2
     assert metrics["asr_attack_n"] == 3 and metrics["cases"]["unsafe_attack"]["answers"] == 9

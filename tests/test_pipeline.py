@@ -191,3 +191,5 @@ def test_smol_plan_sft_stages_on_a_tiny_stand_in(tmp_path):
     rows = [json.loads(line) for line in (runs / "stages.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in rows] == ["compose", "sft-data", "sft", "eval-sft", "sft", "eval-sft"]
     assert all(r["status"] == "ok" and r["wall_s"] > 0 for r in rows)
+    assert all(r["train_tokens_per_s"] > 0 for r in rows if r["stage"] == "sft")
+    assert all(r["generation_tokens_per_s"] > 0 for r in rows if r["stage"] == "eval-sft")

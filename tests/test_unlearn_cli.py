@@ -56,6 +56,7 @@ def test_unlearn_command_writes_model_curves_and_manifest(tmp_path, capsys):
     assert manifest["reference"] == "swap" and manifest["placeholder_images"] is True
     assert manifest["config"]["method"]["mask"] == "text"
     assert str(forget) in manifest["inputs"]
+    assert manifest["train_tokens"] > 0 and manifest["train_tokens_per_s"] > 0
 
 
 def test_unlearn_errors_are_one_line(tmp_path, capsys):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -89,6 +90,8 @@ class BatchedGenerator:
         self.config = config or GenerationConfig()
         self.config.validate()
         self.image_loader = image_loader or ImageLoader()
+        self.new_tokens = 0  # generated tokens (padding excluded) and seconds in `generate`, for throughput
+        self.generate_seconds = 0.0
 
     # ----- prompts -------------------------------------------------------------------------------------------
     def prompt(self, item: GenItem, has_image: bool) -> str:
@@ -184,6 +187,9 @@ class BatchedGenerator:
             top_k=None,
         )
         new = out[:, inputs["input_ids"].shape[1] :]
+        self.new_tokens += (
+            int((new != tokenizer.pad_token_id).sum()) if tokenizer.pad_token_id is not None else new.numel()
+        )
         return tokenizer.batch_decode(new, skip_special_tokens=True)
 
     def row(self, item: GenItem, answer: str, has_image: bool) -> dict[str, Any]:
@@ -214,7 +220,9 @@ class BatchedGenerator:
                 inputs, with_image = pending.result()
                 if i + 1 < len(batches):
                     pending = pool.submit(self.encode, batches[i + 1])
+                started = time.perf_counter()
                 answers = self.generate_batch(inputs)
+                self.generate_seconds += time.perf_counter() - started
                 yield [
                     self.row(item, answer, has_image)
                     for item, answer, has_image in zip(batch, answers, with_image)

@@ -184,6 +184,7 @@ def run_unlearning(
         result = trainer.train(resume_from_checkpoint=True if resume else None)
     if recipe.save_model:
         trainer.save_model(str(out))
+    throughput = trainer.throughput(float(result.metrics.get("train_runtime", 0.0)))
 
     rows: list[dict[str, Any]] = []
     if trainer.is_world_process_zero():
@@ -216,6 +217,7 @@ def run_unlearning(
             else None,
             global_step=trainer.state.global_step,
             train_metrics=result.metrics,
+            **throughput,
             resumed=resume,
         )
     trainer.accelerator.wait_for_everyone()

@@ -52,6 +52,7 @@ class UnlearningTrainer(Trainer):
         self.mask_kind = getattr(method_config, "mask", "all")
         self._metric_sums: dict[str, torch.Tensor] = {}
         self._metric_count = 0
+        self.tokens_seen = 0  # non-padding tokens through the trained model's forward passes (this process)
 
     def compute_loss(
         self,
@@ -69,6 +70,8 @@ class UnlearningTrainer(Trainer):
             want_hidden = f"{side}_hidden" in self.needs
             batch = inputs.get(side)
             if want_nll or want_hidden:
+                if model.training:
+                    self.tokens_seen += int(batch["attention_mask"].sum())
                 logits, hidden = forward(model, batch, self.family, self.layer if want_hidden else None)
                 if want_nll:
                     quantities[f"{side}_nll"] = sequence_nll(logits, batch["labels"])
@@ -92,6 +95,17 @@ class UnlearningTrainer(Trainer):
             value = value.detach().float()
             self._metric_sums[name] = self._metric_sums.get(name, 0) + value
         self._metric_count += 1
+
+    def throughput(self, runtime_s: float) -> dict[str, float]:
+        """Training tokens (all processes) and tokens per second over `runtime_s` (collective)."""
+        tokens = self.accelerator.reduce(
+            torch.tensor(float(self.tokens_seen), device=self.args.device), "sum"
+        )
+        total = float(tokens)
+        return {
+            "train_tokens": total,
+            "train_tokens_per_s": round(total / runtime_s, 2) if runtime_s > 0 else 0.0,
+        }
 
     def pop_metrics(self) -> dict[str, float]:
         """Means of each term/diagnostic since the last call, averaged over processes (collective)."""
