@@ -149,6 +149,17 @@ def test_load_errors(tmp_path):
         load_model("tiny-llava", dtype="int3")
 
 
+def test_missing_local_model_folder_is_named(tmp_path):
+    from unmirage.models.load import looks_like_local_path, source_is_multimodal
+
+    assert (
+        looks_like_local_path("runs/x/model") and looks_like_local_path("./m") and looks_like_local_path("/m")
+    )
+    assert not looks_like_local_path("llava-hf/llava-1.5-7b-hf") and not looks_like_local_path("gpt2")
+    with pytest.raises(UnmirageError, match="model folder not found"):
+        source_is_multimodal(str(tmp_path / "no" / "such" / "model"))
+
+
 def test_cli_models_tiny(tmp_path):
     from typer.testing import CliRunner
 

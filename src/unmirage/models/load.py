@@ -116,11 +116,14 @@ def load_model(
 def source_is_multimodal(source: str | os.PathLike, *, trust_remote_code: bool = False) -> bool:
     """Whether a model source is a vision-language model, read from its config without loading weights.
 
-    `tiny-*` names are VLMs; a config that cannot be read counts as multimodal (callers then ask for images).
+    `tiny-*` names are VLMs; a config that cannot be read counts as multimodal (callers then ask for images);
+    a local path that does not exist (it cannot be a Hub id: `org/name`) is an error.
     """
     source = str(source)
     if source.startswith(TINY_PREFIX) and not Path(source).exists():
         return True
+    if looks_like_local_path(source) and not Path(source).exists():
+        raise UnmirageError("model folder not found", file=source)
     from transformers import AutoConfig
 
     try:
@@ -128,6 +131,17 @@ def source_is_multimodal(source: str | os.PathLike, *, trust_remote_code: bool =
     except (OSError, ValueError):
         return True
     return _is_image_text_model(config)
+
+
+def looks_like_local_path(source: str) -> bool:
+    """A model source that can only be a local path: absolute, relative with ./ ../ ~, or with two or more
+    path separators (a Hub id is `name` or `org/name`)."""
+    return (
+        source.startswith(("/", "./", "../", "~"))
+        or source.count("/") >= 2
+        or os.sep != "/"
+        and os.sep in source
+    )
 
 
 def _is_image_text_model(config: Any) -> bool:
