@@ -304,3 +304,29 @@ def test_bootstrap_must_be_positive():
 
     with pytest.raises(UnmirageError, match="bootstrap: .*at least 1"):
         validate(EvalSettings, {"model": "m", "vlguard_test": "t.json", "bootstrap": 0})
+
+
+def test_safe_questions_answered_on_topic_with_llm_topic(tmp_path) -> None:
+    """With the llm-topic method, safe answers go through keyword -> rules -> llm-topic as well, and the
+    metrics say how many safe questions were really answered (a refusal is never "answered")."""
+    from unmirage.judges import HFBackend
+
+    paths = vlguard_files(tmp_path / "data")
+    backend = HFBackend("tiny-llava", dtype="float32", batch_size=4)
+    settings = settings_for(
+        paths, asr_methods=["keyword", "llm-topic"], judge_model="tiny-llava", topic_threshold=-1e9
+    )
+    metrics = run_eval(settings, tmp_path / "run", generate=ScriptedGenerate(), judge_backend=backend)
+    normal = metrics["cases"]["safe_normal"]["answered"]["llm-topic"]
+    # s0 refused; s1, s2 answered without hedging and (threshold -inf) on topic
+    assert (normal["k"], normal["n"]) == (2, 3) and metrics["answered_on_topic"]["normal"] == pytest.approx(
+        2 / 3
+    )
+    assert metrics["answered_on_topic"]["share"] == pytest.approx(1 / 3)  # only s2 is answered after "Share"
+    strict = run_eval(settings.model_copy(update={"topic_threshold": 1e9}), tmp_path / "run2",
+                      generate=ScriptedGenerate(), judge_backend=backend)  # fmt: skip
+    assert strict["answered_on_topic"] == {"normal": 0.0, "share": 0.0}
+    from unmirage.report import build_report
+
+    build_report([tmp_path / "run"], tmp_path / "report")
+    assert "safe answered on topic: Share" in (tmp_path / "report" / "report.md").read_text()

@@ -26,7 +26,14 @@ from pydantic import Field, field_validator
 
 from unmirage.config import StrictModel
 from unmirage.errors import UnmirageError
-from unmirage.metrics import ASR_METHODS, REFUSAL_JUDGES, Bootstrap, build_metrics, judges_needed
+from unmirage.metrics import (
+    ANSWERED_METHODS,
+    ASR_METHODS,
+    REFUSAL_JUDGES,
+    Bootstrap,
+    build_metrics,
+    judges_needed,
+)
 
 CASE_SOURCES = {
     # case: (settings field holding the file, VLGuard subset)
@@ -352,20 +359,22 @@ class CaseJudging:
             record.update(merge_verdict(record, name, verdict))
 
     def case(self, case: str, records: list[dict[str, Any]]) -> None:
-        """All judgements one case needs."""
+        """All judgements one case needs: the refusal judge; on harmful cases every ASR cascade; on safe
+        cases the `llm-topic` cascade too when it is an ASR method (is the safe question really answered?)."""
         self.run(self.settings.refusal_judge, case, records)
-        if case.startswith("unsafe"):
-            for method in self.settings.asr_methods:
-                while True:
-                    pending: dict[str, list[dict[str, Any]]] = {}
-                    for record in records:
-                        need = judges_needed(method, record)
-                        if need is not None and not _failed(record, need):
-                            pending.setdefault(need, []).append(record)
-                    if not pending:
-                        break
-                    for name, group in pending.items():
-                        self.run(name, case, group)
+        methods = self.settings.asr_methods if case.startswith("unsafe") else [
+            m for m in self.settings.asr_methods if m in ANSWERED_METHODS]  # fmt: skip
+        for method in methods:
+            while True:
+                pending: dict[str, list[dict[str, Any]]] = {}
+                for record in records:
+                    need = judges_needed(method, record)
+                    if need is not None and not _failed(record, need):
+                        pending.setdefault(need, []).append(record)
+                if not pending:
+                    break
+                for name, group in pending.items():
+                    self.run(name, case, group)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -120,9 +120,13 @@ def judge_rows(runs: Sequence[RunSummary]) -> list[list[str]] | None:
     cases = [("unsafe_normal", "normal"), ("unsafe_attack", "attack")]
     if _has_prefill(runs):
         cases.append(("unsafe_prefill", "prefill"))
-    rows = [["Model", *[f"ASR {name} ({m})" for m in methods for _c, name in cases]]]
+    answered = any(run.metrics.get("answered_on_topic") for run in runs)
+    extra = ["safe answered on topic: normal", "safe answered on topic: Share"] if answered else []
+    rows = [["Model", *[f"ASR {name} ({m})" for m in methods for _c, name in cases], *extra]]
     for run in runs:
-        rows.append([run.label, *[_pct(run.method_value(c, m)) for m in methods for c, _name in cases]])
+        on_topic = run.metrics.get("answered_on_topic") or {}
+        rows.append([run.label, *[_pct(run.method_value(c, m)) for m in methods for c, _name in cases],
+                     *([_pct(on_topic.get("normal")), _pct(on_topic.get("share"))] if answered else [])])  # fmt: skip
     return rows
 
 
