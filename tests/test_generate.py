@@ -127,8 +127,13 @@ def test_preallocated_layer_matches_the_dynamic_layer():
     assert grown.get_seq_length() == dynamic.get_seq_length() == 7 and grown.get_max_length() == 7
     with pytest.raises(RuntimeError, match="cache full"):
         grown.update(torch.randn(2, 3, 1, 5), torch.randn(2, 3, 1, 5))
-    with pytest.raises(NotImplementedError):
-        grown.reorder_cache(torch.tensor([1, 0]))
+    # batch-dimension operations (beam search, contrastive search) keep it equal to the dynamic layer
+    for op, arg in (("reorder_cache", torch.tensor([1, 0])), ("batch_repeat_interleave", 2),
+                    ("batch_select_indices", torch.tensor([0, 3]))):  # fmt: skip
+        getattr(grown, op)(arg)
+        getattr(dynamic, op)(arg)
+        assert torch.equal(grown.keys, dynamic.keys) and torch.equal(grown.values, dynamic.values)
+        assert grown.keys.data_ptr() == grown._key_buffer.data_ptr()
 
 
 def test_preallocated_cache_only_for_full_attention():

@@ -24,7 +24,9 @@ class FakeLLM:
         self.requests.extend(requests)
         assert params.temperature == 0.0
         return [
-            types.SimpleNamespace(outputs=[types.SimpleNamespace(text=f" n={len(r['prompt'])}")])
+            types.SimpleNamespace(
+                outputs=[types.SimpleNamespace(text=f" n={len(r['prompt'])}", token_ids=[7, 8])]
+            )
             for r in requests
         ]
 

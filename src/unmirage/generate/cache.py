@@ -61,10 +61,24 @@ class PreallocatedLayer(DynamicLayer):
     def get_max_length(self) -> int:
         return self.capacity
 
-    def _unsupported(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError("the preallocated cache serves greedy generation only")
+    def _rebuffer(self, transform: Any) -> None:
+        """Apply a batch-dimension transform to both buffers and view the filled part again."""
+        if not self.is_initialized or self._key_buffer is None or self._value_buffer is None:
+            return
+        filled = self.keys.shape[-2]
+        self._key_buffer = transform(self._key_buffer)
+        self._value_buffer = transform(self._value_buffer)
+        self.keys = self._key_buffer[:, :, :filled]
+        self.values = self._value_buffer[:, :, :filled]
 
-    batch_repeat_interleave = batch_select_indices = reorder_cache = _unsupported
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._rebuffer(lambda buffer: buffer.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._rebuffer(lambda buffer: buffer[indices, ...])
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._rebuffer(lambda buffer: buffer.index_select(0, beam_idx.to(buffer.device)))
 
 
 def preallocated_cache(model: Any, capacity: int) -> Cache | None:

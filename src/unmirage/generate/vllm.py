@@ -89,4 +89,5 @@ class VLLMGenerator(BatchedGenerator):
 
         params = SamplingParams(temperature=0.0, max_tokens=self.config.max_new_tokens)
         outputs = self.loaded.model.generate(inputs, params, use_tqdm=False)
+        self.new_tokens += sum(len(out.outputs[0].token_ids) for out in outputs)
         return [out.outputs[0].text for out in outputs]
