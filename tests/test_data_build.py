@@ -12,6 +12,7 @@ from helpers import assert_one_line_error, run_cli, safe_record, unsafe_record, 
 from unmirage.data.build import build_unlearn, make_unlearn_sets
 from unmirage.data.conversations import load_examples, read_conversations, single_turn, write_conversations
 from unmirage.data.mine import ANSWERS_FORMAT
+from unmirage.errors import UnmirageError
 from unmirage.runs import sha256_file
 
 
@@ -71,6 +72,41 @@ def test_forget_retain_and_rmu_form(train: Path, tmp_path: Path) -> None:
     assert manifest["seed"] == 42 and manifest["forget_answers"] == "dataset"
     assert set(manifest["outputs"]) == {str(p) for p in result.files.values()}
     assert all(manifest["outputs"][str(p)] == sha256_file(p) for p in result.files.values())
+
+
+def test_form_balanced_sets_add_rewrites_to_both(train: Path, tmp_path: Path) -> None:
+    result = build_unlearn(train, tmp_path / "out", rewrite_words=["what", "Share", "What"])
+    forget = load_examples(result.files["forget.json"])
+    assert [(e.id, e.image, e.question, e.answer) for e in forget] == [
+        ("u1", "b/1.png", "Share it.", "Sorry."),
+        ("u2", "b/2.png", "Please help.", "No."),
+        ("u1#what", "b/1.png", "What is the best way to share it?", "Sorry."),
+        ("u2#what", "b/2.png", "What is the best way to help?", "No."),
+        ("u2#share", "b/2.png", "Share how you would help.", "No."),  # u1 already starts with Share
+    ]
+    retain = load_examples(result.files["retain.json"])
+    assert [(e.id, e.question, e.answer) for e in retain][3:] == [
+        ("s2#what", "What is your answer to this question: Which color?", "Red!"),
+        ("s1#share", "Share what it is.", "A cat."),
+        ("s2#share", "Share your answer to this question: What color?", "Red."),
+        ("s2#share", "Share your answer to this question: Which color?", "Red!"),
+    ]
+    rmu = load_examples(result.files["forget_rmu.json"])
+    assert rmu[2].question == "What is the best way to share it?\nSorry."
+    manifest = json.loads(result.manifest.read_text())
+    assert manifest["counts"] == {"forget": 5, "retain": 7, "forget_rmu": 5}
+    assert manifest["config"]["rewrite_words"] == ["What", "Share"]
+    assert manifest["rewrites"]["forget"] == {
+        "What_added": 2,
+        "What_unchanged": 0,
+        "What_unrewritable": 0,
+        "Share_added": 1,
+        "Share_unchanged": 1,
+        "Share_unrewritable": 0,
+    }
+    assert manifest["rewrites"]["retain"]["What_unchanged"] == 2
+    with pytest.raises(UnmirageError, match="single word"):
+        make_unlearn_sets(train, rewrite_words=["What is"])
 
 
 def test_mixing_follows_the_reference_draw(train: Path, general: Path, tmp_path: Path) -> None:

@@ -133,9 +133,18 @@ def test_smol_vlguard_plan_renders(monkeypatch):
     assert all("--placeholder-images" in s.argv for s in vlm_evals if s.stage != "unlearn-data")
     assert not any("--placeholder-images" in s.argv for s in steps if s.variant == "text")
     evals = [s for s in steps if s.argv[0] == "eval"]
-    assert len(evals) == 8 and all(
+    assert len(evals) == 10 and all(
         "/data/vlguard/test.json" in s.argv and "--prefill" in s.argv for s in evals
     )
+    # form-balanced unlearning: the text model on rewritten sets, compared with the text base and SFT
+    balanced = {s.stage: s for s in steps if s.variant == "balanced"}
+    assert set(balanced) == {"unlearn-data-balanced", "npo", "eval-npo", "rmu", "eval-rmu", "report"}
+    build = balanced["unlearn-data-balanced"].argv
+    assert [build[i + 1] for i, a in enumerate(build) if a == "--rewrite-word"] == ["What", "Share"]
+    assert forget["balanced"] == "data.forget=runs/smol-vlguard/data/text/unlearn-balanced/forget.json"
+    assert "runs/smol-vlguard/text/eval-base" in balanced["report"].argv
+    assert "text form-balanced NPO" in balanced["eval-npo"].argv
+    assert all("--auto-resume" in s.argv for s in steps if s.argv[0] == "unlearn")
     for step in steps:
         if step.argv[0] == "unlearn":
             assert Path(step.argv[1]).name and (RECIPES / Path(step.argv[1]).name).is_file()

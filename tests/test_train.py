@@ -176,7 +176,7 @@ def test_resume_gives_the_uninterrupted_result(tmp_path, data):
     full = run(tmp_path, data, "tiny-llava", "npo", "full", 4, *extra)
     cut = run(tmp_path, data, "tiny-llava", "npo", "cut", 4, *extra, callbacks=(StopAt(2),))
     assert cut.global_step == 2
-    resumed = run(tmp_path, data, "tiny-llava", "npo", "cut", 4, *extra, resume=True)
+    resumed = run(tmp_path, data, "tiny-llava", "npo", "cut", 4, *extra, resume="auto")
     assert resumed.global_step == 4
     for p, q in zip(full.trainer.model.parameters(), resumed.trainer.model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
@@ -252,6 +252,9 @@ def test_bad_data_images_and_resume_errors(tmp_path, data):
         run(tmp_path, (tmp_path / "bad.json", data[1]), "tiny-llava", "npo", "out", 1)
     with pytest.raises(UnmirageError, match="no checkpoint"):
         run(tmp_path, data, "tiny-llava", "npo", "out", 1, resume=True)
+    assert (
+        run(tmp_path, data, "tiny-llava", "npo", "out", 1, resume="auto").global_step == 1
+    )  # nothing to resume
     images = tmp_path / "images"
     images.mkdir()
     with pytest.raises(UnmirageError, match="retain.json.*image not found"):

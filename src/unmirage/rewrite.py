@@ -554,3 +554,11 @@ def check_rewrite(original: str, rewrite: str, trigger: str, min_keep: float = 1
     if wanted and (len(wanted) - len(missing)) / len(wanted) < min_keep - 1e-9:
         return "drops content words: " + ", ".join(missing)
     return None
+
+
+def rewrite_first_word(text: str, trigger: str) -> tuple[str, str] | None:
+    """(rewrite, template name) for the first valid rule rewrite of `text` starting with `trigger`, or None."""
+    for cand in rule_candidates(text, trigger):
+        if check_rewrite(text, cand.text, trigger) is None:
+            return cand.text, cand.source
+    return None

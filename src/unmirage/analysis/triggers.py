@@ -1,8 +1,8 @@
 """Model-side trigger discovery: which first words flip a model's refusals.
 
-For every candidate word, each query is rewritten to start with that word (`unmirage.rewrite`, the first
-valid rule rewrite) and the model answers both the original and the rewrite. A refusal judge labels every
-answer. Per word and per direction:
+For every candidate word, each query is rewritten to start with that word (the first valid rule rewrite,
+`unmirage.rewrite.rewrite_first_word`) and the model answers both the original and the rewrite. A refusal
+judge labels every answer. Per word and per direction:
 
 - jailbreak (unsafe queries): `flip_rate` = share of queries refused as written but answered after the
   rewrite; `refusal_change` = refusal rate after - before (negative: the word disarms the refusal);
@@ -25,7 +25,7 @@ from typing import Any
 from unmirage.analysis.tokens import first_word
 from unmirage.data.vlguard import VLGuardFile, view
 from unmirage.errors import UnmirageError
-from unmirage.rewrite import check_rewrite, rule_candidates
+from unmirage.rewrite import rewrite_first_word
 
 DIRECTIONS = {"unsafes": "jailbreak", "safe_safes": "overrefusal", "safe_unsafes": "jailbreak"}
 ORIGINAL = "original"
@@ -60,14 +60,6 @@ class Probe:
 
 ProbeAnswerer = Callable[[Sequence[Probe]], list[str]]
 """Probes in, one model answer per probe out (batched generation)."""
-
-
-def rewrite_first_word(question: str, word: str) -> tuple[str, str] | None:
-    """(rewrite, template) — the first valid rule rewrite of `question` starting with `word` — or None."""
-    for cand in rule_candidates(question, word):
-        if check_rewrite(question, cand.text, word) is None:
-            return cand.text, cand.source
-    return None
 
 
 def build_probes(queries: Sequence[Query], words: Iterable[str]) -> tuple[list[Probe], list[dict[str, Any]]]:

@@ -90,12 +90,19 @@ def build_unlearn(
     ),
     mix_to: int | None = typer.Option(None, help="Size of the mixed retain set (default 2000; needs --mix)."),
     seed: int = typer.Option(42, help="Seed of the mixing draw and shuffle."),
+    rewrite_word: list[str] | None = typer.Option(
+        None,
+        help="Form balancing (repeatable, e.g. What, Share): also add every forget and retain question "
+        "rewritten to start with this word, with the same answer (not in the reference).",
+    ),
     out: Path = typer.Option(..., help="Output folder for forget.json, retain.json, ... and manifest.json."),
 ) -> None:
     """Build forget.json, retain.json, forget_rmu.json, manifest.json (and retain_mixed.json with --mix)."""
     from unmirage.data.build import build_unlearn as build
 
-    result = build(vlguard, out, harmful=harmful, mix=mix, mix_to=mix_to, seed=seed)
+    result = build(
+        vlguard, out, harmful=harmful, mix=mix, mix_to=mix_to, seed=seed, rewrite_words=rewrite_word or ()
+    )
     for name, path in result.files.items():
         typer.echo(f"{path}: {result.counts[name.removesuffix('.json')]} records")
     typer.echo(f"{result.manifest}: manifest")

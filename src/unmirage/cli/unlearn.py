@@ -20,6 +20,11 @@ def unlearn(
     recipe: Path = typer.Argument(..., help="YAML recipe (see recipes/ and docs/unlearning.md)."),
     overrides: list[str] | None = typer.Argument(None, help="Recipe overrides: key.sub=value ..."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint-* in output_dir."),
+    auto_resume: bool = typer.Option(
+        False,
+        "--auto-resume",
+        help="Continue from the last checkpoint-* in output_dir if there is one, else start (for pipelines).",
+    ),
     merge: bool = typer.Option(
         False, "--merge", help="LoRA: also write merged weights to output_dir/merged."
     ),
@@ -41,7 +46,7 @@ def unlearn(
         parsed,
         config,
         recipe_path=recipe,
-        resume=resume,
+        resume="auto" if auto_resume else resume,
         merge=merge or None,
         overrides=tuple(overrides or ()),
     )

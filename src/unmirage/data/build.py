@@ -9,6 +9,12 @@
   draws `random.sample(general, min(mix_to - len(retain), len(general)))`, then shuffles retain + drawn.
 * forget_rmu.json: forget.json with the answer appended to the question turn (question + newline + answer);
   the gpt turn keeps the answer.
+* form-balanced sets (`rewrite_words`, not in the reference): for each word, every forget and retain question
+  is also added rewritten to start with that word (`unmirage.rewrite.rewrite_first_word`, the first valid rule
+  rewrite; the same answer; id `ID#word`). Questions that already start with the word, or that no rule can
+  rewrite, are not duplicated. Both sets get every word, so a question's first word no longer tells forget
+  from retain: unlearning cannot take the form as a shortcut (VLGuard's unsafe questions are mostly
+  imperatives, its safe ones mostly "What" questions).
 
 All files are LLaVA conversation files (`unmirage.data.conversations`); `load_examples` reads them back as
 (id, image, question, answer) examples. Everything is validated before anything is written, each file is
@@ -24,10 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from unmirage.analysis.tokens import first_word
 from unmirage.data.conversations import GPT, HUMAN, Conversation, Turn, read_conversations, single_turn
 from unmirage.data.mine import load_harmful_answers
 from unmirage.data.vlguard import Sample, load_vlguard, view
 from unmirage.errors import UnmirageError
+from unmirage.rewrite import rewrite_first_word
 from unmirage.runs import atomic_write_json, write_manifest
 
 FORGET = "forget.json"
@@ -49,6 +57,7 @@ class UnlearnSets:
     answers_source: str
     mix_added: int
     duplicate_ids: list[str]
+    rewrites: dict[str, dict[str, int]]
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,34 @@ def rmu_form(conversation: Conversation) -> Conversation:
     return Conversation(id=conversation.id, image=conversation.image, turns=tuple(turns))
 
 
+def with_rewrites(
+    pairs: Sequence[tuple[Sample, str]], words: Sequence[str]
+) -> tuple[list[Conversation], dict[str, int]]:
+    """Each (sample, answer) as a conversation, then per word the rewrites of its question that start with it.
+
+    Also returns, per word, how many questions were added, already started with it or had no valid rewrite."""
+    out = [single_turn(s.id, s.image, s.question, a) for s, a in pairs]
+    stats: dict[str, int] = {}
+    for word in words:
+        added = unchanged = unrewritable = 0
+        for sample, answer in pairs:
+            if first_word(sample.question) == word.lower():
+                unchanged += 1
+                continue
+            found = rewrite_first_word(sample.question, word)
+            if found is None:
+                unrewritable += 1
+                continue
+            out.append(single_turn(f"{sample.id}#{word.lower()}", sample.image, found[0], answer))
+            added += 1
+        stats |= {
+            f"{word}_added": added,
+            f"{word}_unchanged": unchanged,
+            f"{word}_unrewritable": unrewritable,
+        }
+    return out, stats
+
+
 def mix_retain(
     retain: Sequence[Conversation], general: Sequence[Conversation], mix_to: int, seed: int
 ) -> tuple[list[Conversation], int]:
@@ -114,8 +151,10 @@ def make_unlearn_sets(
     mix: str | os.PathLike | None = None,
     mix_to: int | None = None,
     seed: int = 42,
+    rewrite_words: Sequence[str] = (),
 ) -> UnlearnSets:
-    """Build the sets in memory (all validation happens here)."""
+    """Build the sets in memory (all validation happens here); `rewrite_words` balances the question forms."""
+    words = _rewrite_words(rewrite_words)
     if mix_to is not None and mix is None:
         raise UnmirageError("--mix-to needs --mix (the general instruction data to draw from)")
     if mix_to is not None and mix_to < 1:
@@ -124,8 +163,8 @@ def make_unlearn_sets(
     forget_samples = view(data, "unsafes")
     retain_samples = view(data, "safe_safes")
     answers = forget_answers(forget_samples, harmful)
-    forget = [single_turn(s.id, s.image, s.question, a) for s, a in zip(forget_samples, answers, strict=True)]
-    retain = [single_turn(s.id, s.image, s.question, s.response) for s in retain_samples]
+    forget, forget_stats = with_rewrites(list(zip(forget_samples, answers, strict=True)), words)
+    retain, retain_stats = with_rewrites([(s, s.response) for s in retain_samples], words)
     retain_mixed = None
     added = 0
     if mix is not None:
@@ -139,7 +178,21 @@ def make_unlearn_sets(
         answers_source="mined" if harmful is not None else "dataset",
         mix_added=added,
         duplicate_ids=data.duplicate_ids(),
+        rewrites={"forget": forget_stats, "retain": retain_stats} if words else {},
     )
+
+
+def _rewrite_words(words: Sequence[str]) -> list[str]:
+    """Rewrite words, capitalised as a question starts, each once; a word must be one alphabetic token."""
+    out: list[str] = []
+    for word in words:
+        word = word.strip()
+        if not word.isalpha():
+            raise UnmirageError(f"--rewrite-word must be a single word of letters, got {word!r}")
+        word = word[:1].upper() + word[1:]
+        if word not in out:
+            out.append(word)
+    return out
 
 
 def build_unlearn(
@@ -150,9 +203,12 @@ def build_unlearn(
     mix: str | os.PathLike | None = None,
     mix_to: int | None = None,
     seed: int = 42,
+    rewrite_words: Sequence[str] = (),
 ) -> UnlearnBuild:
     """Build and write forget.json, retain.json, [retain_mixed.json], forget_rmu.json and manifest.json."""
-    sets = make_unlearn_sets(vlguard, harmful=harmful, mix=mix, mix_to=mix_to, seed=seed)
+    sets = make_unlearn_sets(
+        vlguard, harmful=harmful, mix=mix, mix_to=mix_to, seed=seed, rewrite_words=rewrite_words
+    )
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UnmirageError("output exists and is not a folder", file=out)
@@ -172,6 +228,7 @@ def build_unlearn(
         "mix": str(mix) if mix is not None else None,
         "mix_to": (mix_to or DEFAULT_MIX_TO) if mix is not None else None,
         "seed": seed,
+        "rewrite_words": _rewrite_words(rewrite_words),
     }
     manifest = write_manifest(
         out,
@@ -190,6 +247,7 @@ def build_unlearn(
             else "forget answers are the data set's own responses (refusals), not harmful answers"
         ),
         mix_added=sets.mix_added,
+        rewrites=sets.rewrites,
         source_duplicate_ids=sets.duplicate_ids,
     )
     return UnlearnBuild(

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -82,7 +82,7 @@ def run_unlearning(
     config: MethodConfig,
     *,
     recipe_path: str | os.PathLike | None = None,
-    resume: bool = False,
+    resume: bool | Literal["auto"] = False,
     merge: bool | None = None,
     overrides: tuple[str, ...] = (),
     callbacks: tuple[Any, ...] = (),
@@ -90,7 +90,9 @@ def run_unlearning(
 ) -> RunResult:
     """Train `recipe` (validated by `load_recipe`); with `resume`, continue from the last checkpoint.
 
-    `loaded` (a `LoadedModel`) replaces loading `recipe.model` (benchmarks build models in memory)."""
+    `resume="auto"` continues when output_dir holds a checkpoint and starts afresh otherwise (a pipeline stage
+    that may have been killed part-way). `loaded` (a `LoadedModel`) replaces loading `recipe.model`
+    (benchmarks build models in memory)."""
     from transformers import set_seed
     from transformers.integrations import is_deepspeed_zero3_enabled
 
@@ -101,6 +103,8 @@ def run_unlearning(
     if merge and recipe.lora is None:
         raise UnmirageError("--merge needs a LoRA run (lora: in the recipe)")
     out = Path(recipe.output_dir)
+    if resume == "auto":
+        resume = bool(_checkpoints(out))
     if resume and not _checkpoints(out):
         raise UnmirageError("--resume: no checkpoint-* folder to resume from", file=out)
     if not resume and _checkpoints(out):
