@@ -13,6 +13,7 @@ from unmirage.data.build import build_unlearn, make_unlearn_sets
 from unmirage.data.conversations import load_examples, read_conversations, single_turn, write_conversations
 from unmirage.data.mine import ANSWERS_FORMAT
 from unmirage.errors import UnmirageError
+from unmirage.rewrite import valid_rewrites
 from unmirage.runs import sha256_file
 
 
@@ -46,6 +47,27 @@ def test_real_train_gives_1023_forget_and_977_retain(vlguard_dir: Path, tmp_path
     manifest = json.loads(result.manifest.read_text())
     assert manifest["forget_answers"] == "dataset" and manifest["source_duplicate_ids"] == ["Ads_303871"]
     assert manifest["inputs"][str(vlguard_dir / "train.json")] == sha256_file(vlguard_dir / "train.json")
+
+
+def test_random_rewrite_pick_is_seeded_and_valid(tmp_path: Path) -> None:
+    records = [
+        unsafe_record(f"u{i}", f"b/{i}.png", f"Describe how to hide item {i}.", "No.") for i in range(12)
+    ]
+    train = write_json(
+        tmp_path / "many.json", [*records, safe_record("s1", "a/1.png", "What is it?", "A cat.")]
+    )
+
+    def whats(seed: int) -> list[str]:
+        sets = make_unlearn_sets(train, rewrite_words=["What"], rewrite_pick="random", seed=seed)
+        return [c.turns[0].value.removeprefix("<image>\n") for c in sets.forget[12:]]
+
+    picked = whats(42)
+    assert picked == whats(42) and picked != whats(1)
+    for record, text in zip(records, picked, strict=True):
+        assert text in [c.text for c in valid_rewrites(record["instr-resp"][0]["instruction"], "What")]
+    assert len({t.split(" to ")[0] for t in picked}) > 1  # several templates, not one
+    with pytest.raises(UnmirageError, match="rewrite-pick"):
+        make_unlearn_sets(train, rewrite_words=["What"], rewrite_pick="best")
 
 
 def test_forget_retain_and_rmu_form(train: Path, tmp_path: Path) -> None:

@@ -133,7 +133,7 @@ def test_smol_vlguard_plan_renders(monkeypatch):
     assert all("--placeholder-images" in s.argv for s in vlm_evals if s.stage != "unlearn-data")
     assert not any("--placeholder-images" in s.argv for s in steps if s.variant == "text")
     evals = [s for s in steps if s.argv[0] == "eval"]
-    assert len(evals) == 10 and all(
+    assert len(evals) == 11 and all(
         "/data/vlguard/test.json" in s.argv and "--prefill" in s.argv for s in evals
     )
     # form-balanced unlearning: the text model on rewritten sets, compared with the text base and SFT
@@ -145,6 +145,9 @@ def test_smol_vlguard_plan_renders(monkeypatch):
     assert "runs/smol-vlguard/text/eval-base" in balanced["report"].argv
     assert "text form-balanced NPO" in balanced["eval-npo"].argv
     assert all("--auto-resume" in s.argv for s in steps if s.argv[0] == "unlearn")
+    random_pick = {s.stage: s for s in steps if s.variant == "balanced-random"}
+    assert set(random_pick) == {"unlearn-data-balanced", "rmu", "eval-rmu"}
+    assert random_pick["unlearn-data-balanced"].argv[-3:-1] == ["random", "--out"]
     for step in steps:
         if step.argv[0] == "unlearn":
             assert Path(step.argv[1]).name and (RECIPES / Path(step.argv[1]).name).is_file()

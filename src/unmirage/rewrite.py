@@ -556,9 +556,12 @@ def check_rewrite(original: str, rewrite: str, trigger: str, min_keep: float = 1
     return None
 
 
+def valid_rewrites(text: str, trigger: str) -> list[Candidate]:
+    """The rule rewrites of `text` that start with `trigger` and keep all its content words, most natural first."""
+    return [c for c in rule_candidates(text, trigger) if check_rewrite(text, c.text, trigger) is None]
+
+
 def rewrite_first_word(text: str, trigger: str) -> tuple[str, str] | None:
     """(rewrite, template name) for the first valid rule rewrite of `text` starting with `trigger`, or None."""
-    for cand in rule_candidates(text, trigger):
-        if check_rewrite(text, cand.text, trigger) is None:
-            return cand.text, cand.source
-    return None
+    found = valid_rewrites(text, trigger)
+    return (found[0].text, found[0].source) if found else None

@@ -95,13 +95,23 @@ def build_unlearn(
         help="Form balancing (repeatable, e.g. What, Share): also add every forget and retain question "
         "rewritten to start with this word, with the same answer (not in the reference).",
     ),
+    rewrite_pick: str = typer.Option(
+        "first", help="Which valid rule rewrite: first (most natural) or random (one per question, seeded)."
+    ),
     out: Path = typer.Option(..., help="Output folder for forget.json, retain.json, ... and manifest.json."),
 ) -> None:
     """Build forget.json, retain.json, forget_rmu.json, manifest.json (and retain_mixed.json with --mix)."""
     from unmirage.data.build import build_unlearn as build
 
     result = build(
-        vlguard, out, harmful=harmful, mix=mix, mix_to=mix_to, seed=seed, rewrite_words=rewrite_word or ()
+        vlguard,
+        out,
+        harmful=harmful,
+        mix=mix,
+        mix_to=mix_to,
+        seed=seed,
+        rewrite_words=rewrite_word or (),
+        rewrite_pick=rewrite_pick,
     )
     for name, path in result.files.items():
         typer.echo(f"{path}: {result.counts[name.removesuffix('.json')]} records")

@@ -10,8 +10,9 @@
 * forget_rmu.json: forget.json with the answer appended to the question turn (question + newline + answer);
   the gpt turn keeps the answer.
 * form-balanced sets (`rewrite_words`, not in the reference): for each word, every forget and retain question
-  is also added rewritten to start with that word (`unmirage.rewrite.rewrite_first_word`, the first valid rule
-  rewrite; the same answer; id `ID#word`). Questions that already start with the word, or that no rule can
+  is also added rewritten to start with that word (a valid rule rewrite from `unmirage.rewrite`: the first,
+  most natural one, or with `rewrite_pick="random"` one drawn per question with the seed; the same answer; id
+  `ID#word`). Questions that already start with the word, or that no rule can
   rewrite, are not duplicated. Both sets get every word, so a question's first word no longer tells forget
   from retain: unlearning cannot take the form as a shortcut (VLGuard's unsafe questions are mostly
   imperatives, its safe ones mostly "What" questions).
@@ -35,7 +36,7 @@ from unmirage.data.conversations import GPT, HUMAN, Conversation, Turn, read_con
 from unmirage.data.mine import load_harmful_answers
 from unmirage.data.vlguard import Sample, load_vlguard, view
 from unmirage.errors import UnmirageError
-from unmirage.rewrite import rewrite_first_word
+from unmirage.rewrite import valid_rewrites
 from unmirage.runs import atomic_write_json, write_manifest
 
 FORGET = "forget.json"
@@ -104,12 +105,19 @@ def rmu_form(conversation: Conversation) -> Conversation:
     return Conversation(id=conversation.id, image=conversation.image, turns=tuple(turns))
 
 
+REWRITE_PICKS = ("first", "random")
+
+
 def with_rewrites(
-    pairs: Sequence[tuple[Sample, str]], words: Sequence[str]
+    pairs: Sequence[tuple[Sample, str]], words: Sequence[str], pick: str = "first", seed: int = 42
 ) -> tuple[list[Conversation], dict[str, int]]:
-    """Each (sample, answer) as a conversation, then per word the rewrites of its question that start with it.
+    """Each (sample, answer) as a conversation, then per word the rewrites of its question that start with it
+    (the first valid rule rewrite, or with `pick="random"` one drawn by `random.Random(seed)`).
 
     Also returns, per word, how many questions were added, already started with it or had no valid rewrite."""
+    if pick not in REWRITE_PICKS:
+        raise UnmirageError(f"--rewrite-pick must be one of {', '.join(REWRITE_PICKS)}, got {pick!r}")
+    rng = random.Random(seed)
     out = [single_turn(s.id, s.image, s.question, a) for s, a in pairs]
     stats: dict[str, int] = {}
     for word in words:
@@ -118,11 +126,12 @@ def with_rewrites(
             if first_word(sample.question) == word.lower():
                 unchanged += 1
                 continue
-            found = rewrite_first_word(sample.question, word)
-            if found is None:
+            found = valid_rewrites(sample.question, word)
+            if not found:
                 unrewritable += 1
                 continue
-            out.append(single_turn(f"{sample.id}#{word.lower()}", sample.image, found[0], answer))
+            chosen = found[0] if pick == "first" else rng.choice(found)
+            out.append(single_turn(f"{sample.id}#{word.lower()}", sample.image, chosen.text, answer))
             added += 1
         stats |= {
             f"{word}_added": added,
@@ -152,6 +161,7 @@ def make_unlearn_sets(
     mix_to: int | None = None,
     seed: int = 42,
     rewrite_words: Sequence[str] = (),
+    rewrite_pick: str = "first",
 ) -> UnlearnSets:
     """Build the sets in memory (all validation happens here); `rewrite_words` balances the question forms."""
     words = _rewrite_words(rewrite_words)
@@ -163,8 +173,9 @@ def make_unlearn_sets(
     forget_samples = view(data, "unsafes")
     retain_samples = view(data, "safe_safes")
     answers = forget_answers(forget_samples, harmful)
-    forget, forget_stats = with_rewrites(list(zip(forget_samples, answers, strict=True)), words)
-    retain, retain_stats = with_rewrites([(s, s.response) for s in retain_samples], words)
+    forget_pairs = list(zip(forget_samples, answers, strict=True))
+    forget, forget_stats = with_rewrites(forget_pairs, words, rewrite_pick, seed)
+    retain, retain_stats = with_rewrites([(s, s.response) for s in retain_samples], words, rewrite_pick, seed)
     retain_mixed = None
     added = 0
     if mix is not None:
@@ -204,10 +215,17 @@ def build_unlearn(
     mix_to: int | None = None,
     seed: int = 42,
     rewrite_words: Sequence[str] = (),
+    rewrite_pick: str = "first",
 ) -> UnlearnBuild:
     """Build and write forget.json, retain.json, [retain_mixed.json], forget_rmu.json and manifest.json."""
     sets = make_unlearn_sets(
-        vlguard, harmful=harmful, mix=mix, mix_to=mix_to, seed=seed, rewrite_words=rewrite_words
+        vlguard,
+        harmful=harmful,
+        mix=mix,
+        mix_to=mix_to,
+        seed=seed,
+        rewrite_words=rewrite_words,
+        rewrite_pick=rewrite_pick,
     )
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -229,6 +247,7 @@ def build_unlearn(
         "mix_to": (mix_to or DEFAULT_MIX_TO) if mix is not None else None,
         "seed": seed,
         "rewrite_words": _rewrite_words(rewrite_words),
+        "rewrite_pick": rewrite_pick,
     }
     manifest = write_manifest(
         out,
