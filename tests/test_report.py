@@ -137,3 +137,12 @@ def test_vqa_file_errors(tmp_path, rows: list, message: str) -> None:
     (tmp_path / "vqa.json").write_text(json.dumps(rows))
     with pytest.raises(UnmirageError, match=message):
         load_vqa(tmp_path / "vqa.json")
+
+
+@pytest.mark.parametrize("n", [3, 11, 20, 25])
+def test_every_run_gets_its_own_colour(n) -> None:
+    from matplotlib.colors import to_rgba
+
+    from unmirage.report.chart import run_colours
+
+    assert len({to_rgba(c) for c in run_colours(n)}) == n

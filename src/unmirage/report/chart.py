@@ -20,6 +20,17 @@ CHART_METRICS = (
 )
 
 
+def run_colours(n: int) -> list:
+    """One distinct colour per run: matplotlib's default cycle up to 10 runs, tab20 up to 20, then turbo."""
+    if n <= 10:
+        return [f"C{i}" for i in range(n)]
+    from matplotlib import colormaps
+
+    if n <= 20:
+        return [colormaps["tab20"](i) for i in range(n)]
+    return [colormaps["turbo"](i / (n - 1)) for i in range(n)]
+
+
 def bar_chart(
     runs: Sequence[RunSummary], path: str | os.PathLike | BinaryIO, *, title: str | None = None
 ) -> None:
@@ -34,7 +45,7 @@ def bar_chart(
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
     width = 0.8 / max(1, len(runs))
-    colours = [f"C{i % 10}" for i in range(len(runs))]
+    colours = run_colours(len(runs))
     for r, run in enumerate(runs):
         xs, heights, low_err, high_err = [], [], [], []
         for m, (key, _label) in enumerate(metrics):
