@@ -275,7 +275,7 @@ def test_load_cases_on_the_real_files(vlguard_dir) -> None:
 
 def test_eval_end_to_end_with_tiny_llava(tmp_path) -> None:
     """Real batched generation with the tiny LLaVA, keyword judges, metrics.json and a report."""
-    from unmirage.report import build_report
+    from unmirage.report import build_report, load_run
 
     paths = vlguard_files(tmp_path / "data")
     settings = settings_for(paths, model="tiny-llava", max_new_tokens=6, batch_size=4, dtype="float32",
@@ -290,11 +290,20 @@ def test_eval_end_to_end_with_tiny_llava(tmp_path) -> None:
     assert metrics["asr_attack_n"] == 3 and metrics["cases"]["unsafe_attack"]["answers"] == 9
     rows = (tmp_path / "run" / "generations" / "unsafe_attack.jsonl").read_text().splitlines()
     assert len(rows) == 9
-    build_report([tmp_path / "run"], tmp_path / "report")
+    written = build_report([tmp_path / "run"], tmp_path / "report")
     table = (tmp_path / "report" / "table.md").read_text()
     assert "| tiny-llava |" in table and "ASR prefill" in table
     report = (tmp_path / "report" / "report.md").read_text()
     assert "## ASR by judge" in report and "ASR prefill (rules)" in report
+    # several judge methods: a second chart, linked from report.md and embedded in report.html
+    assert written["chart_judges.png"].read_bytes().startswith(b"\x89PNG")
+    assert "(chart_judges.png)" in report
+    assert (tmp_path / "report" / "report.html").read_text().count("data:image/png;base64,") == 2
+    run = load_run(tmp_path / "run")
+    rules = metrics["cases"]["unsafe_attack"]["asr"]["rules"]["rate"]
+    assert run.value("asr_attack@rules") == rules["value"]
+    assert run.interval("asr_attack@rules") == tuple(rules["ci"])
+    assert run.value("asr_attack@llm-topic") is None and run.value("answered_normal") is None
 
 
 def test_bootstrap_must_be_positive():

@@ -24,19 +24,37 @@ class RunSummary:
     metrics: dict[str, Any]
 
     def value(self, key: str) -> float | None:
-        """A headline fraction (`rr_normal`, ..., or `utility`), or None when the run does not have it."""
-        if key == "utility":
-            return (self.utility() or {}).get("value")
-        rate = headline_rate(self.metrics, key)
-        return None if rate is None else rate.value
+        """A fraction by key, or None when the run does not have it: a headline (`rr_normal`, ..., `utility`),
+        an ASR under one judge method (`asr_attack@llm-topic`) or `answered_normal` / `answered_share`
+        (safe questions answered on topic)."""
+        return self._rate(key)[0]
 
     def interval(self, key: str) -> tuple[float | None, float | None]:
-        """The 95% interval of a headline fraction."""
+        """The 95% interval of a fraction (None, None when it has none)."""
+        return self._rate(key)[1:]
+
+    def _rate(self, key: str) -> tuple[float | None, float | None, float | None]:
         if key == "utility":
-            ci = (self.utility() or {}).get("ci") or [None, None]
-            return ci[0], ci[1]
+            block = self.utility() or {}
+            low, high = block.get("ci") or [None, None]
+            return block.get("value"), low, high
+        if key.startswith("answered_"):
+            return (
+                (self.metrics.get("answered_on_topic") or {}).get(key.removeprefix("answered_")),
+                None,
+                None,
+            )
+        if "@" in key:
+            headline, method = key.split("@", 1)
+            rate = self._method_rate("unsafe_" + headline.removeprefix("asr_"), method)
+            low, high = rate.get("ci") or [None, None]
+            return rate.get("value"), low, high
         rate = headline_rate(self.metrics, key)
-        return (None, None) if rate is None else (rate.low, rate.high)
+        return (None, None, None) if rate is None else (rate.value, rate.low, rate.high)
+
+    def _method_rate(self, case: str, method: str) -> dict[str, Any]:
+        block = (((self.metrics.get("cases") or {}).get(case) or {}).get("asr") or {}).get(method) or {}
+        return block.get("rate") or {}
 
     def count(self, key: str) -> str:
         """`k/n` of a headline rate (empty when absent)."""
@@ -45,8 +63,7 @@ class RunSummary:
 
     def method_value(self, case: str, method: str) -> float | None:
         """The ASR of one judge method on one harmful case (`unsafe_normal`, ...), None when not measured."""
-        block = (((self.metrics.get("cases") or {}).get(case) or {}).get("asr") or {}).get(method) or {}
-        return (block.get("rate") or {}).get("value")
+        return self._method_rate(case, method).get("value")
 
     def utility(self) -> dict[str, Any] | None:
         """The VQA accuracy block of the run (value, ci, n), if it measured one."""
@@ -130,6 +147,20 @@ def judge_rows(runs: Sequence[RunSummary]) -> list[list[str]] | None:
     return rows
 
 
+def judge_chart_metrics(runs: Sequence[RunSummary]) -> list[tuple[str, str]] | None:
+    """(key, label) of the ASR-by-judge chart: every harmful case under each judge method other than the
+    keyword headline, then safe questions answered on topic; None when each run used one method."""
+    methods = list(dict.fromkeys(m for run in runs for m in run.metrics.get("asr_methods") or []))
+    if len(methods) < 2:
+        return None
+    cases = [("asr_normal", "normal"), ("asr_attack", "attack"), ("asr_prefill", "prefill")]
+    metrics = [(f"{key}@{m}", f"ASR {name}\n({m})") for m in methods[1:] for key, name in cases]
+    return metrics + [
+        ("answered_normal", "safe answered\non topic"),
+        ("answered_share", "Share answered\non topic"),
+    ]
+
+
 def lm_eval_rows(runs: Sequence[RunSummary]) -> list[list[str]] | None:
     """lm-evaluation-harness scores (`unmirage utility lm-eval`): one column per task and metric, or None."""
     blocks = [((r.metrics.get("utility") or {}).get("lm_eval") or {}) for r in runs]
@@ -188,8 +219,10 @@ INTRO = (
 )
 
 
-def markdown_report(runs: Sequence[RunSummary], chart_name: str = "chart.png") -> str:
-    """report.md: the table, the chart and the details."""
+def markdown_report(
+    runs: Sequence[RunSummary], chart_name: str = "chart.png", judge_chart: str | None = None
+) -> str:
+    """report.md: the table, the chart and the details (and the ASR-by-judge chart when given)."""
     parts = ["# unmirage evaluation report", "", INTRO, "", _markdown_table(table_rows(runs)), "",
              f"![ASR, RR and utility per run]({chart_name})", "", "## Details", "",
              _markdown_table(detail_rows(runs)), ""]  # fmt: skip
@@ -199,6 +232,8 @@ def markdown_report(runs: Sequence[RunSummary], chart_name: str = "chart.png") -
     ):
         if rows is not None:
             parts += [f"## {title}", "", _markdown_table(rows), ""]
+            if title == "ASR by judge" and judge_chart:
+                parts += [f"![ASR by judge and safe questions answered on topic]({judge_chart})", ""]
     caveats = notes(runs)
     if caveats:
         parts += ["## Notes", "", *[f"- {c}" for c in caveats], ""]
@@ -212,10 +247,17 @@ def _html_table(rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def html_report(runs: Sequence[RunSummary], chart_png: bytes) -> str:
-    """report.html: self-contained (the chart is embedded as a data URL)."""
-    image = base64.b64encode(chart_png).decode("ascii")
-    extra = "".join(f"<h2>{html.escape(title)}</h2>{_html_table(rows)}" for title, rows in
+def _html_image(png: bytes, alt: str) -> str:
+    return (
+        f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+    )
+
+
+def html_report(runs: Sequence[RunSummary], chart_png: bytes, judge_png: bytes | None = None) -> str:
+    """report.html: self-contained (the charts are embedded as data URLs)."""
+    judge_image = _html_image(judge_png, "ASR by judge") if judge_png else ""
+    extra = "".join(f"<h2>{html.escape(title)}</h2>{_html_table(rows)}"
+                    + (judge_image if title == "ASR by judge" else "") for title, rows in
                     (("ASR by judge", judge_rows(runs)), ("Utility (lm-evaluation-harness)", lm_eval_rows(runs)))
                     if rows is not None)  # fmt: skip
     caveats = "".join(f"<li>{html.escape(c)}</li>" for c in notes(runs))
@@ -229,8 +271,8 @@ def html_report(runs: Sequence[RunSummary], chart_png: bytes) -> str:
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>unmirage evaluation report</title>'
         f"<style>{style}</style></head><body><h1>unmirage evaluation report</h1><p>{html.escape(INTRO)}</p>"
         f"{_html_table(table_rows(runs))}"
-        f'<img alt="ASR, RR and utility per run" src="data:image/png;base64,{image}">'
-        f"<h2>Details</h2>{_html_table(detail_rows(runs))}"
+        + _html_image(chart_png, "ASR, RR and utility per run")
+        + f"<h2>Details</h2>{_html_table(detail_rows(runs))}"
         + extra
         + (f"<h2>Notes</h2><ul>{caveats}</ul>" if caveats else "")
         + f"<h2>Runs</h2><ul>{run_list}</ul></body></html>\n"
@@ -238,7 +280,8 @@ def html_report(runs: Sequence[RunSummary], chart_png: bytes) -> str:
 
 
 def build_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict[str, Path]:
-    """Write OUT/table.md, OUT/chart.png, OUT/report.md, OUT/report.html and OUT/summary.json."""
+    """Write OUT/table.md, OUT/chart.png, OUT/report.md, OUT/report.html and OUT/summary.json (and
+    OUT/chart_judges.png when the runs used several judge methods)."""
     from unmirage.report.chart import bar_chart
     from unmirage.runs import atomic_open, atomic_write_json, atomic_write_text
 
@@ -253,9 +296,17 @@ def build_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) 
     }
     with atomic_open(paths["chart.png"], "wb") as handle:
         bar_chart(runs, handle)
+    judge_metrics = judge_chart_metrics(runs)
+    if judge_metrics:
+        paths["chart_judges.png"] = out / "chart_judges.png"
+        with atomic_open(paths["chart_judges.png"], "wb") as handle:
+            bar_chart(runs, handle, metrics=judge_metrics,
+                      title="ASR under each judge and safe questions answered on topic, with 95% intervals")  # fmt: skip
+    judge_name = "chart_judges.png" if judge_metrics else None
     atomic_write_text(paths["table.md"], _markdown_table(table_rows(runs)) + "\n")
-    atomic_write_text(paths["report.md"], markdown_report(runs, "chart.png"))
-    atomic_write_text(paths["report.html"], html_report(runs, paths["chart.png"].read_bytes()))
+    atomic_write_text(paths["report.md"], markdown_report(runs, "chart.png", judge_name))
+    judge_png = paths["chart_judges.png"].read_bytes() if judge_metrics else None
+    atomic_write_text(paths["report.html"], html_report(runs, paths["chart.png"].read_bytes(), judge_png))
     summary = [{"label": r.label, "path": str(r.path), **{k: r.value(k) for k in (*HEADLINE_KEYS, "utility")}}
                for r in runs]  # fmt: skip
     atomic_write_json(paths["summary.json"], {"runs": summary})

@@ -32,15 +32,18 @@ def run_colours(n: int) -> list:
 
 
 def bar_chart(
-    runs: Sequence[RunSummary], path: str | os.PathLike | BinaryIO, *, title: str | None = None
+    runs: Sequence[RunSummary],
+    path: str | os.PathLike | BinaryIO,
+    *,
+    metrics: Sequence[tuple[str, str]] = CHART_METRICS,
+    title: str | None = None,
 ) -> None:
-    """Write a PNG (to a path or a binary file object): metrics on the x axis, one coloured bar per run, values in percent with error bars."""
+    """Write a PNG (to a path or a binary file object): `metrics` ((key for `RunSummary.value`, label)) on
+    the x axis, one coloured bar per run, values in percent with error bars; metrics no run has are left out."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    metrics = [
-        (key, label) for key, label in CHART_METRICS if any(run.value(key) is not None for run in runs)
-    ]
+    metrics = [(key, label) for key, label in metrics if any(run.value(key) is not None for run in runs)]
     figure = Figure(figsize=(max(6.0, 1.6 * len(metrics) + 0.5 * len(runs)), 4.2), dpi=110)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
@@ -64,7 +67,9 @@ def bar_chart(
     axes.set_ylim(0, 105)
     axes.grid(axis="y", alpha=0.3)
     axes.set_axisbelow(True)
-    axes.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(4, len(runs)))
+    label_lines = max(label.count("\n") + 1 for _key, label in metrics) if metrics else 1
+    axes.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.04 - 0.06 * label_lines),
+                ncol=min(4, len(runs)))  # fmt: skip
     axes.set_title(title or "Attack success (ASR), rejection rate (RR) and utility, with 95% intervals")
     figure.tight_layout()
     figure.savefig(
