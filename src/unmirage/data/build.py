@@ -58,6 +58,7 @@ class UnlearnSets:
     answers_source: str
     mix_added: int
     duplicate_ids: list[str]
+    rewrite_words: list[str]
     rewrites: dict[str, dict[str, int]]
 
 
@@ -115,8 +116,6 @@ def with_rewrites(
     (the first valid rule rewrite, or with `pick="random"` one drawn by `random.Random(seed)`).
 
     Also returns, per word, how many questions were added, already started with it or had no valid rewrite."""
-    if pick not in REWRITE_PICKS:
-        raise UnmirageError(f"--rewrite-pick must be one of {', '.join(REWRITE_PICKS)}, got {pick!r}")
     rng = random.Random(seed)
     out = [single_turn(s.id, s.image, s.question, a) for s, a in pairs]
     stats: dict[str, int] = {}
@@ -165,6 +164,8 @@ def make_unlearn_sets(
 ) -> UnlearnSets:
     """Build the sets in memory (all validation happens here); `rewrite_words` balances the question forms."""
     words = _rewrite_words(rewrite_words)
+    if rewrite_pick not in REWRITE_PICKS:
+        raise UnmirageError(f"--rewrite-pick must be one of {', '.join(REWRITE_PICKS)}, got {rewrite_pick!r}")
     if mix_to is not None and mix is None:
         raise UnmirageError("--mix-to needs --mix (the general instruction data to draw from)")
     if mix_to is not None and mix_to < 1:
@@ -189,6 +190,7 @@ def make_unlearn_sets(
         answers_source="mined" if harmful is not None else "dataset",
         mix_added=added,
         duplicate_ids=data.duplicate_ids(),
+        rewrite_words=words,
         rewrites={"forget": forget_stats, "retain": retain_stats} if words else {},
     )
 
@@ -246,7 +248,7 @@ def build_unlearn(
         "mix": str(mix) if mix is not None else None,
         "mix_to": (mix_to or DEFAULT_MIX_TO) if mix is not None else None,
         "seed": seed,
-        "rewrite_words": _rewrite_words(rewrite_words),
+        "rewrite_words": sets.rewrite_words,
         "rewrite_pick": rewrite_pick,
     }
     manifest = write_manifest(
