@@ -70,6 +70,7 @@ def test_unlearn_errors_are_one_line(tmp_path, capsys):
         (["method.name=dpo"], "unknown method 'dpo'"),
         (["train.lr=1"], "train.lr: not a transformers.TrainingArguments field"),
         (["bogus=1"], "bogus: unknown key"),
+        (["--resume", "--auto-resume"], "give --resume or --auto-resume, not both"),
     ]:
         assert cli(["unlearn", str(recipe), *extra]) == 2
         err = capsys.readouterr().err

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from unmirage.errors import UnmirageError
+
 
 def register(app: typer.Typer) -> None:
     app.command(
@@ -35,6 +37,8 @@ def unlearn(
     from unmirage.config import dump_config
     from unmirage.train.recipe import load_recipe
 
+    if resume and auto_resume:
+        raise UnmirageError("give --resume or --auto-resume, not both")
     parsed, config = load_recipe(recipe, overrides or [])
     if check:
         typer.echo(json.dumps({"recipe": dump_config(parsed), "method": config.to_dict()}, indent=2))
