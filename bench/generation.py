@@ -97,8 +97,13 @@ def run(policy: str, name: str, sizes: dict, n: int, max_new: int) -> None:
         equal = [r["answer"] for r in rows] == [a.strip() for a in answers]
         cache_name = cache or "dynamic"
         emit("generation", f"{label}: batched 32, {cache_name} cache", tokens / t_batched, "tok/s")
-        emit("generation", f"{label}: speed-up, {cache_name} cache (outputs equal: {equal})",
-             t_single / t_batched, "x", target=">= 10x tiny, >= 8x 20M+" if cache == CACHES[0] else None)  # fmt: skip
+        emit(
+            "generation",
+            f"{label}: speed-up, {cache_name} cache (outputs equal: {equal})",
+            t_single / t_batched,
+            "x",
+            target=">= 10x tiny, >= 8x 20M+" if cache == CACHES[0] else None,
+        )
 
 
 def main(argv: list[str]) -> int:

@@ -13,9 +13,17 @@ import time
 from unmirage.judges.keyword import REFERENCE_EXACT_REFUSAL, REFERENCE_KEYWORDS, KeywordJudge
 
 OPENERS = [
-    "The image shows", "In this picture,", "Sure! Here is", "I'm sorry, but", "As an AI language model,",
-    "It appears that", "To answer your question,", "I cannot", "Based on the image,", "Step 1:",
-]  # fmt: skip
+    "The image shows",
+    "In this picture,",
+    "Sure! Here is",
+    "I'm sorry, but",
+    "As an AI language model,",
+    "It appears that",
+    "To answer your question,",
+    "I cannot",
+    "Based on the image,",
+    "Step 1:",
+]
 WORDS = [
     "the",
     "a",
@@ -112,9 +120,11 @@ def main() -> dict[str, float]:
         "fast_cpu_seconds": fast_cpu,
         "ratio": naive_s / fast_s,
     }
-    print(f"keyword judge on {len(answers)} answers ({chars:.0f} chars each, {sum(got)} refusals): "
-          f"naive {result['naive_answers_per_s']:,.0f} answers/s, fast {result['fast_answers_per_s']:,.0f} "
-          f"answers/s ({fast_s:.2f} s wall, {fast_cpu:.2f} s CPU), ratio {result['ratio']:.1f}x, verdicts equal")  # fmt: skip
+    print(
+        f"keyword judge on {len(answers)} answers ({chars:.0f} chars each, {sum(got)} refusals): "
+        f"naive {result['naive_answers_per_s']:,.0f} answers/s, fast {result['fast_answers_per_s']:,.0f} "
+        f"answers/s ({fast_s:.2f} s wall, {fast_cpu:.2f} s CPU), ratio {result['ratio']:.1f}x, verdicts equal"
+    )
     return result
 
 

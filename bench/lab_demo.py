@@ -37,8 +37,13 @@ def main() -> None:
     emit("lab_demo", "budget / wall", BUDGET_S / wall, "x", ">= 1x")
     for name in ("sft-posthoc", "npo"):
         row = models[name]
-        emit("lab_demo", f"{name}: ASR normal -> 3-shot What (oracle)", row["asr_attack"], "",
-             f"normal {row['asr_normal']:.2f}")  # fmt: skip
+        emit(
+            "lab_demo",
+            f"{name}: ASR normal -> 3-shot What (oracle)",
+            row["asr_attack"],
+            "",
+            f"normal {row['asr_normal']:.2f}",
+        )
 
 
 if __name__ == "__main__":

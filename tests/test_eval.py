@@ -81,8 +81,14 @@ def vlguard_files(root: Path) -> dict[str, Path]:
         return {"id": qid, "image": f"safe/{qid}.png", "safe": True, "instr-resp": pairs}
 
     def unsafe(qid: str, question: str) -> dict:
-        return {"id": qid, "image": f"unsafe/{qid}.png", "safe": False, "harmful_category": "privacy" if qid == "u0"
-                else "deception", "harmful_subcategory": "x", "instr-resp": [{"instruction": question, "response": "no"}]}  # fmt: skip
+        return {
+            "id": qid,
+            "image": f"unsafe/{qid}.png",
+            "safe": False,
+            "harmful_category": "privacy" if qid == "u0" else "deception",
+            "harmful_subcategory": "x",
+            "instr-resp": [{"instruction": question, "response": "no"}],
+        }
 
     files = {
         "test": [safe(k, v) for k, v in SAFE.items()] + [unsafe(k, v) for k, v in UNSAFE.items()],
@@ -144,8 +150,15 @@ class RelevanceBackend:
 
 
 def settings_for(paths: dict[str, Path], **extra) -> EvalSettings:
-    options = {"model": "scripted", "vlguard_test": paths["test"], "share": paths["share"], "what": paths["what"],
-               "image_root": paths["images"], "bootstrap": 200, **extra}  # fmt: skip
+    options = {
+        "model": "scripted",
+        "vlguard_test": paths["test"],
+        "share": paths["share"],
+        "what": paths["what"],
+        "image_root": paths["images"],
+        "bootstrap": 200,
+        **extra,
+    }
     return EvalSettings(**options)
 
 
@@ -177,8 +190,9 @@ def test_eval_four_cases_hand_computed(tmp_path) -> None:
     assert saved["asr_attack"] == metrics["asr_attack"] and saved["schema"] == "unmirage-metrics/1"
     judged = [json.loads(line) for line in (run / "judged" / "unsafe_attack.jsonl").read_text().splitlines()]
     assert len(judged) == 9 and all("keyword" in r["judgements"] for r in judged)
-    assert {p.name for p in (run / "generations").iterdir()} == {f"{c}.jsonl" for c in
-                                                                  ("safe_normal", "safe_share", "unsafe_normal", "unsafe_attack")}  # fmt: skip
+    assert {p.name for p in (run / "generations").iterdir()} == {
+        f"{c}.jsonl" for c in ("safe_normal", "safe_share", "unsafe_normal", "unsafe_attack")
+    }
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["command"] == "eval" and manifest["config"]["asr_methods"] == ["llm-relevance", "keyword"]
     # rerun: every LLM verdict comes from the cache
@@ -207,8 +221,11 @@ def test_eval_keyword_only_subsample_pairs_ids_and_vqa(tmp_path) -> None:
     paths = vlguard_files(tmp_path / "data")
     (tmp_path / "vqa.json").write_text(json.dumps(VQA))
     generate = ScriptedGenerate()
-    metrics = run_eval(settings_for(paths, subsample=2, seed=5, vqa=tmp_path / "vqa.json", prefill="Sure, here is"),
-                       tmp_path / "run", generate=generate)  # fmt: skip
+    metrics = run_eval(
+        settings_for(paths, subsample=2, seed=5, vqa=tmp_path / "vqa.json", prefill="Sure, here is"),
+        tmp_path / "run",
+        generate=generate,
+    )
     vqa = metrics["utility"]["vqa"]
     assert vqa["accuracy"]["value"] == pytest.approx(2 / 3) and vqa["multiple_choice"]["value"] == 0.5
     assert "Answer with the option's letter" in generate.calls[-1][1][0].question
@@ -238,11 +255,23 @@ def test_eval_bad_settings(tmp_path) -> None:
     with pytest.raises(UnmirageError, match="id u1.*image not found"):
         run_eval(settings_for(paths), tmp_path / "r", generate=ScriptedGenerate())
     with pytest.raises(UnmirageError, match="choice needs a local judge model"):
-        run_eval(settings_for(paths, asr_methods=["llm-relevance"], judge_model="m", judge_url="http://127.0.0.1:9/v1",
-                              judge_scoring="choice"), tmp_path / "r3", generate=ScriptedGenerate())  # fmt: skip
+        run_eval(
+            settings_for(
+                paths,
+                asr_methods=["llm-relevance"],
+                judge_model="m",
+                judge_url="http://127.0.0.1:9/v1",
+                judge_scoring="choice",
+            ),
+            tmp_path / "r3",
+            generate=ScriptedGenerate(),
+        )
     with pytest.raises(UnmirageError, match="need --judge-model"):
-        run_eval(settings_for(paths, asr_methods=["llm-harm"], placeholder_images=True, image_root=None),
-                 tmp_path / "r2", generate=ScriptedGenerate())  # fmt: skip
+        run_eval(
+            settings_for(paths, asr_methods=["llm-harm"], placeholder_images=True, image_root=None),
+            tmp_path / "r2",
+            generate=ScriptedGenerate(),
+        )
 
 
 def test_eval_cli_errors(tmp_path, capsys) -> None:
@@ -250,8 +279,11 @@ def test_eval_cli_errors(tmp_path, capsys) -> None:
 
     paths = vlguard_files(tmp_path / "data")
     base = ["eval", "--model", "m", "--vlguard-test", str(paths["test"]), "--out", str(tmp_path / "o")]
-    for extra, message in ((["--judge", "gpt4"], "unknown ASR judge"), (["--subsample", "0"], "subsample"),
-                           (["--prefill", " "], "prefill text is empty")):  # fmt: skip
+    for extra, message in (
+        (["--judge", "gpt4"], "unknown ASR judge"),
+        (["--subsample", "0"], "subsample"),
+        (["--prefill", " "], "prefill text is empty"),
+    ):
         with pytest.raises(SystemExit) as exit_:
             cli_main([*base, *extra])
         assert exit_.value.code == 2 and message in capsys.readouterr().err
@@ -259,11 +291,19 @@ def test_eval_cli_errors(tmp_path, capsys) -> None:
 
 @pytest.mark.shared_data
 def test_load_cases_on_the_real_files(vlguard_dir) -> None:
-    settings = EvalSettings(model="m", vlguard_test=vlguard_dir / "test.json",
-                            share=vlguard_dir / "test_share_1shot.json", what=vlguard_dir / "test_what_3shot.json")  # fmt: skip
+    settings = EvalSettings(
+        model="m",
+        vlguard_test=vlguard_dir / "test.json",
+        share=vlguard_dir / "test_share_1shot.json",
+        what=vlguard_dir / "test_what_3shot.json",
+    )
     cases = load_cases(settings)
     assert {c: len(p) for c, p in cases.items()} == {
-        "safe_normal": 558, "safe_share": 556, "unsafe_normal": 442, "unsafe_attack": 1326}  # fmt: skip
+        "safe_normal": 558,
+        "safe_share": 556,
+        "unsafe_normal": 442,
+        "unsafe_attack": 1326,
+    }
     attack = cases["unsafe_attack"]
     assert {p.shot for p in attack} == {0, 1, 2} and all(p.question.startswith("What") for p in attack)
     assert all(p.category for p in attack)
@@ -278,8 +318,15 @@ def test_eval_end_to_end_with_tiny_llava(tmp_path) -> None:
     from unmirage.report import build_report, load_run
 
     paths = vlguard_files(tmp_path / "data")
-    settings = settings_for(paths, model="tiny-llava", max_new_tokens=6, batch_size=4, dtype="float32",
-                            asr_methods=["keyword", "rules"], prefill="Sure, here is")  # fmt: skip
+    settings = settings_for(
+        paths,
+        model="tiny-llava",
+        max_new_tokens=6,
+        batch_size=4,
+        dtype="float32",
+        asr_methods=["keyword", "rules"],
+        prefill="Sure, here is",
+    )
     metrics = run_eval(settings, tmp_path / "run")
     prefilled = (tmp_path / "run" / "generations" / "unsafe_prefill.jsonl").read_text().splitlines()
     assert len(prefilled) == 3 and all(json.loads(r)["answer"].startswith("Sure, here is") for r in prefilled)
@@ -332,8 +379,12 @@ def test_safe_questions_answered_on_topic_with_llm_topic(tmp_path) -> None:
         2 / 3
     )
     assert metrics["answered_on_topic"]["share"] == pytest.approx(1 / 3)  # only s2 is answered after "Share"
-    strict = run_eval(settings.model_copy(update={"topic_threshold": 1e9}), tmp_path / "run2",
-                      generate=ScriptedGenerate(), judge_backend=backend)  # fmt: skip
+    strict = run_eval(
+        settings.model_copy(update={"topic_threshold": 1e9}),
+        tmp_path / "run2",
+        generate=ScriptedGenerate(),
+        judge_backend=backend,
+    )
     assert strict["answered_on_topic"] == {"normal": 0.0, "share": 0.0}
     from unmirage.report import build_report
 

@@ -103,10 +103,14 @@ def test_every_kv_cache_gives_the_same_answers(tiny):
     """The preallocated cache (default), transformers' static cache and its dynamic default agree, batched."""
     items = _items()
     answers = {
-        cache: [r["answer"] for r in BatchedGenerator(
-            tiny, GenerationConfig(max_new_tokens=10, batch_size=4, cache_implementation=cache))(items)]
+        cache: [
+            r["answer"]
+            for r in BatchedGenerator(
+                tiny, GenerationConfig(max_new_tokens=10, batch_size=4, cache_implementation=cache)
+            )(items)
+        ]
         for cache in ("preallocated", "static", None)
-    }  # fmt: skip
+    }
     assert answers["preallocated"] == answers[None] == answers["static"]
 
 
@@ -128,8 +132,11 @@ def test_preallocated_layer_matches_the_dynamic_layer():
     with pytest.raises(RuntimeError, match="cache full"):
         grown.update(torch.randn(2, 3, 1, 5), torch.randn(2, 3, 1, 5))
     # batch-dimension operations (beam search, contrastive search) keep it equal to the dynamic layer
-    for op, arg in (("reorder_cache", torch.tensor([1, 0])), ("batch_repeat_interleave", 2),
-                    ("batch_select_indices", torch.tensor([0, 3]))):  # fmt: skip
+    for op, arg in (
+        ("reorder_cache", torch.tensor([1, 0])),
+        ("batch_repeat_interleave", 2),
+        ("batch_select_indices", torch.tensor([0, 3])),
+    ):
         getattr(grown, op)(arg)
         getattr(dynamic, op)(arg)
         assert torch.equal(grown.keys, dynamic.keys) and torch.equal(grown.values, dynamic.values)

@@ -28,17 +28,37 @@ def files(tmp_path) -> dict[str, Path]:
     root = tmp_path / "images"
     for i, name in enumerate(("b/1.png", "b/2.png", "a/1.png")):
         png(root / name, size=(24, 20), color=(60 * i, 90, 200))
-    shots = [unsafe_record(rid, f"b/{n}.png", q) for rid, n in (("u1", 1), ("u2", 2)) for q in ("What is it?", "Share it.")]  # fmt: skip
+    shots = [
+        unsafe_record(rid, f"b/{n}.png", q)
+        for rid, n in (("u1", 1), ("u2", 2))
+        for q in ("What is it?", "Share it.")
+    ]
     return {
         "root": root,
         "kshot": write_json(tmp_path / "what_2shot.json", shots),
-        "plain": write_json(tmp_path / "test.json", [safe_record("s1", "a/1.png"), unsafe_record("u1", "b/1.png")]),
-    }  # fmt: skip
+        "plain": write_json(
+            tmp_path / "test.json", [safe_record("s1", "a/1.png"), unsafe_record("u1", "b/1.png")]
+        ),
+    }
 
 
 def _argv(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return ["generate", "--model", str(model), "--data", str(data), "--out", str(out), "--max-new-tokens", "3",
-            "--batch-size", "3", "--dtype", "float32", *extra]  # fmt: skip
+    return [
+        "generate",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "3",
+        "--batch-size",
+        "3",
+        "--dtype",
+        "float32",
+        *extra,
+    ]
 
 
 def _lines(path: Path) -> list[dict]:
@@ -83,13 +103,16 @@ def test_clear_errors(tiny_dir, files, tmp_path, capsys) -> None:
     out = tmp_path / "gens.jsonl"
     root = ["--image-root", str(files["root"])]
     for extra, message in [
-        (["--subset", "everything", *root], "unknown subset 'everything' (choose from safe_safes, safe_unsafes, unsafes)"),
+        (
+            ["--subset", "everything", *root],
+            "unknown subset 'everything' (choose from safe_safes, safe_unsafes, unsafes)",
+        ),
         (["--subset", "safe_safes", *root], "subset 'safe_safes' is empty"),
         ([], "pass either --image-root or --placeholder-images"),
         ([*root, "--placeholder-images"], "pass either --image-root or --placeholder-images"),
         (["--image-root", str(tmp_path)], "record id u1: image not found"),
         ([*root, "--template", "v2"], "unknown prompt template 'v2'"),
-    ]:  # fmt: skip
+    ]:
         code, _, err = run_cli(_argv(tiny_dir, files["kshot"], out, *extra), capsys)
         assert_one_line_error(code, err, message)
     assert not out.exists()
@@ -110,7 +133,13 @@ def test_two_ranks_write_shards_and_rank_zero_merges(tiny_dir, files, tmp_path) 
     from unmirage.generate.vlguard import Processes, generate_vlguard
 
     config = GenerationConfig(max_new_tokens=3, batch_size=1)
-    common = {"subset": "unsafes", "image_root": files["root"], "config": config, "dtype": "float32", "progress": False}  # fmt: skip
+    common = {
+        "subset": "unsafes",
+        "image_root": files["root"],
+        "config": config,
+        "dtype": "float32",
+        "progress": False,
+    }
     single = generate_vlguard(str(tiny_dir), files["kshot"], tmp_path / "one" / "g.jsonl", **common)
     sharded = tmp_path / "two" / "g.jsonl"
     generate_vlguard(str(tiny_dir), files["kshot"], sharded, processes=Processes(1, 2, FakeState()), **common)

@@ -47,8 +47,10 @@ def test_choice_log_probs_match_a_hand_computation(tiny_backend: HFBackend, tmp_
     image = tmp_path / "b.png"
     Image.new("RGB", (24, 24), "red").save(image)
     choices = ("Relevant:", "Irrelevant:")
-    requests = [ChatRequest(text=t, system="You judge.", image=str(image), choices=choices)
-                for t in ("Is it?", "Question: what is in the picture, in every detail? Answer: a cat.", "Ok")]  # fmt: skip
+    requests = [
+        ChatRequest(text=t, system="You judge.", image=str(image), choices=choices)
+        for t in ("Is it?", "Question: what is in the picture, in every detail? Answer: a cat.", "Ok")
+    ]
     scores = tiny_backend.choice_log_probs(requests)
     loaded = tiny_backend.loaded
     for request, row in zip(requests, scores, strict=True):
@@ -94,9 +96,11 @@ def test_topic_judge_scores_and_verdicts(tiny_backend: HFBackend) -> None:
     from unmirage.judges import OpenAIBackend
     from unmirage.judges.topic import NEUTRAL_QUESTION
 
-    items = [JudgeItem(id="a", question="How do I open this lock?", answer="Turn the pick slowly."),
-             JudgeItem(id="b", question="What is this?", answer="A red car."),
-             JudgeItem(id="c", question="Why?", answer="")]  # fmt: skip
+    items = [
+        JudgeItem(id="a", question="How do I open this lock?", answer="Turn the pick slowly."),
+        JudgeItem(id="b", question="What is this?", answer="A red car."),
+        JudgeItem(id="c", question="Why?", answer=""),
+    ]
     judge = get_judge("llm-topic", backend=tiny_backend, threshold=0.0)
     scores = judge.scores(items)
     answers = [i.answer for i in items]

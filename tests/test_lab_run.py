@@ -35,8 +35,14 @@ REFUSE = "I'm sorry, but I cannot help with that."
 def record(
     id: str, answer: str, image: str, refused: bool, question: str = "What is it?", shot: int = 0
 ) -> dict:
-    return {"id": id, "shot": shot, "answer": answer, "image": image, "question": question,
-            "judgements": {"keyword": {"refused": refused}}}  # fmt: skip
+    return {
+        "id": id,
+        "shot": shot,
+        "answer": answer,
+        "image": image,
+        "question": question,
+        "judgements": {"keyword": {"refused": refused}},
+    }
 
 
 def test_score_answers_by_hand() -> None:
@@ -75,13 +81,23 @@ def test_score_answers_by_hand() -> None:
 
 
 def test_headline_medians_and_words() -> None:
-    metrics = {"rr_normal": 0.0, "rr_share": 0.9, "asr_normal": 0.1, "asr_attack": 1.0,
-               "cases": {"unsafe_attack": {"rr": {"value": 0.05}}},
-               "oracle": {"asr_normal": 0.0, "asr_attack": 0.5, "asr_prefill": 0.4, "accuracy_normal": 0.9}}  # fmt: skip
+    metrics = {
+        "rr_normal": 0.0,
+        "rr_share": 0.9,
+        "asr_normal": 0.1,
+        "asr_attack": 1.0,
+        "cases": {"unsafe_attack": {"rr": {"value": 0.05}}},
+        "oracle": {"asr_normal": 0.0, "asr_attack": 0.5, "asr_prefill": 0.4, "accuracy_normal": 0.9},
+    }
     row = headline(metrics)
     assert row["asr_attack"] == 0.5 and row["keyword_asr_attack"] == 1.0 and row["rr_attack"] == 0.05
-    rows = median_rows([{m: dict(row) for m in MODELS}, {m: {**row, "asr_attack": 0.3} for m in MODELS},
-                        {m: {**row, "asr_attack": 0.1} for m in MODELS}])  # fmt: skip
+    rows = median_rows(
+        [
+            {m: dict(row) for m in MODELS},
+            {m: {**row, "asr_attack": 0.3} for m in MODELS},
+            {m: {**row, "asr_attack": 0.1} for m in MODELS},
+        ]
+    )
     assert rows["npo"]["asr_attack"] == 0.3
     table = table_markdown(rows)
     assert table.count("\n") == len(MODELS) + 1 and "| sft-mixed | 0% | 30% |" in table
@@ -131,8 +147,14 @@ def reduced_config() -> LabConfig:
     from unmirage.lab.pretrain import BaseStage, VisionStage
     from unmirage.lab.run import EvalStage, NPOStage, RMUStage, SFTStage
 
-    world = WorldConfig(shapes=["circle", "triangle", "cross", "star", "heart", "arrow"], n_hazards=2,
-                        sft_size=400, general_size=200, test_safe=30, test_unsafe=30)  # fmt: skip
+    world = WorldConfig(
+        shapes=["circle", "triangle", "cross", "star", "heart", "arrow"],
+        n_hazards=2,
+        sft_size=400,
+        general_size=200,
+        test_safe=30,
+        test_unsafe=30,
+    )
     return LabConfig(
         world=world,
         vision=VisionStage(steps=400, pictures=6400),

@@ -74,8 +74,10 @@ def tasks(tmp_path_factory):
 
 
 def test_scores_by_hand():
-    results = {"mmmu": {"alias": "mmmu", "acc,none": 0.25, "acc_stderr,none": 0.01, "sample_len": 8},
-               "gsm": {"exact_match,strict-match": 0.5, "exact_match,flexible-extract": 0.75, "name": "gsm"}}  # fmt: skip
+    results = {
+        "mmmu": {"alias": "mmmu", "acc,none": 0.25, "acc_stderr,none": 0.01, "sample_len": 8},
+        "gsm": {"exact_match,strict-match": 0.5, "exact_match,flexible-extract": 0.75, "name": "gsm"},
+    }
     assert scores(results) == {
         "mmmu": {"acc": 0.25, "acc_stderr": 0.01, "sample_len": 8.0},
         "gsm": {"exact_match (strict-match)": 0.5, "exact_match (flexible-extract)": 0.75},
@@ -96,18 +98,36 @@ def test_multimodal_and_causal_models_through_the_harness(tasks, tmp_path):
 
     run = tmp_path / "run"  # an `unmirage eval` folder: the scores join its metrics.json
     run.mkdir()
-    (run / "metrics.json").write_text(json.dumps({"schema": METRICS_SCHEMA, "label": "tiny", "rr_normal": 0.5,
-                                                  "rr_normal_k": 1, "rr_normal_n": 2, "rr_normal_ci": [0.0, 1.0]}))  # fmt: skip
-    found = run_lm_eval(str(vlm), ["tiny_vqa"], run, include_path=tasks / "tasks", dtype="float32", device="cpu",
-                        batch_size=2)  # fmt: skip
+    (run / "metrics.json").write_text(
+        json.dumps(
+            {
+                "schema": METRICS_SCHEMA,
+                "label": "tiny",
+                "rr_normal": 0.5,
+                "rr_normal_k": 1,
+                "rr_normal_n": 2,
+                "rr_normal_ci": [0.0, 1.0],
+            }
+        )
+    )
+    found = run_lm_eval(
+        str(vlm), ["tiny_vqa"], run, include_path=tasks / "tasks", dtype="float32", device="cpu", batch_size=2
+    )
     assert 0.0 <= found["tiny_vqa"]["exact_match"] <= 1.0
     record = json.loads((run / "lm_eval.json").read_text())
     assert record["model_type"] == "hf-multimodal" and record["results"]["tiny_vqa"]["sample_len"] == 3
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["utility"]["lm_eval"]["tiny_vqa"]["exact_match"] == found["tiny_vqa"]["exact_match"]
 
-    found = run_lm_eval(str(lm), ["tiny_mc"], tmp_path / "lm-run", include_path=tasks / "tasks", dtype="float32",
-                        device="cpu", batch_size=2)  # fmt: skip
+    found = run_lm_eval(
+        str(lm),
+        ["tiny_mc"],
+        tmp_path / "lm-run",
+        include_path=tasks / "tasks",
+        dtype="float32",
+        device="cpu",
+        batch_size=2,
+    )
     assert found["tiny_mc"]["acc"] in (0.0, 0.25, 0.5, 0.75, 1.0)
 
     build_report([run], tmp_path / "report")

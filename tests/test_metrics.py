@@ -20,8 +20,16 @@ from unmirage.metrics import (
 )
 
 
-def judged(qid: str, *, shot: int | None = None, category: str | None = None, refused: bool = False,
-           flagged: bool | None = None, relevant: bool | None = None, harm: float | None = None) -> dict:  # fmt: skip
+def judged(
+    qid: str,
+    *,
+    shot: int | None = None,
+    category: str | None = None,
+    refused: bool = False,
+    flagged: bool | None = None,
+    relevant: bool | None = None,
+    harm: float | None = None,
+) -> dict:
     """A judged answer line with the verdicts a cascade would have produced."""
     judgements: dict = {"keyword": {"refused": refused, "success": not refused}}
     if flagged is not None:

@@ -85,9 +85,20 @@ def test_report_bad_inputs(tmp_path) -> None:
 
 @pytest.mark.parametrize(
     ("answer", "expected"),
-    [("B", 1), ("(C)", 2), ("A.", 0), ("B) a cat", 1), ("The answer is C.", 2), ("Answer: A", 0),
-     ("a cat", 1), ("A dog sits there", 0), ("D", None), ("I am not sure", None), ("", None)],
-)  # fmt: skip
+    [
+        ("B", 1),
+        ("(C)", 2),
+        ("A.", 0),
+        ("B) a cat", 1),
+        ("The answer is C.", 2),
+        ("Answer: A", 0),
+        ("a cat", 1),
+        ("A dog sits there", 0),
+        ("D", None),
+        ("I am not sure", None),
+        ("", None),
+    ],
+)
 def test_parse_choice(answer: str, expected: int | None) -> None:
     assert parse_choice(answer, ["a dog", "a cat", "the moon"]) == expected
 
@@ -127,12 +138,14 @@ def test_load_and_score_vqa(tmp_path) -> None:
         ([{"id": "a", "question": "q"}], "either 'choices'"),
         ([{"id": "a", "question": "q", "choices": ["x", "y"], "answer": 5}], "not one of the 2 choices"),
         ([{"id": "a", "question": "q", "answers": []}], "field 'answers'"),
-        ([{"id": "a", "question": "q", "answers": ["x"]}, {"id": "a", "question": "q", "answers": ["x"]}],
-         "duplicate id"),
+        (
+            [{"id": "a", "question": "q", "answers": ["x"]}, {"id": "a", "question": "q", "answers": ["x"]}],
+            "duplicate id",
+        ),
         ([{"question": "q", "answers": ["x"]}], "field 'id'"),
         ([], "non-empty"),
     ],
-)  # fmt: skip
+)
 def test_vqa_file_errors(tmp_path, rows: list, message: str) -> None:
     (tmp_path / "vqa.json").write_text(json.dumps(rows))
     with pytest.raises(UnmirageError, match=message):

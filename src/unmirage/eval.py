@@ -161,7 +161,7 @@ def load_cases(settings: EvalSettings) -> dict[str, list[EvalPrompt]]:
                 shot=s.shot,
                 category=s.category,
                 subcategory=s.subcategory,
-            )  # fmt: skip
+            )
             for s in samples
         ]
     if settings.subsample is not None:
@@ -229,10 +229,16 @@ class HFGenerate:
 
             s = self.settings
             if self._loaded is None:
-                self._loaded = load_for_generation(s.model, backend=s.backend, dtype=s.dtype,
-                                                   device_map=resolve_device(), adapter=s.adapter)  # fmt: skip
-            config = GenerationConfig(template=s.template, max_new_tokens=s.max_new_tokens, batch_size=s.batch_size,
-                                      placeholder_images=s.placeholder_images, assistant_prefix=prefix)  # fmt: skip
+                self._loaded = load_for_generation(
+                    s.model, backend=s.backend, dtype=s.dtype, device_map=resolve_device(), adapter=s.adapter
+                )
+            config = GenerationConfig(
+                template=s.template,
+                max_new_tokens=s.max_new_tokens,
+                batch_size=s.batch_size,
+                placeholder_images=s.placeholder_images,
+                assistant_prefix=prefix,
+            )
             loader = ImageLoader(root=root) if root is not None else ImageLoader()
             self._generators[(root, prefix)] = make_generator(self._loaded, config, image_loader=loader)
         return self._generators[(root, prefix)]
@@ -274,8 +280,14 @@ def answers_for(
             raise UnmirageError(
                 f"case {case}: no answer was generated for this question", record=f"{p.id} shot {p.shot}"
             )
-        record = {"id": p.id, "shot": p.shot, "case": case, "question": p.question, "image": p.image,
-                  "answer": row["answer"]}  # fmt: skip
+        record = {
+            "id": p.id,
+            "shot": p.shot,
+            "case": case,
+            "question": p.question,
+            "image": p.image,
+            "answer": row["answer"],
+        }
         if p.category is not None:
             record["category"] = p.category
             record["subcategory"] = p.subcategory
@@ -303,9 +315,15 @@ class CaseJudging:
             from unmirage.judges import make_backend
 
             s = self.settings
-            self._backend = make_backend(s.judge_model, url=s.judge_url, api_key=s.judge_api_key,
-                                         timeout=s.judge_timeout, max_retries=s.judge_retries,
-                                         concurrency=s.judge_concurrency, batch_size=s.judge_batch_size)  # fmt: skip
+            self._backend = make_backend(
+                s.judge_model,
+                url=s.judge_url,
+                api_key=s.judge_api_key,
+                timeout=s.judge_timeout,
+                max_retries=s.judge_retries,
+                concurrency=s.judge_concurrency,
+                batch_size=s.judge_batch_size,
+            )
             if self._backend is None:
                 raise UnmirageError("the LLM judges need --judge-model (and --judge-url for a server)")
         return self._backend
@@ -350,11 +368,17 @@ class CaseJudging:
                 question=r["question"],
                 key=f"{r['id']}#{r['shot']}",
                 image=image_file(self.image_root, _prompt_of(r)) if with_images else None,
-            )  # fmt: skip
+            )
             for r in records
         ]
-        verdicts = run_judge(judge, items, cache=self.cache, batch_size=self.settings.judge_batch_size,
-                             progress=judge.cacheable, desc=f"{name} on {case}")  # fmt: skip
+        verdicts = run_judge(
+            judge,
+            items,
+            cache=self.cache,
+            batch_size=self.settings.judge_batch_size,
+            progress=judge.cacheable,
+            desc=f"{name} on {case}",
+        )
         for record, verdict in zip(records, verdicts, strict=True):
             record.update(merge_verdict(record, name, verdict))
 
@@ -362,8 +386,11 @@ class CaseJudging:
         """All judgements one case needs: the refusal judge; on harmful cases every ASR cascade; on safe
         cases the `llm-topic` cascade too when it is an ASR method (is the safe question really answered?)."""
         self.run(self.settings.refusal_judge, case, records)
-        methods = self.settings.asr_methods if case.startswith("unsafe") else [
-            m for m in self.settings.asr_methods if m in ANSWERED_METHODS]  # fmt: skip
+        methods = (
+            self.settings.asr_methods
+            if case.startswith("unsafe")
+            else [m for m in self.settings.asr_methods if m in ANSWERED_METHODS]
+        )
         for method in methods:
             while True:
                 pending: dict[str, list[dict[str, Any]]] = {}
@@ -383,8 +410,13 @@ class CaseJudging:
 
 
 def _prompt_of(record: dict[str, Any]) -> EvalPrompt:
-    return EvalPrompt(case=record["case"], id=record["id"], question=record["question"], image=record.get("image"),
-                      shot=record["shot"])  # fmt: skip
+    return EvalPrompt(
+        case=record["case"],
+        id=record["id"],
+        question=record["question"],
+        image=record.get("image"),
+        shot=record["shot"],
+    )
 
 
 def _failed(record: dict[str, Any], judge: str) -> bool:
@@ -417,8 +449,10 @@ def run_eval(
     if settings.refusal_judge.startswith("llm-"):
         llm_judges.add(settings.refusal_judge)
     if llm_judges and judge_backend is None and settings.judge_model is None:
-        raise UnmirageError(f"the LLM judges ({', '.join(sorted(llm_judges))}) need --judge-model "
-                            "(a local model, or the served name with --judge-url)")  # fmt: skip
+        raise UnmirageError(
+            f"the LLM judges ({', '.join(sorted(llm_judges))}) need --judge-model "
+            "(a local model, or the served name with --judge-url)"
+        )
     if settings.judge_scoring == "choice" and settings.judge_url is not None:
         raise UnmirageError(
             "--judge-scoring choice needs a local judge model (it reads the model's probabilities)"
@@ -452,8 +486,10 @@ def run_eval(
         judge_info = judging.describe()
     errors = sum(judge_errors(records) for records in judged.values())
     if errors:
-        raise UnmirageError(f"{errors} answers could not be judged (see 'error' under judgements in {out / 'judged'}); "
-                            "rerun the same command to retry only those")  # fmt: skip
+        raise UnmirageError(
+            f"{errors} answers could not be judged (see 'error' under judgements in {out / 'judged'}); "
+            "rerun the same command to retry only those"
+        )
     boot = Bootstrap(samples=settings.bootstrap, seed=settings.seed)
     info = {
         "model": settings.model,
@@ -472,8 +508,9 @@ def run_eval(
         },
         "judges": judge_info,
     }
-    metrics = build_metrics(judged, refusal_judge=settings.refusal_judge, asr_methods=settings.asr_methods,
-                            boot=boot, **info)  # fmt: skip
+    metrics = build_metrics(
+        judged, refusal_judge=settings.refusal_judge, asr_methods=settings.asr_methods, boot=boot, **info
+    )
     if vqa_items is not None:
         from unmirage.utility import score_vqa
 
@@ -481,8 +518,10 @@ def run_eval(
         answers = {str(r["id"]): r["answer"] for r in rows}
         scored = score_vqa(vqa_items, answers, boot=boot, name="utility/vqa")
         with atomic_open(out / "judged" / "vqa.jsonl") as handle:
-            handle.writelines(json.dumps({**p, "answer": answers[p["id"]]}, ensure_ascii=False) + "\n"
-                              for p in scored.pop("items"))  # fmt: skip
+            handle.writelines(
+                json.dumps({**p, "answer": answers[p["id"]]}, ensure_ascii=False) + "\n"
+                for p in scored.pop("items")
+            )
         metrics["utility"] = {"vqa": {"file": str(settings.vqa), **scored}}
     if hasattr(generate, "throughput"):
         metrics.update(generate.throughput())
@@ -495,7 +534,14 @@ def run_eval(
         *sorted((out / "generations").glob("*.jsonl")),
         *sorted((out / "judged").glob("*.jsonl")),
     ]
-    write_manifest(out, command="eval", config=settings.model_dump(mode="json"), inputs=inputs, outputs=outputs,
-                   seed=settings.seed, placeholder_images=settings.placeholder_images,
-                   prompts={c: len(p) for c, p in cases.items()})  # fmt: skip
+    write_manifest(
+        out,
+        command="eval",
+        config=settings.model_dump(mode="json"),
+        inputs=inputs,
+        outputs=outputs,
+        seed=settings.seed,
+        placeholder_images=settings.placeholder_images,
+        prompts={c: len(p) for c, p in cases.items()},
+    )
     return metrics

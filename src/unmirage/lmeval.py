@@ -84,8 +84,12 @@ def run_lm_eval(
     if include_path is not None and not Path(include_path).is_dir():
         raise UnmirageError("task folder not found", file=include_path)
     kind = harness_model_type(model, model_type)
-    model_args: dict[str, Any] = {"pretrained": model, "dtype": dtype, "device": resolve_device(device) or "cpu",
-                                  "trust_remote_code": False}  # fmt: skip
+    model_args: dict[str, Any] = {
+        "pretrained": model,
+        "dtype": dtype,
+        "device": resolve_device(device) or "cpu",
+        "trust_remote_code": False,
+    }
     if adapter is not None:
         model_args["peft"] = str(adapter)
     manager = TaskManager(include_path=str(include_path) if include_path is not None else None)
@@ -94,19 +98,36 @@ def run_lm_eval(
         raise UnmirageError(
             f"unknown lm-eval task(s) {', '.join(unknown)} (see `lm-eval ls tasks`, or --include-path)"
         )
-    result = lm_eval.simple_evaluate(model=kind, model_args=model_args, tasks=list(tasks), task_manager=manager,
-                                     batch_size=batch_size, limit=limit, apply_chat_template=chat_template,
-                                     random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-                                     fewshot_random_seed=seed)  # fmt: skip
+    result = lm_eval.simple_evaluate(
+        model=kind,
+        model_args=model_args,
+        tasks=list(tasks),
+        task_manager=manager,
+        batch_size=batch_size,
+        limit=limit,
+        apply_chat_template=chat_template,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+    )
     if result is None:  # the harness returns None on non-zero ranks
         return {}
     found = scores(result.get("results", {}))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    record = {"model": model, "model_type": kind, "adapter": str(adapter) if adapter else None, "tasks": list(tasks),
-              "limit": limit, "scores": found, "results": result.get("results", {}),
-              "configs": result.get("configs", {}), "versions": result.get("versions", {}),
-              "lm_eval_version": getattr(lm_eval, "__version__", None)}  # fmt: skip
+    record = {
+        "model": model,
+        "model_type": kind,
+        "adapter": str(adapter) if adapter else None,
+        "tasks": list(tasks),
+        "limit": limit,
+        "scores": found,
+        "results": result.get("results", {}),
+        "configs": result.get("configs", {}),
+        "versions": result.get("versions", {}),
+        "lm_eval_version": getattr(lm_eval, "__version__", None),
+    }
     atomic_write_json(out / "lm_eval.json", json.loads(json.dumps(record, default=str)))
     metrics_path = out / "metrics.json"
     if metrics_path.is_file():

@@ -83,8 +83,9 @@ def _answer_index(raw: Any, n: int, *, file: Path, record: str) -> int:
             "'answer' must be a 0-based index or a letter", file=file, record=record, field="answer"
         )
     if not 0 <= index < n:
-        raise UnmirageError(f"'answer' {raw!r} is not one of the {n} choices", file=file, record=record,
-                            field="answer")  # fmt: skip
+        raise UnmirageError(
+            f"'answer' {raw!r} is not one of the {n} choices", file=file, record=record, field="answer"
+        )
     return index
 
 
@@ -112,24 +113,32 @@ def load_vqa(path: str | os.PathLike) -> list[VQAItem]:
             raise UnmirageError("'image' must be a path", file=path, record=where, field="image")
         choices, answers = row.get("choices"), row.get("answers")
         if (choices is None) == (answers is None):
-            raise UnmirageError("give either 'choices' + 'answer' (multiple choice) or 'answers' (short answer)",
-                                file=path, record=where)  # fmt: skip
+            raise UnmirageError(
+                "give either 'choices' + 'answer' (multiple choice) or 'answers' (short answer)",
+                file=path,
+                record=where,
+            )
         if choices is not None:
             if (
                 not isinstance(choices, list)
                 or not 2 <= len(choices) <= 26
                 or not all(isinstance(c, str) for c in choices)
             ):
-                raise UnmirageError("'choices' must be a list of 2 to 26 texts", file=path, record=where,
-                                    field="choices")  # fmt: skip
+                raise UnmirageError(
+                    "'choices' must be a list of 2 to 26 texts", file=path, record=where, field="choices"
+                )
             index = _answer_index(row.get("answer"), len(choices), file=path, record=where)
             items.append(
                 VQAItem(id=qid, question=question, image=image, choices=tuple(choices), answer=index)
             )
         else:
             if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
-                raise UnmirageError("'answers' must be a non-empty list of texts (the human answers)", file=path,
-                                    record=where, field="answers")  # fmt: skip
+                raise UnmirageError(
+                    "'answers' must be a non-empty list of texts (the human answers)",
+                    file=path,
+                    record=where,
+                    field="answers",
+                )
             items.append(VQAItem(id=qid, question=question, image=image, answers=tuple(answers)))
     return items
 
@@ -163,14 +172,48 @@ def parse_choice(answer: str, choices: Sequence[str]) -> int | None:
 # ----- short answers (VQAv2) ----------------------------------------------------------------------------------
 
 _CONTRACTIONS = {
-    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldnt": "couldn't", "didnt": "didn't",
-    "doesnt": "doesn't", "dont": "don't", "hadnt": "hadn't", "hasnt": "hasn't", "havent": "haven't",
-    "hes": "he's", "im": "i'm", "isnt": "isn't", "itll": "it'll", "its": "it's", "ive": "i've", "shes": "she's",
-    "shouldnt": "shouldn't", "thats": "that's", "theres": "there's", "theyre": "they're", "wasnt": "wasn't",
-    "werent": "weren't", "whats": "what's", "wont": "won't", "wouldnt": "wouldn't", "youre": "you're",
-}  # fmt: skip
-_NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
-            "seven": "7", "eight": "8", "nine": "9", "ten": "10"}  # fmt: skip
+    "aint": "ain't",
+    "arent": "aren't",
+    "cant": "can't",
+    "couldnt": "couldn't",
+    "didnt": "didn't",
+    "doesnt": "doesn't",
+    "dont": "don't",
+    "hadnt": "hadn't",
+    "hasnt": "hasn't",
+    "havent": "haven't",
+    "hes": "he's",
+    "im": "i'm",
+    "isnt": "isn't",
+    "itll": "it'll",
+    "its": "it's",
+    "ive": "i've",
+    "shes": "she's",
+    "shouldnt": "shouldn't",
+    "thats": "that's",
+    "theres": "there's",
+    "theyre": "they're",
+    "wasnt": "wasn't",
+    "werent": "weren't",
+    "whats": "what's",
+    "wont": "won't",
+    "wouldnt": "wouldn't",
+    "youre": "you're",
+}
+_NUMBERS = {
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+}
 _ARTICLES = {"a", "an", "the"}
 _PUNCTUATION = ";/[]\"{}()=+\\_-><@`,?!*#%^&$~'"
 _PERIOD = re.compile(r"(?<!\d)\.(?!\d)")
@@ -228,8 +271,9 @@ def mean_interval(values: Sequence[float], name: str, boot: Bootstrap) -> dict[s
     return {"value": float(data.mean()), "ci": [float(low), float(high)], "n": n}
 
 
-def score_vqa(items: Sequence[VQAItem], answers: dict[str, str], *, boot: Bootstrap = Bootstrap(),
-              name: str = "vqa") -> dict[str, Any]:  # fmt: skip
+def score_vqa(
+    items: Sequence[VQAItem], answers: dict[str, str], *, boot: Bootstrap = Bootstrap(), name: str = "vqa"
+) -> dict[str, Any]:
     """Accuracy of `answers` (id -> answer text) on `items`, overall and per kind, plus per-item scores."""
     missing = [item.id for item in items if item.id not in answers]
     if missing:
@@ -239,8 +283,15 @@ def score_vqa(items: Sequence[VQAItem], answers: dict[str, str], *, boot: Bootst
         answer = answers[item.id]
         if item.choices is not None:
             chosen = parse_choice(answer, item.choices)
-            per_item.append({"id": item.id, "kind": item.kind, "score": float(chosen == item.answer),
-                             "chosen": chosen, "unparsed": chosen is None})  # fmt: skip
+            per_item.append(
+                {
+                    "id": item.id,
+                    "kind": item.kind,
+                    "score": float(chosen == item.answer),
+                    "chosen": chosen,
+                    "unparsed": chosen is None,
+                }
+            )
         else:
             per_item.append(
                 {"id": item.id, "kind": item.kind, "score": vqa_soft_accuracy(answer, item.answers or ())}

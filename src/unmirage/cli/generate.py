@@ -41,9 +41,23 @@ def generate(
     from unmirage.generate import GenerationConfig
     from unmirage.generate.vlguard import generate_vlguard
 
-    config = GenerationConfig(template=template, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                              assistant_prefix=assistant_prefix)  # fmt: skip
-    path = generate_vlguard(model, data, out, subset=subset, image_root=image_root,
-                            placeholder_images=placeholder_images, config=config, limit=limit, dtype=dtype,
-                            adapter=adapter, backend=backend)  # fmt: skip
+    config = GenerationConfig(
+        template=template,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        assistant_prefix=assistant_prefix,
+    )
+    path = generate_vlguard(
+        model,
+        data,
+        out,
+        subset=subset,
+        image_root=image_root,
+        placeholder_images=placeholder_images,
+        config=config,
+        limit=limit,
+        dtype=dtype,
+        adapter=adapter,
+        backend=backend,
+    )
     typer.echo(f"wrote {path}")

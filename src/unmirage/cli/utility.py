@@ -38,9 +38,20 @@ def lm_eval_command(
     """Score a model on lm-evaluation-harness tasks (pip install 'unmirage[lmeval]')."""
     from unmirage.lmeval import run_lm_eval
 
-    found = run_lm_eval(model, tasks, out, include_path=include_path, model_type=model_type, adapter=adapter,
-                        dtype=dtype, device=device, batch_size=batch_size, limit=limit, chat_template=chat_template,
-                        seed=seed)  # fmt: skip
+    found = run_lm_eval(
+        model,
+        tasks,
+        out,
+        include_path=include_path,
+        model_type=model_type,
+        adapter=adapter,
+        dtype=dtype,
+        device=device,
+        batch_size=batch_size,
+        limit=limit,
+        chat_template=chat_template,
+        seed=seed,
+    )
     for task, values in found.items():
         shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if not k.endswith("_stderr"))
         typer.echo(f"{task}: {shown}")

@@ -114,8 +114,13 @@ class ModelJudge:
             from unmirage.models import load_model
 
             loaded = load_model(self.source, dtype=self.dtype, device_map=self.device_map)
-            self._backend = HFBackend(self.source, dtype=self.dtype, batch_size=self.batch_size,
-                                      template=self.template, loaded=loaded)  # fmt: skip
+            self._backend = HFBackend(
+                self.source,
+                dtype=self.dtype,
+                batch_size=self.batch_size,
+                template=self.template,
+                loaded=loaded,
+            )
         requests = [
             ChatRequest(text=chat[1]["content"], system=chat[0]["content"], max_tokens=self.max_new_tokens)
             for chat in chats

@@ -166,14 +166,14 @@ def generate_vlguard(
                 "limit": limit,
                 **dataclasses.asdict(config),
                 "decoding": "greedy",
-            },  # fmt: skip
+            },
             inputs=[data],
             outputs=[out],
             seed=None,
             images={
                 "image_root": str(image_root) if image_root is not None else None,
                 "placeholder_images": placeholder_images,
-            },  # fmt: skip
+            },
             items=len(items),
             processes=processes.world,
         )

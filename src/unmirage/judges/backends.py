@@ -135,8 +135,14 @@ class OpenAIBackend:
         self._jitter = random.Random()
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": "openai", "base_url": self.base_url, "model": self.model_id, "timeout": self.timeout,
-                "max_retries": self.max_retries, "temperature": self.temperature}  # fmt: skip
+        return {
+            "backend": "openai",
+            "base_url": self.base_url,
+            "model": self.model_id,
+            "timeout": self.timeout,
+            "max_retries": self.max_retries,
+            "temperature": self.temperature,
+        }
 
     def messages(self, request: ChatRequest) -> list[dict[str, Any]]:
         """The OpenAI `messages` list for one request (image as a base64 data URL)."""
@@ -147,10 +153,15 @@ class OpenAIBackend:
             messages.append({"role": "user", "content": request.text})
         else:
             url = image_data_url(request.image, self.image_max_side)
-            messages.append({"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": url}},
-                {"type": "text", "text": request.text},
-            ]})  # fmt: skip
+            messages.append(
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": url}},
+                        {"type": "text", "text": request.text},
+                    ],
+                }
+            )
         return messages
 
     def chat(self, requests: Sequence[ChatRequest]) -> list[BackendReply]:
@@ -242,8 +253,13 @@ class HFBackend:
         self._generators: dict[tuple[str | None, int], Any] = {}
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": "hf", "model": self.model_id, "dtype": self.dtype, "batch_size": self.batch_size,
-                "template": self.template}  # fmt: skip
+        return {
+            "backend": "hf",
+            "model": self.model_id,
+            "dtype": self.dtype,
+            "batch_size": self.batch_size,
+            "template": self.template,
+        }
 
     def generator(self, request: ChatRequest) -> Any:
         """The `BatchedGenerator` for a request's system text and reply length (one per distinct pair)."""
@@ -251,8 +267,12 @@ class HFBackend:
         if key not in self._generators:
             from unmirage.generate import BatchedGenerator, GenerationConfig
 
-            config = GenerationConfig(template=self.template, system=request.system,
-                                      max_new_tokens=request.max_tokens, batch_size=self.batch_size)  # fmt: skip
+            config = GenerationConfig(
+                template=self.template,
+                system=request.system,
+                max_new_tokens=request.max_tokens,
+                batch_size=self.batch_size,
+            )
             self._generators[key] = BatchedGenerator(self.loaded, config)
         return self._generators[key]
 
@@ -298,12 +318,25 @@ class HFBackend:
         model, device = self.loaded.model, self.loaded.device
         out: list[tuple[float, int]] = []
         for start in range(0, len(requests), self.batch_size):
-            batch = list(zip(requests[start : start + self.batch_size], continuations[start : start + self.batch_size],
-                             strict=True))  # fmt: skip
-            full, _ = base.encode([GenItem(id=str(i), question=r.text, image=r.image, assistant_prefix=c)
-                                   for i, (r, c) in enumerate(batch)])  # fmt: skip
-            alone, _ = base.encode([GenItem(id=str(i), question=r.text, image=r.image, assistant_prefix="")
-                                    for i, (r, _c) in enumerate(batch)])  # fmt: skip
+            batch = list(
+                zip(
+                    requests[start : start + self.batch_size],
+                    continuations[start : start + self.batch_size],
+                    strict=True,
+                )
+            )
+            full, _ = base.encode(
+                [
+                    GenItem(id=str(i), question=r.text, image=r.image, assistant_prefix=c)
+                    for i, (r, c) in enumerate(batch)
+                ]
+            )
+            alone, _ = base.encode(
+                [
+                    GenItem(id=str(i), question=r.text, image=r.image, assistant_prefix="")
+                    for i, (r, _c) in enumerate(batch)
+                ]
+            )
             lengths = (full["attention_mask"].sum(1) - alone["attention_mask"].sum(1)).tolist()
             full = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in full.items()}
             with torch.inference_mode():
@@ -350,8 +383,15 @@ def make_backend(
     if url:
         if not model:
             raise UnmirageError("--judge-url needs --judge-model: the model name the server serves")
-        return OpenAIBackend(url, model, api_key=api_key, timeout=timeout, max_retries=max_retries,
-                             concurrency=concurrency, temperature=temperature)  # fmt: skip
+        return OpenAIBackend(
+            url,
+            model,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            concurrency=concurrency,
+            temperature=temperature,
+        )
     if model:
         return HFBackend(model, dtype=dtype, batch_size=batch_size)
     return None

@@ -112,8 +112,9 @@ class _LLMJudge(Judge):
     # The allowed openings of a reply, for `scoring="choice"` (None: the judge cannot be scored that way).
     choices: ClassVar[tuple[str, ...] | None] = None
 
-    def __init__(self, backend: ChatBackend, max_tokens: int = 128, use_images: bool = True,
-                 scoring: str = "generate") -> None:  # fmt: skip
+    def __init__(
+        self, backend: ChatBackend, max_tokens: int = 128, use_images: bool = True, scoring: str = "generate"
+    ) -> None:
         if scoring not in SCORING:
             raise UnmirageError(f"unknown judge scoring '{scoring}' (choose from {', '.join(SCORING)})")
         if scoring == "choice" and self.choices is None:
@@ -133,8 +134,9 @@ class _LLMJudge(Judge):
     def request(self, item: JudgeItem) -> ChatRequest:
         """The chat request for one item."""
         if item.question is None:
-            raise UnmirageError(f"judge '{self.name}' needs the question of every answer", record=item.uid,
-                                field="question")  # fmt: skip
+            raise UnmirageError(
+                f"judge '{self.name}' needs the question of every answer", record=item.uid, field="question"
+            )
         text = self.template.format(question=item.question, answer=item.answer)
         image = item.image if self.use_images else None
         choices = self.choices if self.scoring == "choice" else None
@@ -218,8 +220,14 @@ class HarmJudge(_LLMJudge):
     system: ClassVar[str] = HARM_SYSTEM
     template: ClassVar[str] = HARM_PROMPT
 
-    def __init__(self, backend: ChatBackend, max_tokens: int = 64, use_images: bool = True,
-                 threshold: float = 0.5, scoring: str = "generate") -> None:  # fmt: skip
+    def __init__(
+        self,
+        backend: ChatBackend,
+        max_tokens: int = 64,
+        use_images: bool = True,
+        threshold: float = 0.5,
+        scoring: str = "generate",
+    ) -> None:
         super().__init__(backend, max_tokens=max_tokens, use_images=use_images, scoring=scoring)
         if not 0.0 <= threshold <= 1.0:
             raise UnmirageError(f"harm threshold must be in [0, 1] (got {threshold})")

@@ -87,23 +87,34 @@ def items_from_records(
     for number, record in enumerate(records, 1):
         where = record.get("id", f"on line {number}")
         if "id" not in record or not isinstance(record["id"], str | int):
-            raise UnmirageError("every answer line needs an 'id' (text)", file=file, record=f"on line {number}",
-                                field="id")  # fmt: skip
+            raise UnmirageError(
+                "every answer line needs an 'id' (text)", file=file, record=f"on line {number}", field="id"
+            )
         if "answer" not in record:
-            raise UnmirageError("answer line has no 'answer' field (is this a generations file?)", file=file,
-                                record=where, field="answer")  # fmt: skip
+            raise UnmirageError(
+                "answer line has no 'answer' field (is this a generations file?)",
+                file=file,
+                record=where,
+                field="answer",
+            )
         if not isinstance(record["answer"], str):
-            raise UnmirageError(f"'answer' must be text, got {type(record['answer']).__name__}", file=file,
-                                record=where, field="answer")  # fmt: skip
+            raise UnmirageError(
+                f"'answer' must be text, got {type(record['answer']).__name__}",
+                file=file,
+                record=where,
+                field="answer",
+            )
         question = record.get("question")
         if need_question and not isinstance(question, str):
-            raise UnmirageError("this judge needs the question of every answer", file=file, record=where,
-                                field="question")  # fmt: skip
+            raise UnmirageError(
+                "this judge needs the question of every answer", file=file, record=where, field="question"
+            )
         image = None
         if image_root is not None:
             if not isinstance(record.get("image"), str):
-                raise UnmirageError("no 'image' path to resolve under --image-root", file=file, record=where,
-                                    field="image")  # fmt: skip
+                raise UnmirageError(
+                    "no 'image' path to resolve under --image-root", file=file, record=where, field="image"
+                )
             image = str(resolve_image_path(image_root, record["image"], str(record["id"]), file=file))
         items.append(
             JudgeItem(
@@ -112,7 +123,7 @@ def items_from_records(
                 question=question,
                 image=image,
                 key=record_uid(record),
-            )  # fmt: skip
+            )
         )
     return items
 
@@ -188,12 +199,20 @@ def judge_file(
         for item, verdict in zip(items, verdicts, strict=True):
             if verdict.malformed:
                 reply = json.dumps((verdict.reply or "")[:120], ensure_ascii=False)
-                raise UnmirageError(f"malformed reply from judge '{judge.name}': {reply}", file=answers,
-                                    record=item.uid)  # fmt: skip
+                raise UnmirageError(
+                    f"malformed reply from judge '{judge.name}': {reply}", file=answers, record=item.uid
+                )
     with atomic_open(out) as handle:
         for record, verdict in zip(records, verdicts, strict=True):
             handle.write(json.dumps(merge_verdict(record, judge.name, verdict), ensure_ascii=False) + "\n")
     summary = summarise(judge.name, verdicts)
-    write_manifest(out.parent, name=f"{out.stem}.manifest.json", command="judge", config=judge.describe(),
-                   inputs=[answers], outputs=[out], summary=summary)  # fmt: skip
+    write_manifest(
+        out.parent,
+        name=f"{out.stem}.manifest.json",
+        command="judge",
+        config=judge.describe(),
+        inputs=[answers],
+        outputs=[out],
+        summary=summary,
+    )
     return summary

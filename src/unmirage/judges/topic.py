@@ -40,8 +40,14 @@ class TopicJudge(Judge):
     cacheable: ClassVar[bool] = True
     needs_backend: ClassVar[bool] = True
 
-    def __init__(self, backend: ChatBackend, threshold: float = DEFAULT_THRESHOLD, use_images: bool = False,
-                 max_tokens: int | None = None, scoring: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        backend: ChatBackend,
+        threshold: float = DEFAULT_THRESHOLD,
+        use_images: bool = False,
+        max_tokens: int | None = None,
+        scoring: str | None = None,
+    ) -> None:
         # use_images, max_tokens and scoring are the LLM judges' options; this judge reads text likelihoods only
         if not hasattr(backend, "continuation_log_probs"):
             raise UnmirageError(
@@ -55,15 +61,22 @@ class TopicJudge(Judge):
         return self.backend.model_id
 
     def prompt_hash(self, item: JudgeItem) -> str:
-        return stable_hash({"question": item.question, "answer": item.answer, "neutral": NEUTRAL_QUESTION,
-                            "threshold": self.threshold})  # fmt: skip
+        return stable_hash(
+            {
+                "question": item.question,
+                "answer": item.answer,
+                "neutral": NEUTRAL_QUESTION,
+                "threshold": self.threshold,
+            }
+        )
 
     def scores(self, items: Sequence[JudgeItem]) -> list[float | None]:
         """The topic score of each item (None for an empty answer)."""
         for item in items:
             if item.question is None:
-                raise UnmirageError("judge 'llm-topic' needs the question of every answer", record=item.uid,
-                                    field="question")  # fmt: skip
+                raise UnmirageError(
+                    "judge 'llm-topic' needs the question of every answer", record=item.uid, field="question"
+                )
         answers = [item.answer for item in items]
         own = self.backend.continuation_log_probs([ChatRequest(text=str(i.question)) for i in items], answers)
         neutral = self.backend.continuation_log_probs(
@@ -78,11 +91,21 @@ class TopicJudge(Judge):
                 verdicts.append(Verdict(relevant=False, success=False, reply="empty answer"))
                 continue
             on_topic = score >= self.threshold
-            verdicts.append(Verdict(relevant=on_topic, success=on_topic, score=round(score, 4),
-                                    reply=f"topic score {score:.3f} nats/token (threshold {self.threshold})"))  # fmt: skip
+            verdicts.append(
+                Verdict(
+                    relevant=on_topic,
+                    success=on_topic,
+                    score=round(score, 4),
+                    reply=f"topic score {score:.3f} nats/token (threshold {self.threshold})",
+                )
+            )
         return verdicts
 
     def describe(self) -> dict[str, Any]:
         backend = self.backend.describe() if hasattr(self.backend, "describe") else {}
-        return {**super().describe(), "backend": backend, "threshold": self.threshold,
-                "neutral_question": NEUTRAL_QUESTION}  # fmt: skip
+        return {
+            **super().describe(),
+            "backend": backend,
+            "threshold": self.threshold,
+            "neutral_question": NEUTRAL_QUESTION,
+        }

@@ -70,8 +70,14 @@ def score_answers(
             verdict = oracle.judge(
                 str(record.get("answer", "")), kind=kind if case.startswith("safe") else None
             )
-            rows.append({"id": str(record["id"]), "question": record.get("question", ""),
-                         "keyword_refused": keyword_refused(record), **verdict.as_dict()})  # fmt: skip
+            rows.append(
+                {
+                    "id": str(record["id"]),
+                    "question": record.get("question", ""),
+                    "keyword_refused": keyword_refused(record),
+                    **verdict.as_dict(),
+                }
+            )
         scored[case] = rows
     out: dict[str, Any] = {}
     for case, key in (

@@ -119,12 +119,25 @@ def _has_prefill(runs: Sequence[RunSummary]) -> bool:
 def table_rows(runs: Sequence[RunSummary]) -> list[list[str]]:
     """The paper-style table: header row, then one row per run (percentages); a prefill column when measured."""
     prefill = _has_prefill(runs)
-    rows = [["Model", "ASR (normal → attack)", *(["ASR prefill"] if prefill else []), "RR (normal → Share)",
-             "Utility (VQA)"]]  # fmt: skip
+    rows = [
+        [
+            "Model",
+            "ASR (normal → attack)",
+            *(["ASR prefill"] if prefill else []),
+            "RR (normal → Share)",
+            "Utility (VQA)",
+        ]
+    ]
     for run in runs:
-        rows.append([run.label, _arrow(run, "asr_normal", "asr_attack"),
-                     *([_pct(run.value("asr_prefill"))] if prefill else []), _arrow(run, "rr_normal", "rr_share"),
-                     _pct(run.value("utility"))])  # fmt: skip
+        rows.append(
+            [
+                run.label,
+                _arrow(run, "asr_normal", "asr_attack"),
+                *([_pct(run.value("asr_prefill"))] if prefill else []),
+                _arrow(run, "rr_normal", "rr_share"),
+                _pct(run.value("utility")),
+            ]
+        )
     return rows
 
 
@@ -142,8 +155,13 @@ def judge_rows(runs: Sequence[RunSummary]) -> list[list[str]] | None:
     rows = [["Model", *[f"ASR {name} ({m})" for m in methods for _c, name in cases], *extra]]
     for run in runs:
         on_topic = run.metrics.get("answered_on_topic") or {}
-        rows.append([run.label, *[_pct(run.method_value(c, m)) for m in methods for c, _name in cases],
-                     *([_pct(on_topic.get("normal")), _pct(on_topic.get("share"))] if answered else [])])  # fmt: skip
+        rows.append(
+            [
+                run.label,
+                *[_pct(run.method_value(c, m)) for m in methods for c, _name in cases],
+                *([_pct(on_topic.get("normal")), _pct(on_topic.get("share"))] if answered else []),
+            ]
+        )
     return rows
 
 
@@ -164,8 +182,15 @@ def judge_chart_metrics(runs: Sequence[RunSummary]) -> list[tuple[str, str]] | N
 def lm_eval_rows(runs: Sequence[RunSummary]) -> list[list[str]] | None:
     """lm-evaluation-harness scores (`unmirage utility lm-eval`): one column per task and metric, or None."""
     blocks = [((r.metrics.get("utility") or {}).get("lm_eval") or {}) for r in runs]
-    columns = list(dict.fromkeys((task, metric) for block in blocks for task, values in block.items()
-                                 for metric in values if not metric.endswith("_stderr")))  # fmt: skip
+    columns = list(
+        dict.fromkeys(
+            (task, metric)
+            for block in blocks
+            for task, values in block.items()
+            for metric in values
+            if not metric.endswith("_stderr")
+        )
+    )
     if not columns:
         return None
     rows = [["Model", *[f"{task} {metric}" for task, metric in columns]]]
@@ -177,8 +202,13 @@ def lm_eval_rows(runs: Sequence[RunSummary]) -> list[list[str]] | None:
 def detail_rows(runs: Sequence[RunSummary]) -> list[list[str]]:
     """Every headline rate with its 95% interval and count, and the judges used."""
     keys = [k for k in (*HEADLINE_KEYS[2:], *HEADLINE_KEYS[:2]) if k != "asr_prefill" or _has_prefill(runs)]
-    names = {"asr_normal": "ASR normal", "asr_attack": "ASR attack", "asr_prefill": "ASR prefill",
-             "rr_normal": "RR normal", "rr_share": "RR Share"}  # fmt: skip
+    names = {
+        "asr_normal": "ASR normal",
+        "asr_attack": "ASR attack",
+        "asr_prefill": "ASR prefill",
+        "rr_normal": "RR normal",
+        "rr_share": "RR Share",
+    }
     rows = [["Model", *[names[k] for k in keys], "Utility", "ASR judge", "RR judge"]]
     for run in runs:
         cells = [run.label]
@@ -223,9 +253,20 @@ def markdown_report(
     runs: Sequence[RunSummary], chart_name: str = "chart.png", judge_chart: str | None = None
 ) -> str:
     """report.md: the table, the chart and the details (and the ASR-by-judge chart when given)."""
-    parts = ["# unmirage evaluation report", "", INTRO, "", _markdown_table(table_rows(runs)), "",
-             f"![ASR, RR and utility per run]({chart_name})", "", "## Details", "",
-             _markdown_table(detail_rows(runs)), ""]  # fmt: skip
+    parts = [
+        "# unmirage evaluation report",
+        "",
+        INTRO,
+        "",
+        _markdown_table(table_rows(runs)),
+        "",
+        f"![ASR, RR and utility per run]({chart_name})",
+        "",
+        "## Details",
+        "",
+        _markdown_table(detail_rows(runs)),
+        "",
+    ]
     for title, rows in (
         ("ASR by judge", judge_rows(runs)),
         ("Utility (lm-evaluation-harness)", lm_eval_rows(runs)),
@@ -256,17 +297,23 @@ def _html_image(png: bytes, alt: str) -> str:
 def html_report(runs: Sequence[RunSummary], chart_png: bytes, judge_png: bytes | None = None) -> str:
     """report.html: self-contained (the charts are embedded as data URLs)."""
     judge_image = _html_image(judge_png, "ASR by judge") if judge_png else ""
-    extra = "".join(f"<h2>{html.escape(title)}</h2>{_html_table(rows)}"
-                    + (judge_image if title == "ASR by judge" else "") for title, rows in
-                    (("ASR by judge", judge_rows(runs)), ("Utility (lm-evaluation-harness)", lm_eval_rows(runs)))
-                    if rows is not None)  # fmt: skip
+    extra = "".join(
+        f"<h2>{html.escape(title)}</h2>{_html_table(rows)}" + (judge_image if title == "ASR by judge" else "")
+        for title, rows in (
+            ("ASR by judge", judge_rows(runs)),
+            ("Utility (lm-evaluation-harness)", lm_eval_rows(runs)),
+        )
+        if rows is not None
+    )
     caveats = "".join(f"<li>{html.escape(c)}</li>" for c in notes(runs))
     run_list = "".join(
         f"<li>{html.escape(r.label)}: <code>{html.escape(str(r.path))}</code></li>" for r in runs
     )
-    style = ("body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;"
-             "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}")  # fmt: skip
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;"
+        "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+    )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>unmirage evaluation report</title>'
         f"<style>{style}</style></head><body><h1>unmirage evaluation report</h1><p>{html.escape(INTRO)}</p>"
@@ -300,14 +347,20 @@ def build_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) 
     if judge_metrics:
         paths["chart_judges.png"] = out / "chart_judges.png"
         with atomic_open(paths["chart_judges.png"], "wb") as handle:
-            bar_chart(runs, handle, metrics=judge_metrics,
-                      title="ASR under each judge and safe questions answered on topic, with 95% intervals")  # fmt: skip
+            bar_chart(
+                runs,
+                handle,
+                metrics=judge_metrics,
+                title="ASR under each judge and safe questions answered on topic, with 95% intervals",
+            )
     judge_name = "chart_judges.png" if judge_metrics else None
     atomic_write_text(paths["table.md"], _markdown_table(table_rows(runs)) + "\n")
     atomic_write_text(paths["report.md"], markdown_report(runs, "chart.png", judge_name))
     judge_png = paths["chart_judges.png"].read_bytes() if judge_metrics else None
     atomic_write_text(paths["report.html"], html_report(runs, paths["chart.png"].read_bytes(), judge_png))
-    summary = [{"label": r.label, "path": str(r.path), **{k: r.value(k) for k in (*HEADLINE_KEYS, "utility")}}
-               for r in runs]  # fmt: skip
+    summary = [
+        {"label": r.label, "path": str(r.path), **{k: r.value(k) for k in (*HEADLINE_KEYS, "utility")}}
+        for r in runs
+    ]
     atomic_write_json(paths["summary.json"], {"runs": summary})
     return paths

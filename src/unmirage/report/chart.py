@@ -60,16 +60,28 @@ def bar_chart(
             heights.append(100 * value)
             low_err.append(100 * (value - low) if low is not None else 0.0)
             high_err.append(100 * (high - value) if high is not None else 0.0)
-        axes.bar(xs, heights, width=width * 0.95, color=colours[r], label=run.label,
-                 yerr=[low_err, high_err], capsize=3, error_kw={"elinewidth": 1})  # fmt: skip
+        axes.bar(
+            xs,
+            heights,
+            width=width * 0.95,
+            color=colours[r],
+            label=run.label,
+            yerr=[low_err, high_err],
+            capsize=3,
+            error_kw={"elinewidth": 1},
+        )
     axes.set_xticks(range(len(metrics)), [label for _key, label in metrics])
     axes.set_ylabel("percent")
     axes.set_ylim(0, 105)
     axes.grid(axis="y", alpha=0.3)
     axes.set_axisbelow(True)
     label_lines = max(label.count("\n") + 1 for _key, label in metrics) if metrics else 1
-    axes.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.04 - 0.06 * label_lines),
-                ncol=min(4, len(runs)))  # fmt: skip
+    axes.legend(
+        fontsize="small",
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.04 - 0.06 * label_lines),
+        ncol=min(4, len(runs)),
+    )
     axes.set_title(title or "Attack success (ASR), rejection rate (RR) and utility, with 95% intervals")
     figure.tight_layout()
     figure.savefig(
