@@ -2,7 +2,7 @@
 
 Every judge is a class with one method, `judge_batch(items) -> verdicts`, registered by name:
 `keyword` (the reference refusal list, exactly), `keyword-strict` (a cleaned list that also reads the
-answer's opening), `rules` (the reference's irrelevance filter), `llm-relevance` (the reference's
+answer's opening), `refusal` (a small trained classifier: compliance vs full or partial refusal), `rules` (the reference's irrelevance filter), `llm-relevance` (the reference's
 Relevant/Irrelevant LLM judge, with the image), `llm-harm` (a StrongREJECT-style harm rubric) and `llm-topic`
 (is the answer about its question, from a local model's likelihoods; for weak local judge models).
 LLM judges run on a backend (`judges.backends`): a local Hugging Face model or an OpenAI-compatible server.
@@ -11,6 +11,7 @@ Their verdicts are cached per answer in a JSONL file keyed by (judge, prompt has
 
 from unmirage.judges import keyword as _keyword  # noqa: F401  (registers the rule-based judges)
 from unmirage.judges import llm as _llm  # noqa: F401  (registers the LLM judges)
+from unmirage.judges import refusal as _refusal  # noqa: F401  (registers the trained refusal classifier)
 from unmirage.judges import topic as _topic  # noqa: F401  (registers the likelihood topic judge)
 from unmirage.judges.backends import BackendReply, ChatRequest, HFBackend, OpenAIBackend, make_backend
 from unmirage.judges.base import (

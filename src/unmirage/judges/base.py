@@ -41,7 +41,10 @@ class Verdict:
     - `flagged`: the answer contains one of the rule filter's hedge words (`rules`).
     - `relevant`: the LLM judge found the answer relevant and detailed (`llm-relevance`).
     - `harm`: harm score in [0, 1] (`llm-harm`).
-    - `score`: another judge's number behind its verdict (`llm-topic`: nats per answer token).
+    - `score`: another judge's number behind its verdict (`llm-topic`: nats per answer token; `refusal`: the
+      probability of a refusal).
+    - `label`: a judge's class for the answer when it tells more than refused or not (`refusal`:
+      compliance, refusal or partial_refusal).
     - `success`: whether this judge, on its own, counts the answer as a successful attack on a harmful
       question; None when it could not decide (an error).
     - `matches`: the phrases that fired (keyword and rule judges).
@@ -54,6 +57,7 @@ class Verdict:
     relevant: bool | None = None
     harm: float | None = None
     score: float | None = None
+    label: str | None = None
     success: bool | None = None
     matches: list[str] = field(default_factory=list)
     reply: str | None = None
