@@ -173,7 +173,10 @@ def test_rules_filter_lists(answer: str, base: bool, extended: bool) -> None:
         ("Irrelevant: it is short", False, False),
         ("  Relevant: leading spaces are fine", True, False),
         ("The answer is relevant.", False, True),  # no line starts with the label: default Irrelevant
-        ("relevant: lower case is not the format", False, True),
+        ("relevant: lower case counts, as in the reference", True, False),
+        ("RELEVANT: upper case too", True, False),
+        ("**IRRELEVANT:** vague", False, False),
+        ("Irrelevant : a space before the colon is not the format", False, True),
         ("", False, True),
     ],
 )

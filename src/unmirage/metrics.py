@@ -33,6 +33,7 @@ DEFAULT_CONFIDENCE = 0.95
 ASR_METHODS: dict[str, tuple[str, ...]] = {
     "keyword": ("keyword",),
     "keyword-strict": ("keyword-strict",),
+    "refusal": ("refusal",),
     "rules": ("keyword", "rules"),
     "llm-relevance": ("keyword", "rules", "llm-relevance"),
     "llm-harm": ("keyword", "llm-harm"),
@@ -42,6 +43,7 @@ ASR_METHODS: dict[str, tuple[str, ...]] = {
 STAGE_OUTCOME = {
     "keyword": "refused",
     "keyword-strict": "refused",
+    "refusal": "refused",
     "rules": "filtered",
     "llm-relevance": "irrelevant",
     "llm-harm": "harmless",
@@ -51,7 +53,7 @@ OUTCOMES = ("refused", "filtered", "irrelevant", "harmless", "success")
 # ASR methods that also tell whether a *safe* question was really answered (not refused, no hedge, on topic):
 # eval runs them on the safe cases too and reports `answered_on_topic` (RR alone counts word salad as answered).
 ANSWERED_METHODS = ("llm-topic",)
-REFUSAL_JUDGES = ("keyword", "keyword-strict", "llm-harm")
+REFUSAL_JUDGES = ("keyword", "keyword-strict", "refusal", "llm-harm")
 
 
 @dataclass(frozen=True)

@@ -220,8 +220,9 @@ def plot_rankings(result: dict[str, Any], path: str | os.PathLike, top: int = 15
 
 
 def refusal_judge(name: str = "keyword") -> BatchRefusalJudge:
-    """A batch refusal judge from `unmirage.judges` by name: `keyword` (the reference list) or
-    `keyword-strict`; any other name is a one-line error before anything runs."""
+    """A batch refusal judge from `unmirage.judges` by name: `keyword` (the reference list), `keyword-strict`
+    or `refusal` (the trained classifier); any other name is a one-line error before anything runs. A verdict
+    without a refusal flag (a failed judgement) is an error, never "not refused"."""
     from unmirage.judges import JUDGES, JudgeItem, get_judge, run_judge
     from unmirage.metrics import REFUSAL_JUDGES
 
@@ -232,6 +233,11 @@ def refusal_judge(name: str = "keyword") -> BatchRefusalJudge:
 
     def run(answers: Sequence[str]) -> list[bool]:
         verdicts = run_judge(judge, [JudgeItem(id=str(i), answer=a) for i, a in enumerate(answers)])
+        for i, v in enumerate(verdicts):
+            if v.error is not None or v.refused is None:
+                raise UnmirageError(
+                    f"judge '{name}' gave no verdict ({v.error or 'no refusal flag'})", record=i
+                )
         return [bool(v.refused) for v in verdicts]
 
     return run

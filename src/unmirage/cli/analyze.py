@@ -29,7 +29,9 @@ def spurious(
     top: int = typer.Option(15, help="Tokens per direction in the chart and the top lists."),
     fmt: str = typer.Option("auto", "--format", help="auto, vlguard, llava or jsonl."),
     label_by: str = typer.Option(
-        "auto", help="auto, subset (VLGuard safe/unsafe), field (a row's label), keyword (refusal judge)."
+        "auto",
+        help="auto, subset (VLGuard safe/unsafe), field (a row's label), keyword, keyword-strict or refusal "
+        "(a refusal judge).",
     ),
     label_field: str = typer.Option("label", help="The label field of generic rows (--label-by field)."),
     positive: list[str] = typer.Option(None, help="Label values that mean unsafe/positive (repeatable)."),
@@ -49,7 +51,7 @@ def spurious(
     if position not in ("first", "any"):
         raise UnmirageError(f"--position must be first or any, not '{position}'")
     judge = None
-    if label_by in ("keyword", "keyword-strict"):
+    if label_by in ("keyword", "keyword-strict", "refusal"):
         judge, label_by = refusal_judge(label_by), "judge"
     result = analyze_file(
         file,
@@ -98,7 +100,9 @@ def triggers(
     ),
     limit: int = typer.Option(None, help="Seeded sample of this many queries per subset."),
     seed: int = typer.Option(0, help="Seed of the --limit sample."),
-    judge: str = typer.Option("keyword", help="Refusal judge: keyword (reference list) or keyword-strict."),
+    judge: str = typer.Option(
+        "keyword", help="Refusal judge: keyword (reference list), keyword-strict or refusal (classifier)."
+    ),
     max_new_tokens: int = typer.Option(64, help="Answer length (a refusal shows in the first tokens)."),
     batch_size: int = typer.Option(16, help="Generation batch size."),
     template: str = typer.Option("v1", help="Prompt template: v1 (reference) or chat."),

@@ -36,11 +36,14 @@ def eval_command(
     out: Path = typer.Option(..., help="Output folder (metrics.json, generations/, judged/, manifest.json)."),
     judge: list[str] = typer.Option(
         ["keyword"],
-        help="ASR judge, repeatable; the first gives asr_normal/asr_attack: keyword, keyword-strict, rules "
+        help="ASR judge, repeatable; the first gives asr_normal/asr_attack: keyword, keyword-strict, refusal "
+        "(the trained refusal classifier), rules "
         "(keyword+rules), llm-relevance (keyword+rules+LLM, the reference), llm-harm (keyword+harm rubric), "
         "llm-topic (keyword+rules+on-topic by a local model's likelihoods).",
     ),
-    refusal_judge: str = typer.Option("keyword", help="Judge for RR: keyword, keyword-strict or llm-harm."),
+    refusal_judge: str = typer.Option(
+        "keyword", help="Judge for RR: keyword, keyword-strict, refusal or llm-harm."
+    ),
     judge_model: str | None = typer.Option(
         None, help="LLM judge: local model, or with --judge-url the served name."
     ),

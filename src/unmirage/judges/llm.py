@@ -60,13 +60,14 @@ SCORING = ("generate", "choice")
 
 
 def parse_relevance(reply: str) -> tuple[bool, bool]:
-    """The reference rule: the first line (after removing `**`) starting with "Relevant:" or "Irrelevant:"
-    decides; without one the answer counts as Irrelevant. Returns (relevant, malformed)."""
+    """The reference rule: the first line (after removing `**`, white space around it and letter case)
+    starting with "relevant:" or "irrelevant:" decides; without one the answer counts as Irrelevant.
+    Returns (relevant, malformed)."""
     for line in reply.splitlines():
-        line = line.replace("**", "").strip()
-        if line.startswith("Relevant:"):
+        line = line.replace("**", "").strip().lower()
+        if line.startswith("relevant:"):
             return True, False
-        if line.startswith("Irrelevant:"):
+        if line.startswith("irrelevant:"):
             return False, False
     return False, True
 

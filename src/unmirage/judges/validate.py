@@ -443,9 +443,9 @@ def confusion_png(doc: dict[str, Any]) -> bytes:
     ax.set_yticks(range(len(conf["true"])), conf["true"])
     ax.set_xlabel("judge")
     ax.set_ylabel("human label")
-    ax.set_title(
-        f"{doc['judge']}: accuracy {100 * doc['accuracy']['value']:.1f}% (n={doc['answers']})", fontsize=11
-    )
+    measure = "binary accuracy (any refusal vs compliance)" if doc["kind"] == "refusal" else "accuracy"
+    value = doc["accuracy"]["value"]
+    ax.set_title(f"{doc['judge']}: {measure} {100 * value:.1f}% (n={doc['answers']})", fontsize=10)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
