@@ -262,7 +262,8 @@ def validate(
     scoring: str = typer.Option("generate", help="LLM judges: generate or choice."),
 ) -> None:
     """Run a judge over a human-labelled file and report how often it agrees, with intervals."""
-    from unmirage.judges.validate import judge_kinds, needed_judges, validate as run_validation
+    from unmirage.judges.validate import judge_kinds, needed_judges
+    from unmirage.judges.validate import validate as run_validation
 
     kinds = judge_kinds(judge_name)
     names = {n for kind in kinds for n in needed_judges(judge_name, kind)}
