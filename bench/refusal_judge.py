@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 from _common import emit
-
 from unmirage.judges import JudgeItem, get_judge
 from unmirage.judges.refusal_train import vlguard_examples
 from unmirage.judges.validate import read_labels, validate
