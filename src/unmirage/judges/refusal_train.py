@@ -60,11 +60,16 @@ def vlguard_part(record_id: str) -> str:
 def vlguard_examples(path: str | Path, part: str) -> list[dict[str, str]]:
     """VLGuard's training responses of one part (`train` or `heldout`) as labelled rows (id, question,
     answer, label): unsafe images' and unsafe instructions' responses are refusals, safe instructions'
-    responses compliance."""
+    responses compliance. The held-out part leaves out answers that occur word for word in the training part
+    (VLGuard repeats some canned refusals)."""
     from unmirage.data.vlguard import SafeImageRecord, load_vlguard
 
+    records = load_vlguard(path, kind="plain", allow_duplicate_ids=True).records
+    seen = set()
+    if part == "heldout":
+        seen = {r["answer"] for r in vlguard_examples(path, "train")}
     rows = []
-    for record in load_vlguard(path, kind="plain", allow_duplicate_ids=True).records:
+    for record in records:
         if vlguard_part(record.id) != part:
             continue
         if isinstance(record, SafeImageRecord):
@@ -72,6 +77,8 @@ def vlguard_examples(path: str | Path, part: str) -> list[dict[str, str]]:
         else:
             pairs = [("unsafe", record.pair, "refusal")]
         for kind, qa, label in pairs:
+            if qa.response in seen:
+                continue
             rows.append(
                 {
                     "id": f"{record.id}#{kind}",
