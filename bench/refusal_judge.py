@@ -1,8 +1,8 @@
 """Refusal judges side by side: binary accuracy (any refusal vs full compliance) of `keyword`, `keyword-strict`
 and `refusal` on labelled answers the classifier was not trained on, and answers/s of each.
 
-Labelled sets: the hand-written held-out answers (`data/refusal/heldout.jsonl`, and `heldout_fresh.jsonl`,
-written after the model was frozen), the shipped example (`data/labels/refusal_example.jsonl`) and, with
+Labelled sets: the hand-written held-out answers (`data/refusal/heldout*.jsonl`; see data/refusal/README.md
+for which were written when), the shipped example (`data/labels/refusal_example.jsonl`) and, with
 UNMIRAGE_VLGUARD_DIR set, VLGuard's held-out fifth of the training responses (full text, built here).
 Accuracy goes through `unmirage.judges.validate` (the code behind `unmirage judge validate`).
 Speed: every labelled answer, repeated to at least --answers answers, judged in one process (one thread).
@@ -29,6 +29,7 @@ JUDGES = ("keyword", "keyword-strict", "refusal")
 SETS = {
     "handwritten-heldout": ROOT / "data/refusal/heldout.jsonl",
     "handwritten-heldout-fresh": ROOT / "data/refusal/heldout_fresh.jsonl",
+    "handwritten-heldout-final": ROOT / "data/refusal/heldout_final.jsonl",
     "example": ROOT / "data/labels/refusal_example.jsonl",
 }
 

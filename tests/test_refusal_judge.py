@@ -24,9 +24,12 @@ def binary_accuracy(name: str, path: Path) -> float:
     return validate(name, path, None, judges={name: get_judge(name)})["accuracy"]["value"]
 
 
-@pytest.mark.parametrize(("file", "floor"), [("heldout.jsonl", 0.92), ("heldout_fresh.jsonl", 0.90)])
+@pytest.mark.parametrize(
+    ("file", "floor"), [("heldout.jsonl", 0.92), ("heldout_fresh.jsonl", 0.92), ("heldout_final.jsonl", 0.92)]
+)
 def test_accuracy_floor_on_held_out_answers(file: str, floor: float) -> None:
-    """Hand-written answers never trained on (heldout_fresh.jsonl was written after the model was frozen)."""
+    """Hand-written answers never trained on (heldout_final.jsonl was written after the shipped model was
+    frozen and never looked at before measuring)."""
     refusal = binary_accuracy("refusal", DATA / file)
     keyword = binary_accuracy("keyword", DATA / file)
     assert refusal >= floor, (file, refusal)
@@ -35,7 +38,7 @@ def test_accuracy_floor_on_held_out_answers(file: str, floor: float) -> None:
 
 def test_held_out_answers_are_not_training_answers() -> None:
     train = {a.answer for a in read_labels(DATA / "train.jsonl")}
-    for file in ("heldout.jsonl", "heldout_fresh.jsonl"):
+    for file in ("heldout.jsonl", "heldout_fresh.jsonl", "heldout_final.jsonl"):
         held = {a.answer for a in read_labels(DATA / file)}
         assert not held & train, file
 

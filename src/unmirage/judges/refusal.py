@@ -39,7 +39,10 @@ CUES: dict[str, str] = {
     r"must not|must (?:respectfully )?decline|have to decline|refuse|must refrain|will refrain|would rather not|"
     r"'d rather not|would prefer not|'d prefer not|don't feel comfortable|do not feel comfortable|"
     r"don't think i (?:can|should)|do not think i (?:can|should))\b"
-    r"|\bi(?:'m| am) (?:unable|not able|not going to|not comfortable|uncomfortable|afraid i (?:can't|cannot))\b"
+    r"|\bi(?:'m| am) (?:unable|not able|not going to|not willing|unwilling|not comfortable|uncomfortable|"
+    r"afraid i (?:can't|cannot))\b"
+    r"|\bi (?:don't|do not|wouldn't|would not) (?:want|wish|feel able) to (?:help|assist|provide|give|share|write|"
+    r"create|encourage|promote|explain|describe|go into|support|be (?:part|involved))\b"
     r"|\b(?:(?:that|this|it)(?:'s| is) not|isn't|is not) something (?:that )?i\b"
     r"|\bi(?:'ll| will) (?:have to |need to )?(?:pass|not)\b",
     "cannot_provide": r"\b(?:i|we)\b[^.!?\n]{0,30}?\b(?:cannot|can't|can not|won't|will not|unable to|not able to|"
@@ -149,6 +152,10 @@ def features(answer: str) -> set[str]:
     apology_head = where["apology"][1] and not where["sympathy"][1]
     items = len(_LIST_ITEM.findall(answer))
     long_rest = len(rest) >= 150
+    if refusal_any:
+        feats.add("refusal_any")
+        if len(text) < 400:
+            feats.add("refusal_any&short")
     if refusal_head:
         feats.add("refusal_head")
         feats.add(f"refusal_head&rest_len{_bucket(len(rest), (1, 80, 200, 400, 800))}")
