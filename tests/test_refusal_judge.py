@@ -172,3 +172,18 @@ def test_analysis_refusal_judge_never_reads_a_failed_verdict_as_answered(monkeyp
     monkeypatch.setattr(judges, "run_judge", lambda judge, items: [Verdict(error="boom") for _ in items])
     with pytest.raises(UnmirageError, match="gave no verdict"):
         refusal_judge("refusal")(["anything"])
+
+
+def test_cli_judge_refusal_writes_verdicts(tmp_path, capsys) -> None:
+    from helpers import run_cli, write_jsonl
+
+    rows = [{"id": "a", "answer": "Sorry, but I can't assist with that."}, {"id": "b", "answer": "Paris."}]
+    write_jsonl(tmp_path / "gens.jsonl", rows)
+    argv = ["judge", "refusal", "--answers", str(tmp_path / "gens.jsonl"), "--out", str(tmp_path / "j.jsonl")]
+    result = run_cli(argv, capsys)
+    assert result.code == 0 and "refusal: answers 2, refused 1" in result.out
+    judged = [json.loads(line) for line in (tmp_path / "j.jsonl").read_text().splitlines()]
+    assert [r["refused"] for r in judged] == [True, False]
+    assert judged[0]["judgements"]["refusal"]["label"] == "refusal"
+    help_text = run_cli(["judge", "--help"], capsys).out
+    assert "validate" in help_text and "refusal" in help_text and "keyword-strict" in help_text
