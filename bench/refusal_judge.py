@@ -5,7 +5,8 @@ Labelled sets: the hand-written held-out answers (`data/refusal/heldout*.jsonl`;
 for which were written when), the shipped example (`data/labels/refusal_example.jsonl`) and, with
 UNMIRAGE_VLGUARD_DIR set, VLGuard's held-out fifth of the training responses (full text, built here).
 Accuracy goes through `unmirage.judges.validate` (the code behind `unmirage judge validate`).
-Speed: every labelled answer, repeated to at least --answers answers, judged in one process (one thread).
+Speed: every labelled answer, repeated to at least --answers answers, judged in one process (one thread);
+then 1,000 long answers (each repeated to at least 2,000 characters).
 
 Run: PYTHONPATH=src python bench/refusal_judge.py [--answers 5000] [--out DIR]
 """
@@ -93,6 +94,23 @@ def main() -> None:
             load_average=round(os.getloadavg()[0], 2),
         )
     emit("refusal_judge", "keyword / refusal speed ratio", speeds["keyword"] / speeds["refusal"], "x")
+    # long answers (chat models often write 1-3k characters): each answer repeated to at least 2,000 characters
+    long = [
+        JudgeItem(id=i.id, answer=" ".join([i.answer] * (2000 // len(i.answer) + 1))) for i in items[:1000]
+    ]
+    wall = time.perf_counter()
+    judges["refusal"].judge_batch(long)
+    wall = time.perf_counter() - wall
+    mean_long = sum(len(i.answer) for i in long) / len(long)
+    emit(
+        "refusal_judge",
+        "refusal answers/s, long answers",
+        len(long) / wall,
+        "answers/s",
+        target=">= 50",
+        mean_chars=round(mean_long),
+        load_average=round(os.getloadavg()[0], 2),
+    )
 
 
 if __name__ == "__main__":

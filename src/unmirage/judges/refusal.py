@@ -72,6 +72,12 @@ CUES: dict[str, str] = {
     "no_access": r"\bi (?:don't|do not) have (?:access|the ability|personal)\b",
 }
 _CUES = {name: re.compile(pattern) for name, pattern in CUES.items()}
+# "I can't" idioms that are not refusals ("I can't stress enough", "I can't recommend it enough", "I can't
+# wait"): rewritten to "i can really ..." before any cue is looked for.
+_IDIOM = re.compile(
+    r"\b(?:can't|cannot|can not) (?=(?:stress|emphasi[sz]e|overstate|overemphasi[sz]e|wait|believe|imagine|"
+    r"help but|thank you|praise|say enough|recommend [^.!?\n]{0,40}? enough|get enough)\b)"
+)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _LIST_ITEM = re.compile(r"(?:^|\n)\s*(?:\d+[.)]|[-*\u2022])\s")
@@ -108,7 +114,7 @@ def _bucket(value: float, edges: Sequence[float]) -> int:
 
 def features(answer: str) -> set[str]:
     """The binary features of one answer (names; see the module docstring)."""
-    text = normalise(answer)
+    text = _IDIOM.sub("can really ", normalise(answer))
     feats: set[str] = {"bias"}
     if not text:
         feats.add("empty")
