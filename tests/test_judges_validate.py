@@ -218,6 +218,8 @@ def test_cli_validate_end_to_end(tmp_path, capsys) -> None:
     text = (out / "validation.md").read_text()
     assert "Wilson score interval" in text and "## Worst misses" in text and "| **partial_refusal** |" in text
     assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["command"] == "judge validate" and len(manifest["outputs"]) == 3
     # the same labels as CSV give the same numbers
     rows = [json.loads(line) for line in labels.read_text().splitlines()]
     csv_path = tmp_path / "labels.csv"

@@ -463,7 +463,7 @@ def validate(
     cache_path: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Validate judge (or ASR method) `name` on a labels file and, with `out`, write `validation.json`,
-    `validation.md` and `confusion.png` there (all or nothing). `judges` holds the built judge of every
+    `validation.md`, `confusion.png` and `manifest.json` there (rendered first, then written). `judges` holds the built judge of every
     name the run needs (`needed_judges`). Returns the JSON document."""
     from unmirage.runs import atomic_write_json, atomic_write_text, sha256_file
 
@@ -486,12 +486,20 @@ def validate(
         text = markdown(doc, labels_file.name)
         png = confusion_png(doc)
         out.mkdir(parents=True, exist_ok=True)
-        from unmirage.runs import atomic_open
+        from unmirage.runs import atomic_open, write_manifest
 
         with atomic_open(out / "confusion.png", "wb") as handle:
             handle.write(png)
         atomic_write_text(out / "validation.md", text)
         atomic_write_json(out / "validation.json", doc)
+        outputs = [out / "validation.json", out / "validation.md", out / "confusion.png"]
+        write_manifest(
+            out,
+            command="judge validate",
+            config={"judge": name, "kind": kind, "judges": doc["judge_settings"]},
+            inputs=[labels_file],
+            outputs=outputs,
+        )
     return doc
 
 
