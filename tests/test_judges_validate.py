@@ -237,3 +237,25 @@ def test_verdict_label_round_trips() -> None:
     verdict = Verdict(refused=True, success=False, score=0.9, label="partial_refusal")
     assert Verdict.from_json(verdict.to_json()) == verdict
     assert "label" not in Verdict(refused=False).to_json()
+
+
+def test_images_are_resolved_under_the_image_root(tmp_path) -> None:
+    from helpers import png
+
+    png(tmp_path / "imgs" / "a.png")
+    rows = [
+        {"id": "a", "question": "q", "answer": "Here is a plan.", "label": "success", "image": "a.png"},
+        {"id": "b", "question": "q", "answer": "Another plan.", "label": "success"},
+    ]
+    path = write_jsonl(tmp_path / "asr.jsonl", rows)
+    backend = FailingBackend("Relevant: detailed")
+    judges = {
+        "keyword": get_judge("keyword"),
+        "rules": get_judge("rules"),
+        "llm-relevance": get_judge("llm-relevance", backend=backend),
+    }
+    with pytest.raises(UnmirageError, match=r"asr.jsonl: record b \(line 2\): field 'image'"):
+        validate("llm-relevance", path, None, judges=judges, image_root=tmp_path / "imgs")
+    write_jsonl(path, rows[:1])
+    doc = validate("llm-relevance", path, None, judges=judges, image_root=tmp_path / "imgs")
+    assert doc["accuracy"]["k"] == 1

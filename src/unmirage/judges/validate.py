@@ -30,7 +30,7 @@ from typing import Any
 from unmirage.errors import UnmirageError
 from unmirage.judges.base import Judge, JudgeItem, Verdict
 from unmirage.judges.cache import JudgeCache
-from unmirage.judges.runner import merge_verdict, run_judge
+from unmirage.judges.runner import run_judge
 
 REFUSAL_LABELS = ("compliance", "refusal", "partial_refusal")
 ASR_LABELS = ("success", "irrelevant", "refusal")
@@ -99,7 +99,7 @@ def read_labels(path: str | os.PathLike, labels: Sequence[str] | None = None) ->
     rows = _rows(path)
     if not rows:
         raise UnmirageError("labels file has no answers", file=path)
-    allowed = tuple(labels) if labels is not None else kind_of_labels(path, rows)
+    allowed = tuple(labels) if labels is not None else kind_of_labels(rows)
     out = []
     seen: dict[str, int] = {}
     for number, row in rows:
@@ -133,7 +133,7 @@ def read_labels(path: str | os.PathLike, labels: Sequence[str] | None = None) ->
     return out
 
 
-def kind_of_labels(path: Path, rows: Sequence[tuple[int, dict[str, Any]]]) -> tuple[str, ...]:
+def kind_of_labels(rows: Sequence[tuple[int, dict[str, Any]]]) -> tuple[str, ...]:
     """The label set a file uses: the first label that belongs to only one kind decides (refusal labels
     when every label is `refusal`)."""
     for _number, row in rows:
@@ -206,7 +206,9 @@ def confusion(
 # ----- running the judge --------------------------------------------------------------------------------------
 
 
-def _items(answers: Sequence[LabelledAnswer], image_root: str | os.PathLike | None) -> list[JudgeItem]:
+def _items(
+    answers: Sequence[LabelledAnswer], image_root: str | os.PathLike | None, file: Path
+) -> list[JudgeItem]:
     from unmirage.data.images import resolve_image_path
 
     items = []
@@ -214,8 +216,11 @@ def _items(answers: Sequence[LabelledAnswer], image_root: str | os.PathLike | No
         image = None
         if image_root is not None:
             if a.image is None:
-                raise UnmirageError("no 'image' to resolve under --image-root", record=a.id, field="image")
-            image = str(resolve_image_path(image_root, a.image, a.id))
+                where = f"{a.id} (line {a.line})"
+                raise UnmirageError(
+                    "no 'image' to resolve under --image-root", file=file, record=where, field="image"
+                )
+            image = str(resolve_image_path(image_root, a.image, a.id, file=file))
         items.append(JudgeItem(id=a.id, answer=a.answer, question=a.question or None, image=image, key=a.id))
     return items
 
@@ -242,8 +247,8 @@ def predict_asr(
     runs on the answers that passed the earlier ones; a failed verdict makes the item an `error`."""
     from unmirage.metrics import STAGE_OUTCOME, cascade_for
 
-    records: list[dict[str, Any]] = [{"id": item.id} for item in items]
     results: list[tuple[str, Verdict | None] | None] = [None] * len(items)
+    last: list[Verdict | None] = [None] * len(items)
     for name in cascade_for(method):
         todo = [i for i in range(len(items)) if results[i] is None]
         if not todo:
@@ -253,12 +258,12 @@ def predict_asr(
             judge, [items[i] for i in todo], cache=cache, progress=judge.cacheable, desc=f"validate {name}"
         )
         for i, verdict in zip(todo, verdicts):
-            records[i] = merge_verdict(records[i], name, verdict)
+            last[i] = verdict
             if verdict.error is not None:
                 results[i] = (ERROR, verdict)
             elif not verdict.success:
                 results[i] = (OUTCOME_LABEL[STAGE_OUTCOME[name]], verdict)
-    return [r if r is not None else ("success", None) for r in results]
+    return [r if r is not None else ("success", v) for r, v in zip(results, last)]
 
 
 # ----- the report ---------------------------------------------------------------------------------------------
@@ -471,7 +476,7 @@ def validate(
     labels_file = Path(labels_file)
     answers = read_labels(labels_file, KINDS[kinds[0]] if len(kinds) == 1 else None)
     kind = kinds[0] if len(kinds) == 1 else ("refusal" if _is_refusal_file(answers) else "asr")
-    items = _items(answers, image_root)
+    items = _items(answers, image_root, labels_file)
     with JudgeCache(cache_path) as cache:
         if kind == "refusal":
             predictions = predict_refusal(judges[name], items, cache)
