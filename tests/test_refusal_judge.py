@@ -121,7 +121,8 @@ def test_training_is_deterministic_under_a_seed() -> None:
     assert a != training_set(DATA, None, 1)
     subset = [e for e in a if e.source == "handwritten"][:120]
     first, second = fit(subset), fit(subset)
-    assert json.dumps(first.to_json()) == json.dumps(second.to_json())
+    assert first.dumps() == second.dumps()
+    assert RefusalModel.from_json(json.loads(first.dumps())).to_json() == first.to_json()
     # the fitted model separates its own training answers
     judge = RefusalJudge(model=first)
     right = [judge.judge_text(e.answer).refused == (e.label != "compliance") for e in subset]

@@ -225,6 +225,14 @@ class RefusalModel:
             "weights": {k: [round(x, 5) for x in self.weights[k]] for k in sorted(self.weights)},
         }
 
+    def dumps(self) -> str:
+        """`to_json` as text with one feature per line (small diffs when the model is retrained)."""
+        doc = self.to_json()
+        weights = doc.pop("weights")
+        head = json.dumps(doc, ensure_ascii=False)[:-1]
+        lines = [f"{json.dumps(k, ensure_ascii=False)}: {json.dumps(v)}" for k, v in weights.items()]
+        return head + ', "weights": {\n' + ",\n".join(lines) + "\n}}\n"
+
     def probabilities(self, answer: str) -> tuple[float, float, float]:
         """P(compliance), P(refusal), P(partial_refusal) of one answer."""
         scores = [0.0, 0.0, 0.0]

@@ -200,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     model = train(args.data, args.vlguard, args.seed)
-    atomic_write_text(args.out, json.dumps(model.to_json(), indent=0, sort_keys=False) + "\n")
+    atomic_write_text(args.out, model.dumps())
     print(f"{len(model.weights)} weights, trained on {model.meta['trained_on']} -> {args.out}")
 
 
