@@ -68,6 +68,9 @@ def test_readme_your_own_model_shell_block_runs(workdir, capsys):
         assert argv[0] == "unmirage"
         result = run_cli(argv[1:], capsys)
         assert result.code == 0, (argv, result.err[-2000:])
+        if argv[1] == "eval":  # one progress bar per case, named by it
+            for case in ("safe_normal", "safe_share", "unsafe_normal", "unsafe_attack"):
+                assert f"generating {case}" in result.err, case
     harmful = json.loads((workdir / "runs/tiny/harmful.json").read_text())
     assert harmful  # one mined answer per unsafe training record
     steps = [json.loads(line) for line in (workdir / "runs/tiny/npo/metrics.jsonl").read_text().splitlines()]
