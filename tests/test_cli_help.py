@@ -75,3 +75,13 @@ def test_matmul_flops_counts_two_flop_per_multiply_add(monkeypatch):
     monkeypatch.setattr(time, "perf_counter", lambda: next(clock))
     # deadline 0.5 s after t=0; one timed round of 4 products of 2 * 8^3 FLOP from t=1 to t=2, then stop
     assert machine.matmul_flops(size=8, seconds=0.5) == 4 * 2 * 8**3
+
+
+def test_push_to_hub_is_refused_with_the_upload_command(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "model: tiny-llava\ndata: {forget: f.json, retain: r.json, placeholder_images: true}\n"
+        "method: {name: npo}\ntrain: {push_to_hub: true}\noutput_dir: out\n"
+    )
+    code, _, err = run_cli(["unlearn", str(recipe), "--check"], capsys)
+    assert_one_line_error(code, err, "train.push_to_hub", "hf upload REPO_ID OUTPUT_DIR")

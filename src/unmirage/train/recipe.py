@@ -23,6 +23,8 @@ from unmirage.train.reference import check_request
 RESERVED_TRAIN_KEYS = {
     "output_dir": "use the top-level output_dir",
     "remove_unused_columns": "the paired forget/retain batches need every column",
+    "push_to_hub": "runs do not upload while training; upload the finished output_dir yourself "
+    "(`hf upload REPO_ID OUTPUT_DIR`, see docs/unlearning.md)",
 }
 
 # Defaults applied under `train:` unless the recipe sets them.
