@@ -34,17 +34,6 @@ if TYPE_CHECKING:  # pragma: no cover (types only)
 
 PathLike = str | os.PathLike
 
-__all__ = [
-    "build_report",
-    "build_unlearn",
-    "check_data",
-    "evaluate",
-    "load_model",
-    "mine_harmful",
-    "save_tiny_model",
-    "unlearn",
-]
-
 
 def load_model(source: PathLike, **options: Any) -> LoadedModel:
     """Load a model and its processor: a Hub id, a local folder (safetensors only) or `tiny-llava` /
