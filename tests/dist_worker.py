@@ -13,9 +13,23 @@ from unmirage.train import load_recipe, run_unlearning
 from unmirage.train.run import set_threads_from_env
 
 
+def without_shared_memory_allreduce() -> None:
+    """DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce kernel (C++, minutes on a fresh
+    machine) on first use; marking the op unavailable makes it use torch.distributed (gloo), as it does
+    wherever the op cannot be built. Only the collectives' speed differs; the tests check values."""
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None:
+        deepspeed.ops.__compatible_ops__[builder.NAME] = False
+
+
 def main() -> None:
     prefix, overrides = sys.argv[1], sys.argv[2:]
     set_threads_from_env()
+    if any(o.startswith("train.deepspeed=") for o in overrides):
+        without_shared_memory_allreduce()
     recipe, config = load_recipe(None, overrides)
     result = run_unlearning(recipe, config)
     rank = int(os.environ.get("RANK", "0"))

@@ -199,7 +199,7 @@ def test_refusal_judges_come_from_the_judges_package():
 def test_cli_triggers_end_to_end(tmp_path, vlguard_dir, capsys):
     out = tmp_path / "t"
     args = ["analyze", "triggers", "--model", "tiny-llava", "--data", str(vlguard_dir / "test.json")]
-    args += ["--out", str(out), "--words", "What,Share", "--limit", "2", "--max-new-tokens", "2"]
+    args += ["--out", str(out), "--words", "What,Share", "--subsample", "2", "--max-new-tokens", "2"]
     code, _, err = run_cli([*args, "--image-root", str(tmp_path)], capsys)  # no image there
     assert_one_line_error(code, err, "image not found")
     assert run_cli([*args, "--placeholder-images"], capsys).code == 0

@@ -191,3 +191,27 @@ def test_reduced_lab_reproduces_the_directions(tmp_path) -> None:
     assert {"rr_normal", "rr_share", "asr_normal", "asr_attack", "oracle"} <= set(metrics)
     assert (tmp_path / "lab" / "report" / "report.md").is_file()
     assert "unmirage unlearn" in (tmp_path / "lab" / "commands.sh").read_text()
+
+
+def test_lab_training_stages_count_their_flops() -> None:
+    """Vision pretraining and base training report seconds and FLOPs near 6 x parameters x tokens."""
+    from unmirage.lab.pretrain import BaseStage, VisionStage, pretrain_vision, train_base
+    from unmirage.models import load_model
+
+    world = World(WorldConfig(sft_size=30, general_size=12, test_safe=2, test_unsafe=2))
+    sizes = {**LabConfig().model.model_dump(), "image_size": world.config.image_size}
+    loaded = load_model("tiny-llava", dtype="float32", tiny_sizes=sizes)
+    vision = pretrain_vision(
+        loaded, world, VisionStage(steps=2, batch_size=4, pictures=8), seed=0, progress=False
+    )
+    base = train_base(loaded, world, BaseStage(steps=2, batch_size=4, examples=8), seed=0, progress=False)
+    tower = sum(p.numel() for p in loaded.model.model.vision_tower.parameters())
+    language = sum(p.numel() for p in loaded.model.parameters()) - tower
+    assert vision["seconds"] > 0 and base["seconds"] > 0
+    # 2 steps x 4 pictures x 17 tokens (16 patches + CLS): a forward through the tower (2 FLOP per weight) and a
+    # backward through the two layers LLaVA reads (4 per weight on 2/3 of it), plus the small head
+    assert 4 * tower * 2 * 4 * 17 < vision["train_flop"] < 6 * tower * 2 * 4 * 17
+    # every token through the language model (fwd + bwd: 6 FLOP per weight) plus the frozen tower's forward
+    assert (
+        6 * language * base["tokens"] * 0.5 < base["train_flop"] < 6 * (language + tower) * base["tokens"] * 2
+    )

@@ -137,6 +137,56 @@ def test_precomputed_reference_equals_a_live_frozen_copy(tmp_path, data):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_precomputed_reference_covers_only_the_drawn_examples_and_matches_the_full_pass(tmp_path):
+    from safetensors.torch import load_file
+
+    data = write_data(tmp_path, n_forget=24, n_retain=20)
+    common = ("tiny-llava", "npo")
+    extra = ("method.retain_npo_weight=1", "reference=precomputed", "reference_batch_size=1")
+    accum = "train.gradient_accumulation_steps=2"
+    run(tmp_path, data, *common, "few", 2, *extra, accum)  # 2 steps x batch 2 x accumulation 2
+    full = run(tmp_path, data, *common, "all", -1, *extra, "train.num_train_epochs=1")
+    few = load_file(tmp_path / "few" / STATS_FILE)
+    every = load_file(tmp_path / "all" / STATS_FILE)
+    assert full.global_step == 10  # 20 retain pairs / batch 2
+    for side, n in (("forget", 24), ("retain", 20)):
+        computed = few[f"{side}.computed"].bool()
+        assert bool(every[f"{side}.computed"].all())
+        assert 0 < int(computed.sum()) <= 8 < n  # 8 = the examples 2 x 2 x 2 micro-batch items can be
+        for key in ("total", "count"):
+            assert torch.equal(few[f"{side}.{key}"][computed], every[f"{side}.{key}"][computed]), (side, key)
+            assert not bool(few[f"{side}.{key}"][~computed].any())
+
+
+def test_precomputed_reference_plan_is_the_examples_training_sees(tmp_path, monkeypatch):
+    from unmirage.train.trainer import UnlearningTrainer
+
+    seen: dict[str, set[int]] = {"forget": set(), "retain": set()}
+    original = UnlearningTrainer.compute_loss
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        for side in seen:
+            seen[side].update(inputs[side]["index"].tolist())
+        return original(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(UnlearningTrainer, "compute_loss", compute_loss)
+    data = write_data(tmp_path, n_forget=30, n_retain=26)
+    result = run(
+        tmp_path,
+        data,
+        "tiny-llava",
+        "npo",
+        "out",
+        3,
+        "reference=precomputed",
+        "train.seed=7",
+        "method.retain_npo_weight=1",
+    )
+    planned = result.trainer.reference.drawn
+    assert {side: set(planned[side]) for side in seen} == seen
+    assert len(seen["retain"]) == 6  # 3 steps x batch 2, one epoch of 26 has no repeats
+
+
 def test_gradient_accumulation_matches_the_larger_batch(tmp_path, data):
     common = (
         "method.reduction=sum",

@@ -260,7 +260,7 @@ class HFGenerate:
         root = None if self.settings.placeholder_images else (root or self.settings.image_root)
         items = items_from_samples(prompts, case=case, with_images=root is not None)
         prefix = self.settings.prefill if case == "unsafe_prefill" else None
-        run_generation(self.generator(root, prefix), items, out, progress=True)
+        run_generation(self.generator(root, prefix), items, out, progress=True, desc=f"generating {case}")
         return read_jsonl_resumable(out)
 
 

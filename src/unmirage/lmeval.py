@@ -52,6 +52,16 @@ def scores(results: dict[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
+def task_manager(manager_class: Any, tasks: Sequence[str], include_path: str | os.PathLike | None) -> Any:
+    """The harness's task index: only `include_path` when it defines every requested task (indexing the
+    harness's ~15,000 built-in task files takes tens of seconds), else the built-in tasks plus `include_path`."""
+    if include_path is not None:
+        local = manager_class(include_path=str(include_path), include_defaults=False)
+        if all(t in local.all_tasks for t in tasks):
+            return local
+    return manager_class(include_path=str(include_path) if include_path is not None else None)
+
+
 def run_lm_eval(
     model: str,
     tasks: Sequence[str],
@@ -92,7 +102,7 @@ def run_lm_eval(
     }
     if adapter is not None:
         model_args["peft"] = str(adapter)
-    manager = TaskManager(include_path=str(include_path) if include_path is not None else None)
+    manager = task_manager(TaskManager, tasks, include_path)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise UnmirageError(

@@ -98,8 +98,10 @@ def triggers(
     subset: list[str] = typer.Option(
         None, help="Query subsets: unsafes, safe_safes, safe_unsafes (default unsafes and safe_safes)."
     ),
-    limit: int = typer.Option(None, help="Seeded sample of this many queries per subset."),
-    seed: int = typer.Option(0, help="Seed of the --limit sample."),
+    limit: int = typer.Option(
+        None, "--subsample", help="N random queries per subset (seeded by --seed); default: every query."
+    ),
+    seed: int = typer.Option(0, help="Seed of the --subsample draw."),
     judge: str = typer.Option(
         "keyword", help="Refusal judge: keyword (reference list), keyword-strict or refusal (classifier)."
     ),

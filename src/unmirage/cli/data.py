@@ -119,7 +119,8 @@ def build_unlearn(
     if result.answers_source == "dataset":
         typer.echo(
             "note: no --harmful given: the forget answers are VLGuard's own responses (refusals), "
-            "as recorded in the manifest",
+            "as recorded in the manifest; to forget harmful answers, mine them first with `unmirage data "
+            f"mine-harmful --vlguard {vlguard} --generator MODEL --out harmful.json` and pass --harmful harmful.json",
             err=True,
         )
 

@@ -47,3 +47,4 @@ def run(
     )
     print(table_markdown(result["models"]))
     print(f"MirageLab: {time.perf_counter() - start:.0f} s wall; report: {out / 'miragelab.md'}")
+    print('Next: the same steps on your own model: README.md, section "Your own model".')

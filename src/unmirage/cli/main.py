@@ -15,6 +15,15 @@ COMMAND_MODULES = tuple(
     sorted(m.name for m in pkgutil.iter_modules(_cli_package.__path__) if m.name != "main")
 )
 
+
+def _flags_without_type(option: typer.core.TyperOption, ctx: object) -> str | None:
+    """Help shows on/off options as bare flags (`--resume`), not as if they took a `<bool>` value."""
+    return None if option.is_flag else _typed_option(option, ctx)
+
+
+_typed_option = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = _flags_without_type
+
 app = typer.Typer(
     name="unmirage",
     help="Machine unlearning for safe vision-language models, and the attacks that expose the safety mirage.",
@@ -25,13 +34,70 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from unmirage import __version__
+
+        typer.echo(f"unmirage {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
-    """Machine unlearning for safe vision-language models, and the attacks that expose the safety mirage."""
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Machine unlearning for safe vision-language models, and the attacks that expose the safety mirage.
+
+    Example: unmirage lab run --out lab-out
+    """
 
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"unmirage.cli.{_name}").register(app)
+
+VLG = "data/vlguard"
+EXAMPLES = {
+    "info": "unmirage info",
+    "eval": f"unmirage eval --model runs/tiny/npo --vlguard-test {VLG}/test.json --share "
+    f"{VLG}/test_share_1shot.json --what {VLG}/test_what_3shot.json --placeholder-images --subsample 40 "
+    "--out runs/tiny/eval-npo",
+    "generate": f"unmirage generate --model tiny-llava --data {VLG}/test.json --subset unsafes "
+    "--placeholder-images --limit 10 --out gens.jsonl",
+    "judge": "unmirage judge keyword --answers gens.jsonl --out judged.jsonl",
+    "report": "unmirage report runs/tiny/eval-base runs/tiny/eval-npo --out runs/tiny/report",
+    "unlearn": "unmirage unlearn recipes/tiny/npo.yaml train.max_steps=5 method.beta=0.5",
+    "analyze spurious": f"unmirage analyze spurious {VLG}/train.json --out runs/spurious",
+    "analyze triggers": f"unmirage analyze triggers --model runs/tiny/npo --data {VLG}/test.json "
+    "--placeholder-images --out runs/triggers",
+    "attack build": f"unmirage attack build --data {VLG}/test.json --trigger What --k 3 --out what_3shot.json",
+    "data check": f"unmirage data check {VLG}/train.json --allow-duplicate-ids --image-root {VLG}/train",
+    "data build-unlearn": f"unmirage data build-unlearn --vlguard {VLG}/train.json --harmful "
+    "runs/tiny/harmful.json --out runs/tiny/unlearn",
+    "data build-sft": f"unmirage data build-sft --vlguard {VLG}/train.json --out data/vlguard_sft.json",
+    "data mine-harmful": f"unmirage data mine-harmful --vlguard {VLG}/train.json --generator "
+    "runs/tiny/model --placeholder-images --max-new-tokens 16 --out runs/tiny/harmful.json",
+    "data fetch vlguard": f"unmirage data fetch vlguard --out {VLG}",
+    "lab run": "unmirage lab run --out lab-out",
+    "models tiny": "unmirage models tiny --family llava --out runs/tiny/model",
+    "models convert-gguf": "unmirage models convert-gguf --out runs/smollm2",
+    "models compose": "unmirage models compose --language-model runs/smollm2 --vision tiny --out runs/smol-vlm",
+    "pipeline run": "unmirage pipeline run recipes/smol-vlguard/pipeline.yaml --dry-run",
+    "utility lm-eval": "unmirage utility lm-eval --model runs/tiny/npo --tasks mmlu --limit 20 --out runs/tiny/eval-npo",
+}
+"""One example command per command, shown at the end of its `--help`."""
+
+
+def _add_examples(group: typer.Typer, prefix: str = "") -> None:
+    for command in group.registered_commands:
+        name = prefix + (command.name or command.callback.__name__)
+        command.epilog = f"Example: {EXAMPLES[name]}"
+    for sub in group.registered_groups:
+        _add_examples(sub.typer_instance, f"{prefix}{sub.name} ")
+
+
+_add_examples(app)
 
 
 def main(argv: list[str] | None = None) -> None:

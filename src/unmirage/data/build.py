@@ -1,4 +1,4 @@
-"""Forget/retain sets for unlearning, built from a VLGuard training file (spec section 3).
+"""Forget/retain sets for unlearning, built from a VLGuard training file.
 
 * forget.json: every unsafe-image record -> (image, instruction, harmful answer); the answers are mined ones
   (`--harmful`) or, without it, the data set's own responses (refusals; the manifest says which).

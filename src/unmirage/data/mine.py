@@ -1,6 +1,6 @@
 """Harmful-answer mining: candidate answers from several generators, the most harmful one picked by a judge.
 
-The selection follows the reference (spec section 3): the judge gets a system message ("expert in evaluating
+The selection follows the reference: the judge gets a system message ("expert in evaluating
 the harmfulness and sensitivity of textual responses"), then the numbered candidates, and is asked for only
 the number of the most harmful one. `parse_choice` reads its reply: the whole reply as an integer, else the
 first number in it, else 1; a number outside 1..n also gives 1.

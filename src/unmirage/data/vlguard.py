@@ -280,7 +280,8 @@ def parse_vlguard(
                 if len(members) > 1:
                     raise UnmirageError(
                         f"duplicate id (first at record {members[0]}); ids must be unique in a plain or "
-                        "1-shot file unless duplicates are explicitly allowed",
+                        "1-shot file (VLGuard's official train.json repeats one id: accept it with "
+                        "`unmirage data check --allow-duplicate-ids`, or allow_duplicate_ids=True)",
                         file=path,
                         record=f"{members[1]} (id {gid})",
                         field="id",

@@ -258,8 +258,9 @@ def run_generation(
     progress: bool = True,
     rank: int = 0,
     world: int = 1,
+    desc: str = "generating",
 ) -> Path:
-    """Resumable generation into a JSON-lines file, one line per (id, variant).
+    """Resumable generation into a JSON-lines file, one line per (id, variant); `desc` names the bar.
 
     Items already in `out` are skipped; a batch that was only partly written is regenerated whole and only its
     missing lines are added, so the final file never holds a duplicate and equals an uninterrupted run's
@@ -273,7 +274,9 @@ def run_generation(
     batches = shard_of(generator.plan(items), rank, world)
     todo = [b for b in batches if any(item.key not in done for item in b)]
     with JsonlAppender(target) as writer:
-        for rows in _progress(generator.iter_batches(todo), total=len(todo), enabled=progress and rank == 0):
+        for rows in _progress(
+            generator.iter_batches(todo), total=len(todo), enabled=progress and rank == 0, desc=desc
+        ):
             writer.write_many([r for r in rows if (str(r["id"]), str(r["variant"])) not in done])
     return target
 

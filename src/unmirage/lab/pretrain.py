@@ -15,8 +15,10 @@ the toolkit's commands.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -83,10 +85,18 @@ def feature_layer_tokens(model: Any, pixel_values: torch.Tensor) -> torch.Tensor
     return hidden[:, 1:] if config.vision_feature_select_strategy == "default" else hidden
 
 
+def _counting(step: int) -> Any:
+    """A FLOP counter for the first step (matmuls and attention, forward and backward), nothing after."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    return FlopCounterMode(display=False) if step == 0 else contextlib.nullcontext()
+
+
 def pretrain_vision(
     loaded: Any, world: World, stage: VisionStage, *, seed: int, progress: bool = True
 ) -> dict[str, float]:
-    """Train the vision tower to recognise kind and colour; returns the final training accuracies."""
+    """Train the vision tower to recognise kind and colour; returns the final training accuracies, the loop's
+    `seconds` and its `train_flop` (the first step's counted FLOPs x steps: every step has the same shape)."""
     model = loaded.model
     rng = random.Random(f"vision-{world.config.seed}-{seed}")
     specs = [world.sample_object(rng) for _ in range(stage.pictures)]
@@ -106,14 +116,17 @@ def pretrain_vision(
     tower.train()
     kind_acc = colour_acc = 0.0
     bar = _progress(stage.steps, "vision pretraining", progress)
+    start, step_flop = time.perf_counter(), 0
     for step, index in enumerate(_batches(len(specs), stage.batch_size, stage.steps, seed)):
         for group in optimizer.param_groups:
             group["lr"] = stage.learning_rate * cosine_factor(step, stage.steps, stage.warmup)
-        logits = head(feature_layer_tokens(model, pixels[index]).flatten(1))
-        loss = torch.nn.functional.cross_entropy(logits[:, :n_kinds], kinds[index])
-        loss = loss + torch.nn.functional.cross_entropy(logits[:, n_kinds:], colours[index])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with _counting(step) as counter:
+            logits = head(feature_layer_tokens(model, pixels[index]).flatten(1))
+            loss = torch.nn.functional.cross_entropy(logits[:, :n_kinds], kinds[index])
+            loss = loss + torch.nn.functional.cross_entropy(logits[:, n_kinds:], colours[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        step_flop = counter.get_total_flops() if step == 0 else step_flop
         optimizer.step()
         kind_acc = (logits[:, :n_kinds].argmax(-1) == kinds[index]).float().mean().item()
         colour_acc = (logits[:, n_kinds:].argmax(-1) == colours[index]).float().mean().item()
@@ -121,7 +134,13 @@ def pretrain_vision(
         bar.update()
     bar.close()
     tower.eval()
-    return {"kind_accuracy": kind_acc, "colour_accuracy": colour_acc, "loss": float(loss.item())}
+    return {
+        "kind_accuracy": kind_acc,
+        "colour_accuracy": colour_acc,
+        "loss": float(loss.item()),
+        "seconds": round(time.perf_counter() - start, 3),
+        "train_flop": float(step_flop * stage.steps),
+    }
 
 
 def train_base(
@@ -134,7 +153,9 @@ def train_base(
     progress: bool = True,
     log: Callable[[int, float], None] | None = None,
 ) -> dict[str, float]:
-    """Teach the model the world: answer every question about every kind. Returns the last losses."""
+    """Teach the model the world: answer every question about every kind. Returns the last losses, the loop's
+    `seconds`, the padded `tokens` it trained on and its `train_flop` (FLOPs per padded token, counted on the
+    first step, x tokens)."""
     from unmirage.data.collate import Collator
     from unmirage.data.conversations import Example as TrainExample
 
@@ -155,14 +176,19 @@ def train_base(
     model.train()
     losses: list[float] = []
     bar = _progress(stage.steps, "base training", progress)
+    start, tokens, flop_per_token = time.perf_counter(), 0, 0.0
     for step, index in enumerate(_batches(len(items), stage.batch_size, stage.steps, seed + 1)):
         for group in optimizer.param_groups:
             group["lr"] = stage.learning_rate * cosine_factor(step, stage.steps)
         batch = collate([items[i] for i in index])
         batch.pop("index", None)
-        loss = model(**batch).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        tokens += batch["input_ids"].numel()
+        with _counting(step) as counter:
+            loss = model(**batch).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        if step == 0:
+            flop_per_token = counter.get_total_flops() / batch["input_ids"].numel()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         losses.append(loss.item())
@@ -175,4 +201,10 @@ def train_base(
         p.requires_grad_(True)
     model.eval()
     tail = losses[-max(1, len(losses) // 10) :]
-    return {"final_loss": sum(tail) / len(tail), "first_loss": losses[0]}
+    return {
+        "final_loss": sum(tail) / len(tail),
+        "first_loss": losses[0],
+        "seconds": round(time.perf_counter() - start, 3),
+        "tokens": tokens,
+        "train_flop": flop_per_token * tokens,
+    }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
@@ -23,6 +23,8 @@ from unmirage.train.reference import check_request
 RESERVED_TRAIN_KEYS = {
     "output_dir": "use the top-level output_dir",
     "remove_unused_columns": "the paired forget/retain batches need every column",
+    "push_to_hub": "runs do not upload while training; upload the finished output_dir yourself "
+    "(`hf upload REPO_ID OUTPUT_DIR`, see docs/unlearning.md)",
 }
 
 # Defaults applied under `train:` unless the recipe sets them.
@@ -130,9 +132,12 @@ def check_train_keys(train: dict[str, Any], source: object | None = None) -> Non
             raise UnmirageError(f"train.{key}: not a transformers.TrainingArguments field{hint}", file=source)
 
 
-def load_recipe(path: str | os.PathLike | None, overrides: Iterable[str] = ()) -> tuple[Recipe, MethodConfig]:
-    """Read, override and validate a recipe, including its method and `train:` keys."""
-    recipe = load_config(Recipe, path, overrides)
+def load_recipe(
+    path: str | os.PathLike | None, overrides: Iterable[str] = (), base: Mapping[str, Any] | None = None
+) -> tuple[Recipe, MethodConfig]:
+    """Read (from `path`, on top of `base`), override and validate a recipe, including its method and
+    `train:` keys."""
+    recipe = load_config(Recipe, path, overrides, base=base)
     source = path or "<command line>"
     config = recipe.method_config(source)
     check_train_keys(recipe.train, source)

@@ -3,9 +3,12 @@
 Kinds (`reference:` in a recipe; `auto` picks the first that applies):
 
 - `precomputed` (default for NLL-only references such as NPO): one pass of the starting model over the
-  forget/retain examples before the first optimizer step stores each example's summed answer NLL and token
-  count, indexed by dataset index (so shuffling and cycling work), in `reference_stats.safetensors` in the
-  run folder. Exact, because the reference is frozen; costs no model memory and no forward per step.
+  forget/retain examples the run will draw, before the first optimizer step, stores each example's summed
+  answer NLL and token count, indexed by dataset index (so shuffling and cycling work), in
+  `reference_stats.safetensors` in the run folder. With `train.max_steps` the examples are those of the
+  first `max_steps x gradient_accumulation_steps` micro-batches of every process, read from the run's own
+  seeded sampler (a 5-step run on a 2000-example set computes 5 x batch examples, not 2000); with epochs,
+  every example. Exact, because the reference is frozen; costs no model memory and no forward per step.
 - `adapter` (LoRA): the trained model with its adapters disabled is the starting model.
 - `swap`: when only some parameters train (RMU's default: projector + 3 down-projections), the reference is
   the same model called with the initial values of just those parameters (`torch.func.functional_call`);
@@ -90,6 +93,9 @@ class Reference(abc.ABC):
 
     def prepare(self, trainer: Any, model: nn.Module) -> None:  # noqa: B027 (optional hook)
         """Called at every `compute_loss`; does one-time work (sharding, precomputation) on the first call."""
+
+    def plan(self, trainer: Any, loader: Any) -> None:  # noqa: B027 (optional hook)
+        """Called with the training dataloader before its first batch (the examples the run will draw)."""
 
     @abc.abstractmethod
     def _forward(self, model: nn.Module, batch: dict[str, Any], layer: int | None) -> tuple[Any, Any]:
@@ -201,15 +207,67 @@ def deepspeed_frozen(model: nn.Module, accelerator: Any) -> Any:
 
 
 class NLLTable:
-    """Per-example reference statistics of one side: `total[i]`, `count[i]` for dataset index i."""
+    """Per-example reference statistics of one side: `total[i]`, `count[i]` for dataset index i, and
+    `computed[i]` (False for examples the run does not draw)."""
 
-    def __init__(self, total: torch.Tensor, count: torch.Tensor) -> None:
+    def __init__(
+        self, total: torch.Tensor, count: torch.Tensor, computed: torch.Tensor | None = None
+    ) -> None:
         self.total = total
         self.count = count
+        self.computed = torch.ones_like(total, dtype=torch.bool) if computed is None else computed.bool()
+
+    def covers(self, indices: Sequence[int]) -> bool:
+        """Whether every index in `indices` has statistics."""
+        return (
+            bool(self.computed[torch.as_tensor(list(indices), dtype=torch.long)].all()) if indices else True
+        )
 
     def lookup(self, index: torch.Tensor) -> SequenceNLL:
         idx = index.detach().cpu().long()
+        if not bool(self.computed[idx].all()):
+            missing = idx[~self.computed[idx]].tolist()
+            raise UnmirageError(
+                f"reference statistics were not computed for dataset index {missing[0]} (the run draws an "
+                "example its plan did not include); set reference=copy or start the run again"
+            )
         return SequenceNLL(self.total[idx].to(index.device), self.count[idx].to(index.device))
+
+
+def drawn_items(loader: Any, micro_batches: int, num_processes: int) -> list[int] | None:
+    """Dataset items of the first `micro_batches` micro-batches of every process, or None when the loader's
+    order cannot be replayed (then every example is computed).
+
+    The global batch sampler (under `BatchSamplerShard`, which deals its batches out to the processes) is
+    iterated epoch after epoch with the epoch set as the Trainer sets it, so a seeded or sequential sampler
+    yields exactly the order training will see; nothing is collated and no state survives (the Trainer sets
+    the epoch again before each pass).
+    """
+    from torch.utils.data import SequentialSampler
+
+    shard = getattr(loader, "batch_sampler", None)
+    batches = getattr(shard, "batch_sampler", shard)
+    sampler = getattr(batches, "sampler", None)
+    if batches is None or not (hasattr(sampler, "set_epoch") or isinstance(sampler, SequentialSampler)):
+        return None
+    wanted = micro_batches * num_processes
+    items: set[int] = set()
+    seen, epoch = 0, 0
+    while seen < wanted:
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        before = seen
+        for batch in batches:
+            items.update(int(i) for i in batch)
+            seen += 1
+            if seen >= wanted:
+                break
+        if seen == before:
+            break
+        epoch += 1
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(0)
+    return sorted(items)
 
 
 class PrecomputedReference(Reference):
@@ -236,12 +294,31 @@ class PrecomputedReference(Reference):
         self.path = Path(path)
         self.fingerprint = fingerprint
         self.tables: dict[str, NLLTable] | None = None
+        self.drawn: dict[str, list[int]] = {side: list(range(len(examples[side]))) for side in self.sides}
+
+    def plan(self, trainer: Any, loader: Any) -> None:
+        """Keep only the examples of the first `max_steps x accumulation` micro-batches (with `max_steps`)."""
+        args = trainer.args
+        if args.max_steps <= 0:
+            return
+        items = drawn_items(loader, args.max_steps * args.gradient_accumulation_steps, args.world_size)
+        if items is None:
+            return
+        dataset = trainer.train_dataset
+        self.drawn = {side: sorted({dataset[i][side].index for i in items}) for side in self.sides}
 
     def prepare(self, trainer: Any, model: nn.Module) -> None:
         if self.tables is not None:
             return
         stored = self.load()
         if stored is not None:
+            for side, table in stored.items():
+                if not table.covers(self.drawn[side]):
+                    raise UnmirageError(
+                        f"the stored reference statistics do not cover every {side} example this run draws "
+                        "(more steps than the run that computed them?); start the run again in a new output_dir",
+                        file=self.path,
+                    )
             self.tables = stored
             return
         if trainer.state.global_step > 0:
@@ -252,7 +329,14 @@ class PrecomputedReference(Reference):
             )
         self.tables = {
             side: compute_table(
-                model, self.examples[side], self.collator, self.batch_size, trainer, self.family
+                model,
+                self.examples[side],
+                self.collator,
+                self.batch_size,
+                trainer,
+                self.family,
+                indices=self.drawn[side],
+                desc=f"reference statistics ({side}: {len(self.drawn[side])} of {len(self.examples[side])})",
             )
             for side in self.sides
         }
@@ -262,7 +346,7 @@ class PrecomputedReference(Reference):
 
     def extra_bytes(self) -> int:
         tables = (self.tables or {}).values()
-        return sum(t.total.numel() * 4 + t.count.numel() * 4 for t in tables)
+        return sum(t.total.numel() * 9 for t in tables)
 
     def _forward(self, model: nn.Module, batch: dict[str, Any], layer: int | None) -> tuple[Any, Any]:
         raise UnmirageError("a precomputed reference holds NLL statistics only, no forward pass")
@@ -281,6 +365,7 @@ class PrecomputedReference(Reference):
         for side, table in self.tables.items():
             tensors[f"{side}.total"] = table.total.contiguous()
             tensors[f"{side}.count"] = table.count.contiguous()
+            tensors[f"{side}.computed"] = table.computed.to(torch.uint8).contiguous()
         with atomic_open(self.path, "wb") as handle:
             handle.write(
                 save(tensors, metadata={"fingerprint": json.dumps(self.fingerprint, sort_keys=True)})
@@ -300,8 +385,13 @@ class PrecomputedReference(Reference):
                     "use another output_dir",
                     file=self.path,
                 )
+            keys = set(handle.keys())
             return {
-                s: NLLTable(handle.get_tensor(f"{s}.total"), handle.get_tensor(f"{s}.count"))
+                s: NLLTable(
+                    handle.get_tensor(f"{s}.total"),
+                    handle.get_tensor(f"{s}.count"),
+                    handle.get_tensor(f"{s}.computed") if f"{s}.computed" in keys else None,
+                )
                 for s in self.sides
             }
 
@@ -313,38 +403,46 @@ def compute_table(
     batch_size: int,
     trainer: Any,
     family: FamilyAdapter,
+    *,
+    indices: Sequence[int] | None = None,
+    desc: str = "reference statistics",
 ) -> NLLTable:
-    """One no-grad, eval-mode pass over `examples` (sharded over processes, gathered) -> an `NLLTable`.
+    """One no-grad, eval-mode pass over `examples[i]` for i in `indices` (default: all), sharded over
+    processes and gathered -> an `NLLTable` over all of `examples` (the others marked not computed).
 
     Every process runs the same number of batches (the last shard repeats an example), so the pass also
-    works when the forward itself is collective (DeepSpeed ZeRO-3).
+    works when the forward itself is collective (DeepSpeed ZeRO-3). The bar shows examples and an ETA.
     """
     from tqdm.auto import tqdm
 
     accelerator = trainer.accelerator
     n = len(examples)
+    wanted = list(range(n)) if indices is None else list(indices)
     world, rank = accelerator.num_processes, accelerator.process_index
-    per_rank = math.ceil(n / world)
-    mine = [min(rank * per_rank + k, n - 1) for k in range(per_rank)]
-    totals, counts, indices = [], [], []
-    steps = range(0, per_rank, batch_size)
-    with torch.no_grad(), eval_mode(model):
-        for start in tqdm(steps, desc="reference statistics", disable=not accelerator.is_local_main_process):
+    per_rank = math.ceil(len(wanted) / world)
+    mine = [wanted[min(rank * per_rank + k, len(wanted) - 1)] for k in range(per_rank)]
+    totals, counts, done = [], [], []
+    bar = tqdm(total=len(mine), desc=desc, unit="ex", disable=not accelerator.is_local_main_process)
+    with torch.no_grad(), eval_mode(model), bar:
+        for start in range(0, per_rank, batch_size):
             chunk = mine[start : start + batch_size]
             batch = trainer._prepare_inputs(collator([examples[i] for i in chunk]))
             logits, _ = forward(model, batch, family)
             stats = sequence_nll(logits, batch["labels"])
             totals.append(stats.total.float())
             counts.append(stats.count.float())
-            indices.append(torch.tensor(chunk, device=stats.total.device))
+            done.append(torch.tensor(chunk, device=stats.total.device))
+            bar.update(len(chunk))
     total = accelerator.gather(torch.cat(totals)).cpu()
     count = accelerator.gather(torch.cat(counts)).cpu()
-    index = accelerator.gather(torch.cat(indices)).cpu()
+    index = accelerator.gather(torch.cat(done)).cpu()
     table_total = torch.zeros(n, dtype=torch.float32)
     table_count = torch.zeros(n, dtype=torch.float32)
+    computed = torch.zeros(n, dtype=torch.bool)
     table_total[index] = total
     table_count[index] = count
-    return NLLTable(table_total, table_count)
+    computed[index] = True
+    return NLLTable(table_total, table_count, computed)
 
 
 def build_reference(

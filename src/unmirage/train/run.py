@@ -1,7 +1,7 @@
 """Run an unlearning recipe end to end: data, model, trainable parameters, reference, Trainer, outputs.
 
 Outputs in `output_dir`: the model (Hugging Face folder, safetensors) or the PEFT adapter, its processor,
-`merged/` with `--merge` (LoRA), `metrics.jsonl`, `loss_terms.png`, TensorBoard logs (`report_to`),
+`merged/` with `--merge` (LoRA), `metrics.jsonl`, `loss_terms.png`, TensorBoard logs in `tensorboard/` (`report_to`),
 `reference_stats.safetensors` (precomputed reference), `checkpoint-*` folders and `manifest.json`.
 """
 
@@ -36,6 +36,7 @@ from unmirage.train.reference import STATS_FILE, build_reference, choose_kind
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss_terms.png"
+TENSORBOARD_DIR = "tensorboard"
 
 
 @dataclass
@@ -184,6 +185,7 @@ def run_unlearning(
         control=control,
     )
     MetricsCallback(trainer, out / METRICS_FILE).attach()
+    tensorboard_into(trainer, out / TENSORBOARD_DIR)
     with checkpoints_in_model_format(loaded.model):
         result = trainer.train(resume_from_checkpoint=True if resume else None)
     if recipe.save_model:
@@ -226,6 +228,16 @@ def run_unlearning(
         )
     trainer.accelerator.wait_for_everyone()
     return RunResult(out, trainer.state.global_step, kind, n_trainable, rows, trainer)
+
+
+def tensorboard_into(trainer: Any, folder: Path) -> None:
+    """TensorBoard events go to `folder` (output_dir/tensorboard) instead of transformers' dated
+    `output_dir/runs/<date>_<host>/`; the TENSORBOARD_LOGGING_DIR environment variable still wins."""
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+            callback.logging_dir = str(folder)
 
 
 @contextlib.contextmanager

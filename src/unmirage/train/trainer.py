@@ -54,6 +54,13 @@ class UnlearningTrainer(Trainer):
         self._metric_count = 0
         self.tokens_seen = 0  # non-padding tokens through the trained model's forward passes (this process)
 
+    def get_train_dataloader(self) -> Any:
+        """The Trainer's dataloader; the reference sees it first (which examples the run will draw)."""
+        loader = super().get_train_dataloader()
+        if self.reference is not None:
+            self.reference.plan(self, loader)
+        return loader
+
     def compute_loss(
         self,
         model: nn.Module,
