@@ -352,7 +352,8 @@ class GCGAttack:
     def _losses(self, problem: Problem, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean target cross-entropy per row and whether greedy decoding would give the whole target."""
         target = problem.target_ids.expand(logits.shape[0], -1)
-        ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), target, reduction="none")
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
         return ce.mean(dim=1), (logits.argmax(dim=-1) == target).all(dim=1)
 
     def token_gradient(self, problem: Problem, suffix_ids: torch.Tensor) -> tuple[float, torch.Tensor]:
