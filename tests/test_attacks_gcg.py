@@ -352,3 +352,49 @@ def test_cli_bad_inputs(causal_dir, tmp_path, capsys):
     run = ["eval", "--model", str(causal_dir), "--vlguard-test", str(data), "--out", str(tmp_path / "r")]
     code, _, err = run_cli([*run, "--gcg", str(data), "--gcg-build"], capsys)
     assert_one_line_error(code, err, "either --gcg FILE or --gcg-build")
+
+
+def _sentencepiece_style_causal():
+    """A tiny Llama with a Metaspace (SentencePiece-style, like LLaVA-1.5's) tokenizer: decoding a text's
+    first token alone drops its leading space."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from unmirage.models.tiny import corpus_path
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    backend.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
+    backend.train(
+        [str(corpus_path())],
+        trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=["!"]),
+    )
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            initializer_range=0.2,
+        )
+    ).eval()
+    return LoadedModel(model=model, processor=tok, family=family_for(model), source="tiny-sp")
+
+
+def test_suffix_text_keeps_its_leading_space_with_a_sentencepiece_tokenizer():
+    loaded = _sentencepiece_style_causal()
+    tok = loaded.tokenizer
+    assert not tok.decode(tok(" !", add_special_tokens=False)["input_ids"]).startswith(" ")  # the pitfall
+    attack = _attack(loaded, steps=5)
+    problem = attack.prepare(GCGTask("q", QUESTION))
+    assert attack.suffix_text(problem, problem.suffix_ids.tolist()) == INIT
+    result = attack.run(GCGTask("q", QUESTION))
+    assert result.loss < result.initial_loss  # candidates survive the re-tokenisation filter
+    ids = tok(loaded.family.build_prompt(result.attacked_question, template="v1"))["input_ids"]
+    assert ids == problem.before_ids + result.suffix_ids + problem.after_ids

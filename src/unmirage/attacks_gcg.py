@@ -19,7 +19,7 @@ after the prompt (teacher-forced). Each step:
 5. The suffix becomes the candidate with the lowest loss. The run stops early once greedy decoding would
    produce the target (every target token is the argmax under teacher forcing), or after `steps`.
 
-The returned suffix is the one with the lowest loss seen. Prompts are built by the model's family adapter
+The returned suffix is the one with the lowest loss seen (one that reaches the target first). Prompts are built by the model's family adapter
 exactly as `unmirage.generate` builds them (`template` v1 or chat), with the suffix appended to the question
 after the question's own text; the target follows the prompt as an assistant prefix would.
 
@@ -399,11 +399,23 @@ class GCGAttack:
         candidates[torch.arange(cfg.search_width), positions] = top[positions, choices]
         return candidates.to(self.device)
 
+    def suffix_text(self, problem: Problem, suffix: Sequence[int]) -> str:
+        """The text of suffix ids as it follows the question: decoded after the question's last token and
+        cut after that token's text (SentencePiece tokenizers drop the leading space of a text's first token
+        when decoding it alone)."""
+        anchor = problem.before_ids[-1:]
+        decode = self.tokenizer.decode
+        head = decode(anchor, clean_up_tokenization_spaces=False)
+        text = decode([*anchor, *suffix], clean_up_tokenization_spaces=False)
+        if anchor and text.startswith(head):
+            return text[len(head) :]
+        return decode(list(suffix), clean_up_tokenization_spaces=False)
+
     def retokenises(self, problem: Problem, suffix: Sequence[int]) -> bool:
         """Whether the prompt text with this suffix decoded tokenises back to exactly the same ids."""
         key = tuple(suffix)
         if key not in problem.text_cache:
-            text = self.tokenizer.decode(list(key), clean_up_tokenization_spaces=False)
+            text = self.suffix_text(problem, key)
             ids = self._ids(problem.before_text + text + problem.after_text)
             problem.text_cache[key] = ids == problem.before_ids + list(key) + problem.after_ids
         return problem.text_cache[key]
@@ -425,8 +437,7 @@ class GCGAttack:
             problem = self.prepare(task)
             suffix = problem.suffix_ids
             initial, reached0 = self.score(problem, suffix[None])
-            best_loss, best = float(initial[0]), suffix
-            reached = bool(reached0[0])
+            best_loss, best, reached = float(initial[0]), suffix, bool(reached0[0])
             losses: list[float] = []
             evaluated, steps = 1, 0
             while steps < cfg.steps and not (reached and cfg.early_stop):
@@ -439,18 +450,20 @@ class GCGAttack:
                 cand_losses, cand_reached = self.score(problem, candidates)
                 evaluated += len(candidates)
                 pick = int(cand_losses.argmin())
-                suffix, loss = candidates[pick], float(cand_losses[pick])
+                suffix, loss, hit = candidates[pick], float(cand_losses[pick]), bool(cand_reached[pick])
                 losses.append(round(loss, 5))
-                if loss < best_loss:
-                    best_loss, best = loss, suffix
-                reached = reached or bool(cand_reached[pick])
+                if (hit, -loss) > (
+                    reached,
+                    -best_loss,
+                ):  # a suffix that reaches the target, then the lowest loss
+                    best_loss, best, reached = loss, suffix, hit
                 if progress is not None:
                     progress(steps, loss)
         ids = best.tolist()
         return GCGResult(
             id=task.id,
             question=task.question,
-            suffix=self.tokenizer.decode(ids, clean_up_tokenization_spaces=False),
+            suffix=self.suffix_text(problem, ids),
             suffix_ids=ids,
             loss=round(best_loss, 5),
             initial_loss=round(float(initial[0]), 5),
