@@ -98,6 +98,28 @@ def test_gcg_lowers_the_target_loss_on_a_tiny_llava_with_its_image(llava):
     assert problem.before_embeds.shape[1] == len(problem.before_ids) - 1 + image_tokens
     image_token = llava.family.image_token_id(llava.model)
     assert not attack.allowed[image_token]
+    # a task's own image is used: two pictures give two prefixes and two losses
+    from PIL import Image
+
+    red, blue = (GCGTask("q", QUESTION, Image.new("RGB", (32, 32), c)) for c in ((250, 0, 0), (0, 0, 250)))
+    a, b = attack.prepare(red), attack.prepare(blue)
+    assert not torch.allclose(a.before_embeds, b.before_embeds)
+    assert float(attack.score(a, a.suffix_ids[None])[0]) != float(attack.score(b, b.suffix_ids[None])[0])
+
+
+def test_cli_attack_on_a_vlm_reads_the_images(tmp_path, capsys):
+    from tests.helpers import png
+
+    png(tmp_path / "img" / "b" / "1.png", (32, 32))
+    data = write_json(tmp_path / "test.json", [safe_record("s0"), unsafe_record("u0")])
+    out = tmp_path / "attack.json"
+    args = ["attack", "gcg", "--model", "tiny-llava", "--data", str(data), "--out", str(out)]
+    small = ["--steps", "1", "--search-width", "4", "--topk", "4", "--suffix-init", INIT]
+    code, _, err = run_cli([*args, *small, "--image-root", str(tmp_path / "missing")], capsys)
+    assert_one_line_error(code, err, "missing")
+    code, _, err = run_cli([*args, *small, "--image-root", str(tmp_path / "img")], capsys)
+    assert code == 0, err
+    assert json.loads(out.read_text())[0]["image"] == "b/1.png"
 
 
 def _direct_loss(loaded, problem, suffix_ids, sep=" "):
