@@ -438,6 +438,7 @@ class GCGAttack:
             suffix = problem.suffix_ids
             initial, reached0 = self.score(problem, suffix[None])
             best_loss, best, reached = float(initial[0]), suffix, bool(reached0[0])
+            loss = best_loss  # the current suffix's
             losses: list[float] = []
             evaluated, steps = 1, 0
             while steps < cfg.steps and not (reached and cfg.early_stop):
@@ -445,17 +446,15 @@ class GCGAttack:
                 _, grad = self.token_gradient(problem, suffix)
                 candidates = self.filter_candidates(problem, self.sample_candidates(suffix, grad, generator))
                 if len(candidates) == 0:  # every swap changed the tokenisation: try new swaps next step
-                    losses.append(round(best_loss, 5))
+                    losses.append(round(loss, 5))
                     continue
                 cand_losses, cand_reached = self.score(problem, candidates)
                 evaluated += len(candidates)
                 pick = int(cand_losses.argmin())
                 suffix, loss, hit = candidates[pick], float(cand_losses[pick]), bool(cand_reached[pick])
                 losses.append(round(loss, 5))
-                if (hit, -loss) > (
-                    reached,
-                    -best_loss,
-                ):  # a suffix that reaches the target, then the lowest loss
+                # the best suffix: one that reaches the target, then the lowest loss
+                if (hit, -loss) > (reached, -best_loss):
                     best_loss, best, reached = loss, suffix, hit
                 if progress is not None:
                     progress(steps, loss)
