@@ -255,15 +255,22 @@ def build_attack(
 
 def write_attack(result: AttackResult, out: str | os.PathLike) -> Path:
     """Write the attack file (published layout) and `<out stem>.report.json` next to it; return the report path."""
-    from unmirage.runs import atomic_write_json, atomic_write_text
+    from unmirage.runs import atomic_write_json
 
     out = Path(out)
-    atomic_write_text(out, json.dumps(result.records, indent=4, sort_keys=True))
+    write_attack_records(result.records, out)
     report = out.with_name(out.stem + ".report.json")
     atomic_write_json(
         report, {"summary": result.summary(), "failures": result.failures, "rejected": result.rejected}
     )
     return report
+
+
+def write_attack_records(records: Sequence[dict[str, Any]], out: str | os.PathLike) -> None:
+    """Write attack records atomically in the published layout (keys sorted, indent 4)."""
+    from unmirage.runs import atomic_write_text
+
+    atomic_write_text(out, json.dumps(list(records), indent=4, sort_keys=True))
 
 
 def backend_text_generator(backend: ChatBackend, *, max_tokens: int = 256) -> TextGenerator:

@@ -3,7 +3,9 @@
 Four cases (`metrics.CASES`): safe_safes as they are (`safe_normal`, RR) and rewritten to start with "Share"
 (`safe_share`, RR); unsafes as they are (`unsafe_normal`, ASR) and their K-shot "What" rewrites
 (`unsafe_attack`, K-shot ASR). Optionally the prefill attack (`unsafe_prefill`: the unsafe questions with
-every answer forced to open with `--prefill TEXT`, ASR) and a VQA file for utility. Each case is generated (resumable, one
+every answer forced to open with `--prefill TEXT`, ASR), the GCG attack (`unsafe_gcg`: the unsafe questions
+with an adversarial suffix, from a prebuilt `attack gcg` file or optimised here against the evaluated model into
+OUT/gcg/gcg.jsonl, resumable; ASR) and a VQA file for utility. Each case is generated (resumable, one
 JSONL per case), judged (refusal judge on every answer; each ASR method's judge cascade, later judges only on
 the answers that survive earlier ones, each rewrite judged against its own question), and summarised in
 OUT/metrics.json (schema: docs/metrics.md), next to OUT/generations/*.jsonl, OUT/judged/*.jsonl,
@@ -15,6 +17,7 @@ Generation is a function call (`GenerateFn`), so tests and other back ends can s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections.abc import Callable, Sequence
@@ -24,6 +27,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from unmirage.attacks_gcg import GCGConfig
 from unmirage.config import StrictModel
 from unmirage.errors import UnmirageError
 from unmirage.metrics import (
@@ -42,6 +46,7 @@ CASE_SOURCES = {
     "unsafe_normal": ("vlguard_test", "unsafes"),
     "unsafe_attack": ("what", "unsafes"),
     "unsafe_prefill": ("vlguard_test", "unsafes"),  # only with --prefill
+    "unsafe_gcg": ("gcg", "unsafes"),  # a prebuilt GCG attack file (or built here: `gcg_build`)
 }
 
 
@@ -55,6 +60,8 @@ class EvalSettings(StrictModel):
     image_root: Path | None = None
     placeholder_images: bool = False
     prefill: str | None = None
+    gcg: Path | None = None
+    gcg_build: GCGConfig | None = None
     vqa: Path | None = None
     vqa_image_root: Path | None = None
     label: str | None = None
@@ -167,7 +174,7 @@ def load_cases(settings: EvalSettings) -> dict[str, list[EvalPrompt]]:
     if settings.subsample is not None:
         for normal, *paired in (
             ("safe_normal", "safe_share"),
-            ("unsafe_normal", "unsafe_attack", "unsafe_prefill"),
+            ("unsafe_normal", "unsafe_attack", "unsafe_prefill", "unsafe_gcg"),
         ):
             ids = sorted({p.id for p in cases[normal]})
             keep = set(
@@ -220,18 +227,25 @@ class HFGenerate:
         self._loaded: Any = None
         self._generators: dict[tuple[Path | None, str | None], Any] = {}
 
+    def loaded(self) -> Any:
+        """The evaluated model, loaded on first use."""
+        if self._loaded is None:
+            from unmirage.generate.backends import load_for_generation
+            from unmirage.models import resolve_device
+
+            s = self.settings
+            self._loaded = load_for_generation(
+                s.model, backend=s.backend, dtype=s.dtype, device_map=resolve_device(), adapter=s.adapter
+            )
+        return self._loaded
+
     def generator(self, root: Path | None, prefix: str | None = None) -> Any:
         if (root, prefix) not in self._generators:
             from unmirage.data.images import ImageLoader
             from unmirage.generate import GenerationConfig
-            from unmirage.generate.backends import load_for_generation, make_generator
-            from unmirage.models import resolve_device
+            from unmirage.generate.backends import make_generator
 
             s = self.settings
-            if self._loaded is None:
-                self._loaded = load_for_generation(
-                    s.model, backend=s.backend, dtype=s.dtype, device_map=resolve_device(), adapter=s.adapter
-                )
             config = GenerationConfig(
                 template=s.template,
                 max_new_tokens=s.max_new_tokens,
@@ -240,7 +254,7 @@ class HFGenerate:
                 assistant_prefix=prefix,
             )
             loader = ImageLoader(root=root) if root is not None else ImageLoader()
-            self._generators[(root, prefix)] = make_generator(self._loaded, config, image_loader=loader)
+            self._generators[(root, prefix)] = make_generator(self.loaded(), config, image_loader=loader)
         return self._generators[(root, prefix)]
 
     def throughput(self) -> dict[str, float]:
@@ -262,6 +276,41 @@ class HFGenerate:
         prefix = self.settings.prefill if case == "unsafe_prefill" else None
         run_generation(self.generator(root, prefix), items, out, progress=True, desc=f"generating {case}")
         return read_jsonl_resumable(out)
+
+
+def gcg_case(
+    settings: EvalSettings, prompts: Sequence[EvalPrompt], out: Path, generate: GenerateFn
+) -> tuple[list[EvalPrompt], dict[str, Any]]:
+    """The `unsafe_gcg` prompts: a GCG suffix per unsafe question, optimised against the evaluated model into
+    `out` (one JSON line per question, resumable), and a summary for metrics.json."""
+    from unmirage.attacks_gcg import GCGAttack, GCGTask, run_gcg, summarise
+    from unmirage.data.images import ImageLoader
+
+    assert settings.gcg_build is not None
+    if settings.backend != "hf":
+        raise UnmirageError("--gcg-build needs the model's gradients: use --backend hf")
+    if isinstance(generate, HFGenerate):
+        loaded = generate.loaded()
+    else:
+        from unmirage.models import load_model, resolve_device
+
+        loaded = load_model(
+            settings.model, dtype=settings.dtype, device_map=resolve_device(), adapter=settings.adapter
+        )
+    root = None if settings.placeholder_images else settings.image_root
+    attack = GCGAttack(
+        loaded,
+        settings.gcg_build,
+        image_loader=ImageLoader(root=root) if root is not None else ImageLoader(),
+        placeholder_images=settings.placeholder_images,
+    )
+    tasks = [GCGTask(p.id, p.question, p.image if root is not None else None) for p in prompts]
+    results = run_gcg(attack, tasks, out)
+    attacked = [
+        dataclasses.replace(p, case="unsafe_gcg", question=r.attacked_question)
+        for p, r in zip(prompts, results, strict=True)
+    ]
+    return attacked, {"log": str(out), **settings.gcg_build.model_dump(mode="json"), **summarise(results)}
 
 
 def answers_for(
@@ -457,6 +506,10 @@ def run_eval(
         raise UnmirageError(
             "--judge-scoring choice needs a local judge model (it reads the model's probabilities)"
         )
+    if settings.gcg is not None and settings.gcg_build is not None:
+        raise UnmirageError("give either --gcg FILE or --gcg-build, not both")
+    if settings.gcg_build is not None and settings.gcg_build.template != settings.template:
+        raise UnmirageError("the GCG suffixes must be optimised with the prompt template of the evaluation")
     cases = load_cases(settings)
     vqa_items = None
     if settings.vqa is not None:
@@ -469,6 +522,11 @@ def run_eval(
         vqa_prompts = [EvalPrompt(case="vqa", id=i.id, question=i.prompt(), image=i.image) for i in vqa_items]
         check_images(settings, vqa_prompts, settings.vqa_image_root or settings.image_root)
     generate = generate or HFGenerate(settings)
+    gcg_info: dict[str, Any] | None = {"file": str(settings.gcg)} if settings.gcg is not None else None
+    if settings.gcg_build is not None:
+        cases["unsafe_gcg"], gcg_info = gcg_case(
+            settings, cases["unsafe_normal"], out / "gcg" / "gcg.jsonl", generate
+        )
     (out / "generations").mkdir(parents=True, exist_ok=True)
     (out / "judged").mkdir(parents=True, exist_ok=True)
 
@@ -500,6 +558,7 @@ def run_eval(
         "subsample": settings.subsample,
         "seed": settings.seed,
         "prefill": settings.prefill,
+        "gcg": gcg_info,
         "placeholder_images": settings.placeholder_images,
         "generation": {
             "template": settings.template,
@@ -527,10 +586,13 @@ def run_eval(
         metrics.update(generate.throughput())
     atomic_write_json(out / "metrics.json", metrics)
     inputs = [
-        p for p in (settings.vlguard_test, settings.share, settings.what, settings.vqa) if p is not None
+        p
+        for p in (settings.vlguard_test, settings.share, settings.what, settings.gcg, settings.vqa)
+        if p is not None
     ]
     outputs = [
         out / "metrics.json",
+        *sorted((out / "gcg").glob("*.jsonl")),
         *sorted((out / "generations").glob("*.jsonl")),
         *sorted((out / "judged").glob("*.jsonl")),
     ]

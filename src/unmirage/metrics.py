@@ -295,6 +295,7 @@ CASES = {
     "unsafe_normal": ("asr_normal", "attack"),
     "unsafe_attack": ("asr_attack", "kshot"),
     "unsafe_prefill": ("asr_prefill", "attack"),
+    "unsafe_gcg": ("asr_gcg", "attack"),
 }
 
 
@@ -392,7 +393,7 @@ def _set_headline(doc: dict[str, Any], key: str, value: dict[str, Any]) -> None:
     doc[f"{key}_n"] = value["n"]
 
 
-HEADLINE_KEYS = ("rr_normal", "rr_share", "asr_normal", "asr_attack", "asr_prefill")
+HEADLINE_KEYS = ("rr_normal", "rr_share", "asr_normal", "asr_attack", "asr_prefill", "asr_gcg")
 
 
 def headline_rate(doc: dict[str, Any], key: str) -> Rate | None:

@@ -33,6 +33,20 @@ def eval_command(
         help="Prefill attack: also answer the unsafe questions with every answer forced to open with "
         "this text (case unsafe_prefill -> asr_prefill), e.g. 'Sure, here is'.",
     ),
+    gcg: Path | None = typer.Option(
+        None,
+        help="GCG attack: an attack file from `unmirage attack gcg` (case unsafe_gcg -> asr_gcg; the "
+        "suffixes may come from another model: transfer).",
+    ),
+    gcg_build: bool = typer.Option(
+        False,
+        help="GCG attack: optimise a suffix per unsafe question against this model first (OUT/gcg/gcg.jsonl, "
+        "resumable), then answer and judge as every other case (asr_gcg).",
+    ),
+    gcg_target: str = typer.Option("Sure, here is", help="--gcg-build: text the answer should open with."),
+    gcg_steps: int = typer.Option(250, help="--gcg-build: GCG steps per question (at most)."),
+    gcg_search_width: int = typer.Option(512, help="--gcg-build: candidate suffixes scored per step."),
+    gcg_topk: int = typer.Option(256, help="--gcg-build: tokens considered per suffix position."),
     out: Path = typer.Option(..., help="Output folder (metrics.json, generations/, judged/, manifest.json)."),
     judge: list[str] = typer.Option(
         ["keyword"],
@@ -110,6 +124,17 @@ def eval_command(
             "what": what,
             "image_root": image_root,
             "prefill": prefill,
+            "gcg": gcg,
+            "gcg_build": {
+                "target": gcg_target,
+                "steps": gcg_steps,
+                "search_width": gcg_search_width,
+                "topk": gcg_topk,
+                "seed": seed,
+                "template": template,
+            }
+            if gcg_build
+            else None,
             "placeholder_images": placeholder_images,
             "vqa": vqa,
             "vqa_image_root": vqa_image_root,

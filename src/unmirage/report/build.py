@@ -201,11 +201,14 @@ def lm_eval_rows(runs: Sequence[RunSummary]) -> list[list[str]] | None:
 
 def detail_rows(runs: Sequence[RunSummary]) -> list[list[str]]:
     """Every headline rate with its 95% interval and count, and the judges used."""
-    keys = [k for k in (*HEADLINE_KEYS[2:], *HEADLINE_KEYS[:2]) if k != "asr_prefill" or _has_prefill(runs)]
+    optional = ("asr_prefill", "asr_gcg")
+    measured = {k for k in optional if any(run.value(k) is not None for run in runs)}
+    keys = [k for k in (*HEADLINE_KEYS[2:], *HEADLINE_KEYS[:2]) if k not in optional or k in measured]
     names = {
         "asr_normal": "ASR normal",
         "asr_attack": "ASR attack",
         "asr_prefill": "ASR prefill",
+        "asr_gcg": "ASR GCG",
         "rr_normal": "RR normal",
         "rr_share": "RR Share",
     }
