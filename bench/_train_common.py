@@ -108,6 +108,19 @@ def matmul_flops(n: int = 1024, repeats: int = 5) -> float:
     return 2 * n**3 / best
 
 
+def matmul_ceilings(counts: tuple[int, ...] = (1, 2)) -> dict[int, float]:
+    """`matmul_flops` at each thread count in `counts` (torch's thread count is restored afterwards)."""
+    threads = torch.get_num_threads()
+    try:
+        ceilings = {}
+        for count in counts:
+            torch.set_num_threads(count)
+            ceilings[count] = matmul_flops()
+        return ceilings
+    finally:
+        torch.set_num_threads(threads)
+
+
 # glibc keeps freed blocks (and their pages) in its arenas, so peak RSS depends on allocation order by
 # +-100 MiB; with every block above 64 KiB served by mmap, freed tensors leave the process at once and the
 # peak RSS follows the peak of live memory. Used for the memory runs only (it slows allocation).

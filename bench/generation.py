@@ -6,11 +6,15 @@ min-max reported):
 
 - one at a time: one `generate` call per prompt, transformers' default cache, image processed inline (the
   reference's loop), on every `--stride`-th prompt;
-- batched (`BatchedGenerator`, all prompts in one batch) with the project's preallocated cache
-  (`unmirage.generate.cache`), transformers' static cache and transformers' dynamic cache.
+- batched (`BatchedGenerator`, all prompts in one batch) with transformers' static cache (the default) and
+  with its dynamic cache;
+- batched with the static cache on one thread (`torch.set_num_threads(1)` for that variant only): what the
+  second thread buys, or costs, under each policy.
 
-Greedy outputs are checked equal across every variant. Tiny LLaVAs with random weights and 32-px images
-(16 image tokens), so decoding, not the prompt, dominates as with real answers.
+Each variant's tokens/s is measured in wall time (what a user waits) and in process CPU time (what the work
+costs; steadier than wall time while other jobs share the cores). Greedy outputs are checked equal across
+every variant. Tiny LLaVAs with random weights and 32-px images (16 image tokens), so decoding, not the
+prompt, dominates as with real answers.
 
 Each (model, OpenMP policy) pair runs in its own child process, because OpenMP reads OMP_WAIT_POLICY once
 when torch loads: PASSIVE (threads sleep between parallel regions; the Makefile's setting) and OpenMP's
@@ -19,7 +23,7 @@ machine's fp32 matmul GFLOP/s at 1 and 2 threads, the load average at its start 
 waking the worker threads (one small parallel op, back to back and after a 0.2 ms pause) and where a
 batched decoding step spends its time (torch profiler: matrix multiplies, attention, everything else).
 
-    python bench/generation.py                         # both policies, both models (about 3 minutes)
+    python bench/generation.py                         # both policies, both models (--budget 280 s)
     python bench/generation.py --policy PASSIVE --models tiny
     python bench/generation.py --new-tokens 256 --prompts 32 --batch-size 32   # the larger budget
 """
@@ -37,11 +41,13 @@ from pathlib import Path
 from typing import Any
 
 POLICIES = ("PASSIVE", "default")
-CACHES = ("preallocated", "static", "dynamic")
+CACHES = ("static", "dynamic")
+ONE_THREAD = "static, 1 thread"
 MODELS: dict[str, dict[str, Any]] = {
     "tiny": {},
     "20M+": {"hidden": 512, "layers": 8, "heads": 8, "vision_hidden": 128},
 }
+SHARE = {"tiny": 1, "20M+": 3}  # relative shares of the time budget
 WORDS = [
     "What is in the picture",
     "Share the recipe of this object",
@@ -102,6 +108,18 @@ def batched(loaded: Any, batch: list, max_new: int, batch_size: int, cache: str)
     return [r["answer"] for r in rows], gen.new_tokens
 
 
+def one_thread(fn: Any) -> Any:
+    """Call fn with torch on one thread, then restore the thread count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(threads)
+
+
 def wake_cost(repeats: int = 400) -> dict[str, float]:
     """Microseconds of one small parallel op (64 x 1024 add): back to back, and after a 0.2 ms serial pause
     (long enough for PASSIVE's workers to be asleep, short enough for the default policy's to still spin)."""
@@ -152,17 +170,14 @@ def child(args: argparse.Namespace) -> None:
     that stops it at its time limit keeps the finished rounds."""
     import torch
 
-    from _train_common import matmul_flops
+    from _train_common import matmul_ceilings
     from unmirage.models import load_model
 
     def say(kind: str, payload: dict[str, Any]) -> None:
         print(f"{kind} {json.dumps(payload)}", flush=True)
 
     load = os.getloadavg()[0]
-    gflops = {}
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
-        gflops[threads] = matmul_flops() / 1e9
+    gflops = {threads: flops / 1e9 for threads, flops in matmul_ceilings().items()}
     torch.set_num_threads(args.threads)
     say("INFO", {"gflops": gflops, "threads": torch.get_num_threads(), "wake": wake_cost(), "load": load})
     torch.manual_seed(0)
@@ -172,32 +187,39 @@ def child(args: argparse.Namespace) -> None:
     run = {"one at a time": lambda: one_at_a_time(loaded, singles, args.new_tokens)}
     for cache in CACHES:
         run[cache] = lambda c=cache: batched(loaded, prompts, args.new_tokens, args.batch_size, c)
+    run[ONE_THREAD] = lambda: one_thread(lambda: run[CACHES[0]]())
     for cache in CACHES:  # warm-up: first allocations, lazy imports
         batched(loaded, prompts[:2], 4, args.batch_size, cache)
     params = sum(p.numel() for p in loaded.model.parameters()) / 1e6
-    say("STEP", {"params_m": params, **step_profile(loaded, prompts, args.batch_size, "dynamic")})
+    say("STEP", {"params_m": params, **step_profile(loaded, prompts, args.batch_size, CACHES[0])})
     rates: dict[str, list[float]] = {name: [] for name in run}
+    cpu_rates: dict[str, list[float]] = {name: [] for name in run}
     answers: dict[str, list[str]] = {}
     names = list(run)
     picked = {item.id for item in singles}
     for r in range(args.rounds):
+        round_start = time.time()
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             answers[name], tokens = run[name]()
             rates[name].append(tokens / (time.perf_counter() - start))
-        batched_equal = all(answers[c] == answers[CACHES[0]] for c in CACHES)
+            cpu_rates[name].append(tokens / (time.process_time() - cpu))
+        batched_equal = all(answers[c] == answers[CACHES[0]] for c in (*CACHES, ONE_THREAD))
         single = [a for item, a in zip(prompts, answers[CACHES[0]]) if item.id in picked]
         equal = batched_equal and answers["one at a time"] == single
-        say("ROUND", {"rates": rates, "equal": equal, "load": os.getloadavg()[0]})
+        say("ROUND", {"rates": rates, "cpu_rates": cpu_rates, "equal": equal, "load": os.getloadavg()[0]})
+        if time.time() + (time.time() - round_start) > args.deadline:
+            break  # the next round would not finish in this child's share of the time budget
 
 
-def run_child(model: str, policy: str, argv: list[str], limit: float) -> dict[str, Any]:
+def run_child(model: str, policy: str, argv: list[str], share: float) -> dict[str, Any]:
     """Run `child` for one model under one policy; its INFO, STEP and last ROUND lines, merged."""
     env = {**os.environ, "OMP_WAIT_POLICY": policy, "UNMIRAGE_BENCH_POLICY": policy}
     forwarded = [a for a in argv if a not in ("--policy", *POLICIES)]
-    command = [sys.executable, __file__, *forwarded, "--model", model]
+    deadline = time.time() + share
+    command = [sys.executable, __file__, *forwarded, "--model", model, "--deadline", str(deadline)]
     try:
-        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=limit)
+        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=share + 5)
         stdout, code = proc.stdout, proc.returncode
         if code:
             print(proc.stderr[-4000:], file=sys.stderr)
@@ -232,7 +254,7 @@ def report(res: dict[str, Any], limit: float) -> tuple[str, str]:
         single = rates["one at a time"]
         emit("generation", f"{label}: one-at-a-time", statistics.median(single), "tok/s")
         cells = []
-        for cache in CACHES:
+        for cache in (*CACHES, ONE_THREAD):
             ratios = [b / s for b, s in zip(rates[cache], single)]  # per round: the two ran close in time
             emit("generation", f"{label}: batched, {cache} cache", statistics.median(rates[cache]), "tok/s")
             emit(
@@ -244,12 +266,15 @@ def report(res: dict[str, Any], limit: float) -> tuple[str, str]:
                 high=round(max(ratios), 2),
             )
             cells.append(spread(ratios) + "x")
-        library = [max(s, d) for s, d in zip(rates["static"], rates["dynamic"])]
-        own = [p / lib for p, lib in zip(rates["preallocated"], library)]
-        emit("generation", f"{label}: preallocated / best library cache", statistics.median(own), "x")
+        for measure, per in (("wall", rates), ("CPU", rnd["cpu_rates"])):
+            own = [s / d for s, d in zip(per["static"], per["dynamic"])]
+            emit(
+                "generation", f"{label}: static / dynamic cache, {measure} time", statistics.median(own), "x"
+            )
+            cells.append(spread(own, 2))
         speed = (
             f"| {name} | {res['policy']} | {len(single)} | {spread(single, 0)} | {' | '.join(cells)} | "
-            f"{spread(own, 2)} | {rnd['equal']} | {info['load']:.1f}-{rnd['load']:.1f} |"
+            f"{rnd['equal']} | {info['load']:.1f}-{rnd['load']:.1f} |"
         )
     step_row = f"| {name} | {res['policy']} |"
     if step:
@@ -274,8 +299,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--stride", type=int, default=4, help="one-at-a-time answers every n-th prompt")
     parser.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 2), help="torch threads")
     parser.add_argument(
-        "--limit", type=float, default=100, help="seconds per (model, policy); unfinished rounds are dropped"
+        "--budget",
+        type=float,
+        default=280,
+        help="seconds for the whole run, shared by the (model, policy) pairs (the larger model gets 3 shares); "
+        "a round that would not finish in its pair's share is not started",
     )
+    parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)  # set in the child processes
     parser.add_argument("--model", help=argparse.SUPPRESS)  # set in the child processes
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -285,12 +315,10 @@ def main(argv: list[str]) -> int:
         child(args)
         return 0
     started, load = time.perf_counter(), os.getloadavg()[0]
-    results = [
-        run_child(model, policy, argv, args.limit)
-        for model in args.models
-        for policy in args.policy or POLICIES
-    ]
-    rows = [report(res, args.limit) for res in results]
+    pairs = [(model, policy) for model in args.models for policy in args.policy or POLICIES]
+    unit = args.budget / sum(SHARE[model] for model, _ in pairs)
+    results = [run_child(model, policy, argv, unit * SHARE[model]) for model, policy in pairs]
+    rows = [report(res, unit * SHARE[res["model"]]) for res in results]
     gflops = next(res["info"]["gflops"] for res in results if "info" in res)
     print(
         f"\nbatch {args.batch_size}, {args.prompts} prompts (one at a time: every {args.stride}th), "
@@ -299,10 +327,10 @@ def main(argv: list[str]) -> int:
         f"{os.getloadavg()[0]:.1f} at end; {time.perf_counter() - started:.0f} s\n"
     )
     print(
-        "| model | OpenMP policy | rounds | one at a time (tok/s) | preallocated | transformers static | "
-        "transformers dynamic | preallocated / best library | outputs equal | load |"
+        "| model | OpenMP policy | rounds | one at a time (tok/s) | static cache (default) | dynamic cache | "
+        "static, 1 thread | static / dynamic | static / dynamic, CPU time | outputs equal | load |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(speed for speed, _ in rows))
     print(
         "\n| model | OpenMP policy | matmul ms/step | attention ms/step | other ms/step | operators/step | "
