@@ -96,16 +96,33 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def matmul_flops(n: int = 1024, repeats: int = 5) -> float:
-    """Best measured fp32 FLOP/s of an n x n matmul with torch's current thread count."""
+def matmul_flops(n: int = 1024, repeats: int = 5, cpu_time: bool = False) -> float:
+    """Best measured fp32 FLOP/s of an n x n matmul with torch's current thread count; with `cpu_time`, FLOPs
+    per second of process CPU time (all threads together), which other jobs on the machine barely move."""
+    clock = time.process_time if cpu_time else time.perf_counter
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         a @ b
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return 2 * n**3 / best
+
+
+def matmul_ceilings(counts: tuple[int, ...] = (1, 2), cpu_time: bool = False) -> dict[int, float]:
+    """The fp32 matmul ceiling at each thread count in `counts` (torch's thread count is restored). With
+    `cpu_time`, the ceiling of `count` cores that were all this process's: count x FLOPs per CPU-second."""
+    threads = torch.get_num_threads()
+    try:
+        ceilings = {}
+        for count in counts:
+            torch.set_num_threads(count)
+            per_second = matmul_flops(repeats=10, cpu_time=cpu_time)
+            ceilings[count] = count * per_second if cpu_time else per_second
+        return ceilings
+    finally:
+        torch.set_num_threads(threads)
 
 
 # glibc keeps freed blocks (and their pages) in its arenas, so peak RSS depends on allocation order by

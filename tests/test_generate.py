@@ -100,7 +100,8 @@ def test_shards_merge_in_item_order(tiny, tmp_path):
 
 
 def test_every_kv_cache_gives_the_same_answers(tiny):
-    """The preallocated cache (default), transformers' static cache and its dynamic default agree, batched."""
+    """transformers' static cache (the default) and its dynamic cache agree with each other, batched, and with
+    one prompt at a time."""
     items = _items()
     answers = {
         cache: [
@@ -109,48 +110,10 @@ def test_every_kv_cache_gives_the_same_answers(tiny):
                 tiny, GenerationConfig(max_new_tokens=10, batch_size=4, cache_implementation=cache)
             )(items)
         ]
-        for cache in ("preallocated", "static", None)
+        for cache in ("static", None)
     }
-    assert answers["preallocated"] == answers[None] == answers["static"]
-
-
-def test_preallocated_layer_matches_the_dynamic_layer():
-    import torch
-    from transformers.cache_utils import DynamicLayer
-
-    from unmirage.generate.cache import PreallocatedLayer
-
-    torch.manual_seed(0)
-    grown, dynamic = PreallocatedLayer(capacity=7), DynamicLayer()
-    for length in (4, 1, 2):  # a prompt, then decoding steps
-        k, v = torch.randn(2, 3, length, 5), torch.randn(2, 3, length, 5)
-        keys, values = grown.update(k, v)
-        ref_keys, ref_values = dynamic.update(k, v)
-        assert torch.equal(keys, ref_keys) and torch.equal(values, ref_values)
-        assert keys.data_ptr() == grown._key_buffer.data_ptr()  # a view of the buffer, not a copy
-    assert grown.get_seq_length() == dynamic.get_seq_length() == 7 and grown.get_max_length() == 7
-    with pytest.raises(RuntimeError, match="cache full"):
-        grown.update(torch.randn(2, 3, 1, 5), torch.randn(2, 3, 1, 5))
-    # batch-dimension operations (beam search, contrastive search) keep it equal to the dynamic layer
-    for op, arg in (
-        ("reorder_cache", torch.tensor([1, 0])),
-        ("batch_repeat_interleave", 2),
-        ("batch_select_indices", torch.tensor([0, 3])),
-    ):
-        getattr(grown, op)(arg)
-        getattr(dynamic, op)(arg)
-        assert torch.equal(grown.keys, dynamic.keys) and torch.equal(grown.values, dynamic.values)
-        assert grown.keys.data_ptr() == grown._key_buffer.data_ptr()
-
-
-def test_preallocated_cache_only_for_full_attention():
-    from types import SimpleNamespace
-
-    from transformers import LlamaConfig, MistralConfig
-
-    from unmirage.generate.cache import preallocated_cache
-
-    full = SimpleNamespace(config=LlamaConfig(num_hidden_layers=3))
-    assert len(preallocated_cache(full, 16).layers) == 3
-    sliding = SimpleNamespace(config=MistralConfig(num_hidden_layers=2, sliding_window=8))
-    assert preallocated_cache(sliding, 16) is None
+    assert GenerationConfig().cache_implementation == "static"
+    single = BatchedGenerator(
+        tiny, GenerationConfig(max_new_tokens=10, batch_size=1, cache_implementation=None)
+    )
+    assert answers["static"] == answers[None] == [r["answer"] for r in single(items)]
