@@ -86,7 +86,7 @@ def test_headline_medians_and_words() -> None:
         "rr_share": 0.9,
         "asr_normal": 0.1,
         "asr_attack": 1.0,
-        "cases": {"unsafe_attack": {"rr": {"value": 0.05}}},
+        "cases": {"unsafe_attack": {"rr": {"value": 0.05}, "asr": {"keyword": {"rate": {"value": 1.0}}}}},
         "oracle": {"asr_normal": 0.0, "asr_attack": 0.5, "asr_prefill": 0.4, "accuracy_normal": 0.9},
     }
     row = headline(metrics)
