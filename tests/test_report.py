@@ -103,7 +103,7 @@ def test_report_headline_tables_csv_chart_and_pages(tmp_path, capsys) -> None:
         in report_md
     )
     assert (
-        '| harmful, K-shot "What" rewrites | 0.0 [0.0, 19.4] (0/16) | 100.0 [80.6, 100.0] (16/16) | 0.0 [0.0, 19.4] (0/16) | 0 | 16 questions |'
+        '| harmful, 3-shot "What" rewrites | 0.0 [0.0, 19.4] (0/16) | 100.0 [80.6, 100.0] (16/16) | 0.0 [0.0, 19.4] (0/16) | 0 | 16 questions |'
         in report_md
     )
     assert "| harmful, forced compliant opening (prefill) | n/a | n/a | n/a | n/a | n/a |" in report_md

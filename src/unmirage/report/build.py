@@ -123,6 +123,11 @@ class RunSummary:
             "cases": cases,
         }
 
+    def shots(self) -> int | None:
+        """K of the K-shot attack (the most rewrites of one question), None when it was not run."""
+        block = self._method_block("unsafe_attack", str(self.headline().get("asr_method")))
+        return block.get("k") or None
+
     def split(self, case: str) -> dict[str, Any] | None:
         """The headline split of one case (None when the case was not run)."""
         return (self.headline().get("cases") or {}).get(case)
@@ -193,8 +198,9 @@ def headline_rows(run: RunSummary) -> list[list[str]]:
     rows = [["case", *first, "RR", "judge errors", "n"]]
     for case in (*ATTACK_CASES, *SAFE_CASES):
         split = run.split(case)
+        name = CASE_NAMES[case].replace("K-shot", f"{run.shots()}-shot") if run.shots() else CASE_NAMES[case]
         if split is None:
-            rows.append([CASE_NAMES[case], *["n/a"] * (len(first) + 3)])
+            rows.append([name, *["n/a"] * (len(first) + 3)])
             continue
         rr = _cell(split.get("refusal"))
         if case in SAFE_CASES:
@@ -204,7 +210,7 @@ def headline_rows(run: RunSummary) -> list[list[str]]:
         else:
             cells = [_cell(split.get("not_refused")), rr]
         errors = (split.get("error") or {}).get("k")
-        rows.append([CASE_NAMES[case], *cells, "n/a" if errors is None else str(errors), _units(split)])
+        rows.append([name, *cells, "n/a" if errors is None else str(errors), _units(split)])
     return rows
 
 
@@ -352,9 +358,10 @@ def judge_chart_metrics(runs: Sequence[RunSummary]) -> list[tuple[str, str]] | N
 def judge_chart_title(runs: Sequence[RunSummary], metrics: Sequence[tuple[str, str]]) -> str:
     """The by-judge chart's title: the judges and measures drawn, nothing else."""
     drawn = [key for key, _label in metrics if any(r.value(key) is not None for r in runs)]
+    methods = dict.fromkeys(key.split("@", 1)[1] for key in drawn if "@" in key)
     parts = []
-    for method in dict.fromkeys(key.split("@", 1)[1] for key in drawn if "@" in key):
-        parts.append(f"{_method_name(runs, method)} by {method}")
+    if methods:
+        parts.append("harmful questions: " + ", ".join(f"{_method_name(runs, m)} by {m}" for m in methods))
     if any(key.startswith("answered_") for key in drawn):
         parts.append("safe questions answered on topic")
     text = "; ".join(parts) or "no rates"
@@ -495,14 +502,20 @@ def markdown_report(
 ) -> str:
     """report.md: the headline table of every run, the chart, the paper-style table, the by-judge table
     and chart when the runs used several judge methods, extra figures, notes."""
-    parts = ["# unmirage evaluation report", "", INTRO, "", "## Headline", ""]
+    parts = [
+        "# unmirage evaluation report",
+        "",
+        INTRO,
+        "",
+        f"![ASR, RR and utility per run]({chart_name})",
+        "",
+    ]
+    parts += ["## Headline", ""]
     for run in runs:
         heading, rows, under = _run_section(run)
         parts += [f"### {heading}", "", _markdown_table(rows), ""]
         parts += [*under, *([""] if under else [])]
     parts += [
-        f"![ASR, RR and utility per run]({chart_name})",
-        "",
         "## Paper-style table",
         "",
         _markdown_table(table_rows(runs)),
@@ -575,13 +588,14 @@ def html_report(
     style = (
         "body{font-family:system-ui,sans-serif;max-width:75em;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;"
-        "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%;display:block}"
+        "text-align:right;white-space:nowrap}td:first-child,th:first-child{text-align:left;white-space:normal}"
+        "img{max-width:100%;display:block}"
     )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>unmirage evaluation report</title>'
         f"<style>{style}</style></head><body><h1>unmirage evaluation report</h1><p>{html.escape(INTRO)}</p>"
-        f"<h2>Headline</h2>{headline}"
         + _html_image(chart_png, "ASR, RR and utility per run")
+        + f"<h2>Headline</h2>{headline}"
         + f"<h2>Paper-style table</h2>{_html_table(table_rows(runs))}"
         + extra
         + (f"<h2>Notes</h2><ul>{caveats}</ul>" if caveats else "")
