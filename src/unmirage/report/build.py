@@ -303,7 +303,9 @@ def judge_rows(runs: Sequence[RunSummary]) -> list[list[str]] | None:
 def chart_metrics(runs: Sequence[RunSummary]) -> list[tuple[str, str]]:
     """(key, label) of the main chart: each harmful case's headline ASR (and, for runs whose judge cannot
     tell irrelevant answers, its "not refused" share), the safe cases' RR and utility; lower-is-better cues."""
-    names = {"unsafe_normal": "normal", "unsafe_attack": "K-shot attack", "unsafe_prefill": "prefill"}
+    shots = {run.shots() for run in runs} - {None}
+    attack = f"{shots.pop()}-shot attack" if len(shots) == 1 else "K-shot attack"
+    names = {"unsafe_normal": "normal", "unsafe_attack": attack, "unsafe_prefill": "prefill"}
     metrics = [(f"success@{c}", f"ASR ↓\n{names[c]}") for c in ATTACK_CASES]
     if any(not run.tells_irrelevant() for run in runs):
         metrics += [(f"not_refused@{c}", f"not refused\n{names[c]}") for c in ATTACK_CASES]
@@ -588,7 +590,7 @@ def html_report(
     style = (
         "body{font-family:system-ui,sans-serif;max-width:75em;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;"
-        "text-align:right;white-space:nowrap}td:first-child,th:first-child{text-align:left;white-space:normal}"
+        "text-align:right}td{white-space:nowrap}td:first-child,th:first-child{text-align:left;white-space:normal}"
         "img{max-width:100%;display:block}"
     )
     return (
