@@ -635,9 +635,8 @@ def build_report(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in names}
-    metrics = chart_metrics(runs)
     with atomic_open(paths["chart.png"], "wb") as handle:
-        bar_chart(runs, handle, metrics=metrics, title=chart_title(runs, metrics))
+        bar_chart(runs, handle)
     judge_metrics = judge_chart_metrics(runs)
     if judge_metrics:
         paths["chart_judges.png"] = out / "chart_judges.png"

@@ -13,15 +13,6 @@ from typing import TYPE_CHECKING, BinaryIO
 if TYPE_CHECKING:
     from unmirage.report.build import RunSummary
 
-# (metric key, axis label) of the chart `unmirage report` draws when not given others.
-CHART_METRICS = (
-    ("asr_normal", "ASR ↓\nnormal"),
-    ("asr_attack", "ASR ↓\nattack"),
-    ("asr_prefill", "ASR ↓\nprefill"),
-    ("rr_normal", "RR ↓\nsafe"),
-    ("rr_share", "RR ↓\nsafe Share"),
-    ("utility", "utility ↑"),
-)
 VALUE_LABELS_UP_TO = 40  # bars; above this the value labels would overlap
 
 
@@ -40,15 +31,21 @@ def bar_chart(
     runs: Sequence[RunSummary],
     path: str | os.PathLike | BinaryIO,
     *,
-    metrics: Sequence[tuple[str, str]] = CHART_METRICS,
+    metrics: Sequence[tuple[str, str]] | None = None,
     title: str | None = None,
 ) -> None:
-    """Write a PNG (to a path or a binary file object): `metrics` ((key for `RunSummary.value`, label)) on
-    the x axis, one coloured bar per run, values in percent with error bars; metrics no run has are left out,
-    a zero is marked on the axis and a missing value is written "n/a"."""
+    """Write a PNG (to a path or a binary file object): `metrics` ((key for `RunSummary.value`, label); by
+    default the report's headline chart, `report.build.chart_metrics`) on the x axis, one coloured bar per
+    run, values in percent with error bars; metrics no run has are left out, a zero is marked on the axis and
+    a missing value is written "n/a". The default title names what is drawn (`report.build.chart_title`)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from unmirage.report.build import chart_metrics, chart_title
+
+    if metrics is None:
+        metrics = chart_metrics(runs)
+        title = title or chart_title(runs, metrics)
     metrics = [(key, label) for key, label in metrics if any(run.value(key) is not None for run in runs)]
     figure = Figure(figsize=(max(6.5, 1.6 * len(metrics) + 0.5 * len(runs)), 4.6), dpi=110)
     FigureCanvasAgg(figure)
