@@ -144,13 +144,6 @@ def _judged(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
     return {p.stem: read_jsonl(p) for p in sorted((run_dir / "judged").glob("*.jsonl")) if p.stem != "vqa"}
 
 
-def score_run(
-    run_dir: str | Path, oracle: Oracle, objects: Mapping[str, Mapping[str, Any]]
-) -> dict[str, Any]:
-    """Oracle metrics for an `unmirage eval` folder (its judged/*.jsonl)."""
-    return score_answers(oracle, objects, _judged(Path(run_dir)))
-
-
 def file_oracle(
     run_dir: str | Path, oracle: Oracle, objects: Mapping[str, Mapping[str, Any]], world_file: str | Path
 ) -> dict[str, Any]:
