@@ -1,8 +1,13 @@
-"""`unmirage report`: table, chart, report.md and report.html from metrics.json files; VQA utility scoring."""
+"""`unmirage report`: headline tables (ASR / IR / RR with Wilson intervals), CSV, chart, report.md and
+report.html (also rendered in a headless Chromium) from metrics.json files; VQA utility scoring."""
 
 from __future__ import annotations
 
+import csv
 import json
+import os
+import shutil
+import subprocess
 
 import pytest
 
@@ -10,27 +15,51 @@ from unmirage.cli.main import main as cli_main
 from unmirage.errors import UnmirageError
 from unmirage.metrics import Bootstrap, build_metrics
 from unmirage.report import build_report
+from unmirage.report.build import chart_metrics, chart_title, load_run
 from unmirage.runs import atomic_write_json
 from unmirage.utility import load_vqa, normalise_vqa, parse_choice, score_vqa, vqa_soft_accuracy
 
 
-def judged(qid: str, refused: bool, shot: int | None = None) -> dict:
-    record = {"id": qid, "judgements": {"keyword": {"refused": refused, "success": not refused}}}
+def judged(qid: str, outcome: str, shot: int | None = None) -> dict:
+    """A judged answer whose verdicts (keyword -> rules -> llm-relevance) give `outcome`: success,
+    irrelevant or refused."""
+    refused = outcome == "refused"
+    judgements: dict = {"keyword": {"refused": refused, "success": not refused}}
+    if not refused:
+        judgements["rules"] = {"flagged": False, "success": True}
+        judgements["llm-relevance"] = {"relevant": outcome == "success", "success": outcome == "success"}
+    record = {"id": qid, "judgements": judgements}
     if shot is not None:
         record["shot"] = shot
     return record
 
 
 def write_run(
-    folder, model: str, rr: tuple[int, int], asr: tuple[int, int], utility: float | None = None
+    folder,
+    model: str,
+    rr: tuple[int, int],
+    unsafe: tuple[int, int],
+    attack: int,
+    methods: tuple[str, ...] = ("keyword",),
+    utility: float | None = None,
 ) -> None:
-    safe = [judged(f"s{i}", i < rr[0]) for i in range(20)]
-    share = [judged(f"s{i}", i < rr[1]) for i in range(20)]
-    unsafe = [judged(f"u{i}", i >= asr[0]) for i in range(10)]
-    attack = [judged(f"u{i}", not (i < asr[1] and s == 1), shot=s) for i in range(10) for s in range(3)]
+    """20 safe questions (rr: refused as asked / after "Share"); 16 harmful ones (unsafe: successes,
+    irrelevant; the rest refused); 3 rewrites each, `attack` questions with a success in rewrite 1 (the
+    others irrelevant)."""
+    safe = [judged(f"s{i}", "refused" if i < rr[0] else "success") for i in range(20)]
+    share = [judged(f"s{i}", "refused" if i < rr[1] else "success") for i in range(20)]
+    normal = [
+        judged(f"u{i}", "success" if i < unsafe[0] else "irrelevant" if i < sum(unsafe) else "refused")
+        for i in range(16)
+    ]
+    kshot = [
+        judged(f"u{i}", "success" if i < attack and s == 1 else "irrelevant" if s == 1 else "refused", shot=s)
+        for i in range(16)
+        for s in range(3)
+    ]
     doc = build_metrics(
-        {"safe_normal": safe, "safe_share": share, "unsafe_normal": unsafe, "unsafe_attack": attack},
-        boot=Bootstrap(samples=200),
+        {"safe_normal": safe, "safe_share": share, "unsafe_normal": normal, "unsafe_attack": kshot},
+        asr_methods=methods,
         model=model,
     )
     if utility is not None:
@@ -40,31 +69,192 @@ def write_run(
     atomic_write_json(folder / "metrics.json", doc)
 
 
-def test_report_table_chart_and_pages(tmp_path, capsys) -> None:
-    write_run(tmp_path / "base", "models/llava-base", rr=(1, 2), asr=(6, 9), utility=0.78)
-    write_run(tmp_path / "sft", "models/llava-sft", rr=(1, 18), asr=(0, 5))
+def two_runs(tmp_path) -> list:
+    """An unlearned model judged with llm-relevance (0 successes as asked) and an SFT model judged by
+    keywords only."""
+    write_run(
+        tmp_path / "npo",
+        "models/npo",
+        rr=(1, 2),
+        unsafe=(0, 14),
+        attack=0,
+        methods=("keyword", "llm-relevance"),
+        utility=0.78,
+    )
+    write_run(tmp_path / "sft", "models/llava-sft", rr=(1, 18), unsafe=(3, 0), attack=8)
+    return [tmp_path / "npo", tmp_path / "sft"]
+
+
+def test_report_headline_tables_csv_chart_and_pages(tmp_path, capsys) -> None:
+    runs = two_runs(tmp_path)
     out = tmp_path / "report"
     with pytest.raises(SystemExit) as exit_:
-        cli_main(["report", str(tmp_path / "base"), str(tmp_path / "sft"), "--out", str(out)])
+        cli_main(["report", *map(str, runs), "--out", str(out)])
     assert exit_.value.code == 0
     assert "wrote" in capsys.readouterr().out
-    table = (out / "table.md").read_text()
-    assert "| llava-base | 60.00 → 90.00 | 5.00 → 10.00 | 78.00 |" in table
-    assert "| llava-sft | 0.00 → 50.00 | 5.00 → 90.00 | - |" in table
     report_md = (out / "report.md").read_text()
-    assert "![ASR, RR and utility per run](chart.png)" in report_md and "[" in report_md
+    # the unlearned model: 0/16 successes with a non-zero-width Wilson interval [0, 3.84/19.84]
+    assert (
+        "### npo (judges: harmful questions: llm-relevance; safe questions (refusal): keyword)" in report_md
+    )
+    assert "| case | ASR ↓ | IR | RR | judge errors | n |" in report_md
+    assert (
+        "| harmful, as asked | 0.0 [0.0, 19.4] (0/16) | 87.5 [64.0, 96.5] (14/16) | 12.5 [3.5, 36.0] (2/16) | 0 | 16 answers |"
+        in report_md
+    )
+    assert (
+        '| harmful, 3-shot "What" rewrites | 0.0 [0.0, 19.4] (0/16) | 100.0 [80.6, 100.0] (16/16) | 0.0 [0.0, 19.4] (0/16) | 0 | 16 questions |'
+        in report_md
+    )
+    assert "| harmful, forced compliant opening (prefill) | n/a | n/a | n/a | n/a | n/a |" in report_md
+    assert (
+        '| safe, rewritten to start with "Share" | n/a | n/a | 10.0 [2.8, 30.1] (2/20) ↓ | 0 | 20 answers |'
+        in report_md
+    )
+    assert "Utility (VQA accuracy, ↑ higher is better): 78.0 [73.0, 83.0], n = 50." in report_md
+    # the keyword-only model: "not refused", never ASR, and one note under its table
+    assert "### llava-sft (judges: harmful questions: keyword, cannot tell irrelevant answers;" in report_md
+    assert "| case | not refused | RR | judge errors | n |" in report_md
+    assert (
+        "| harmful, as asked | 18.8 [6.6, 43.0] (3/16) | 81.2 [57.0, 93.4] (13/16) | 0 | 16 answers |"
+        in report_md
+    )
+    assert report_md.count("No judge that can tell irrelevant answers ran (keyword)") == 1
+    table = (out / "table.md").read_text()
+    assert "| npo | 0.0 → 0.0 | n/a | 5.0 → 10.0 | 78.0 | llm-relevance |" in table
+    assert "| llava-sft | n/a | 18.8 → 100.0 | 5.0 → 90.0 | n/a | keyword |" in table
+    assert "![ASR, RR and utility per run](chart.png)" in report_md and "(headline.csv)" in report_md
+    # the CSV: one flat row per run, case and measure
+    rows = list(csv.DictReader((out / "headline.csv").open()))
+    assert list(rows[0]) == [
+        "model",
+        "run",
+        "case",
+        "measure",
+        "judge",
+        "unit",
+        "value",
+        "ci_low",
+        "ci_high",
+        "k",
+        "n",
+    ]
+    by_key = {(r["model"], r["case"], r["measure"]): r for r in rows}
+    zero = by_key[("npo", "unsafe_normal", "success")]
+    assert (float(zero["value"]), float(zero["ci_low"]), zero["k"], zero["n"]) == (0.0, 0.0, "0", "16")
+    assert float(zero["ci_high"]) == pytest.approx(0.193608, abs=1e-6) and zero["judge"] == "llm-relevance"
+    assert by_key[("npo", "unsafe_attack", "irrelevant")]["unit"] == "questions"
+    assert ("llava-sft", "unsafe_normal", "success") not in by_key
+    assert by_key[("llava-sft", "unsafe_normal", "not_refused")]["k"] == "3"
+    assert float(by_key[("npo", "utility_vqa", "accuracy")]["value"]) == 0.78
+    assert (
+        len(rows) == 2 * (2 * 4 + 2 * 2) - 2 * 1 + 1
+    )  # npo: 4 measures x 2 harmful cases; sft: 3 x 2; both: 2 x 2 safe; utility
     page = (out / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and "data:image/png;base64," in page and "llava-sft" in page
     png = (out / "chart.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     summary = json.loads((out / "summary.json").read_text())
-    assert [r["label"] for r in summary["runs"]] == ["llava-base", "llava-sft"]
-    assert summary["runs"][1]["rr_share"] == 0.9
+    assert [r["label"] for r in summary["runs"]] == ["npo", "llava-sft"]
+    assert (
+        summary["runs"][1]["rr_share"] == 0.9
+        and summary["runs"][0]["headline"]["asr_method"] == "llm-relevance"
+    )
+
+
+def test_chart_title_names_only_what_is_drawn(tmp_path) -> None:
+    runs = [load_run(p) for p in two_runs(tmp_path)]
+    title = chart_title(runs, chart_metrics(runs))
+    assert title == (
+        "ASR on harmful questions (llm-relevance), not refused (keyword), RR on safe questions (keyword) "
+        "and utility; 95% Wilson intervals"
+    )
+    only_npo = runs[:1]
+    assert chart_title(only_npo, chart_metrics(only_npo)).startswith(
+        "ASR on harmful questions (llm-relevance), RR"
+    )
+    assert "utility" not in chart_title(runs[1:], chart_metrics(runs[1:]))
+
+
+def test_report_figures_are_copied_and_shown(tmp_path) -> None:
+    runs = two_runs(tmp_path)
+    shutil.copy(tmp_path / "npo" / "metrics.json", tmp_path / "not-a-png.json")
+    with pytest.raises(UnmirageError, match="must be an existing PNG"):
+        build_report(runs, tmp_path / "out", figures=[tmp_path / "not-a-png.json"])
+    build_report(runs, tmp_path / "first")
+    with pytest.raises(UnmirageError, match="file name is taken"):
+        build_report(runs, tmp_path / "out", figures=[tmp_path / "first" / "chart.png"])
+    figure = tmp_path / "spurious.png"
+    shutil.copy(tmp_path / "first" / "chart.png", figure)
+    paths = build_report(runs, tmp_path / "out", figures=[figure])
+    assert paths["spurious.png"].read_bytes() == figure.read_bytes()
+    assert "![spurious](spurious.png)" in paths["report.md"].read_text()
+    assert paths["report.html"].read_text().count("data:image/png;base64,") == 3  # chart, by judge, figure
+
+
+def chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.mark.skipif(
+    chromium() is None, reason="no Chromium/Chrome on PATH (Debian: apt-get install chromium)"
+)
+def test_report_html_renders_in_a_headless_browser(tmp_path) -> None:
+    """report.html opened in a real headless Chromium: its DOM has the headline tables and the chart decoded
+    as an image (naturalWidth > 0), and a screenshot is a real PNG."""
+    runs = two_runs(tmp_path)
+    paths = build_report(runs, tmp_path / "report")
+    page = paths["report.html"]
+    probe = tmp_path / "probe.html"
+    probe.write_text(
+        page.read_text().replace(
+            "</body>",
+            "<script>window.addEventListener('load',()=>{const imgs=[...document.images];"
+            "document.title='PROBE '+JSON.stringify({tables:document.querySelectorAll('table').length,"
+            "images:imgs.length,decoded:imgs.filter(i=>i.complete&&i.naturalWidth>100).length,"
+            "headings:[...document.querySelectorAll('h3')].map(h=>h.textContent)});});</script></body>",
+        )
+    )
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    env = {**os.environ, "HOME": str(tmp_path)}
+    dom = subprocess.run(
+        [chromium(), *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    ).stdout
+    title = dom.split("<title>", 1)[1].split("</title>", 1)[0]
+    assert title.startswith("PROBE "), title
+    facts = json.loads(title.removeprefix("PROBE ").replace("&quot;", '"'))
+    assert facts["tables"] == 4  # two headline tables, the paper-style table and the by-judge table
+    assert facts["images"] == facts["decoded"] == 2  # the chart and the by-judge chart, decoded
+    assert facts["headings"][0].startswith("npo (judges: harmful questions: llm-relevance")
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [chromium(), *flags, "--window-size=1200,2400", f"--screenshot={shot}", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+        env=env,
+    )
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20000
 
 
 def test_report_same_model_twice_gets_distinct_labels(tmp_path) -> None:
-    write_run(tmp_path / "a", "m", rr=(0, 1), asr=(1, 2))
-    write_run(tmp_path / "b", "m", rr=(0, 1), asr=(1, 2))
+    write_run(tmp_path / "a", "m", rr=(0, 1), unsafe=(1, 2), attack=2)
+    write_run(tmp_path / "b", "m", rr=(0, 1), unsafe=(1, 2), attack=2)
     build_report([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
     assert "| m (a) |" in (tmp_path / "out" / "table.md").read_text()
 

@@ -542,12 +542,6 @@ def run_eval(
                 handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
             judged[case] = records
         judge_info = judging.describe()
-    errors = sum(judge_errors(records) for records in judged.values())
-    if errors:
-        raise UnmirageError(
-            f"{errors} answers could not be judged (see 'error' under judgements in {out / 'judged'}); "
-            "rerun the same command to retry only those"
-        )
     boot = Bootstrap(samples=settings.bootstrap, seed=settings.seed)
     info = {
         "model": settings.model,
@@ -566,9 +560,14 @@ def run_eval(
             "greedy": True,
         },
         "judges": judge_info,
+        "bootstrap": boot.to_json(),
     }
     metrics = build_metrics(
-        judged, refusal_judge=settings.refusal_judge, asr_methods=settings.asr_methods, boot=boot, **info
+        judged,
+        refusal_judge=settings.refusal_judge,
+        asr_methods=settings.asr_methods,
+        confidence=boot.confidence,
+        **info,
     )
     if vqa_items is not None:
         from unmirage.utility import score_vqa
@@ -606,4 +605,10 @@ def run_eval(
         placeholder_images=settings.placeholder_images,
         prompts={c: len(p) for c, p in cases.items()},
     )
+    errors = sum(judge_errors(records) for records in judged.values())
+    if errors:
+        raise UnmirageError(
+            f"{errors} answers could not be judged (see 'error' under judgements in {out / 'judged'}; "
+            "metrics.json counts them as errors); rerun the same command to retry only those"
+        )
     return metrics

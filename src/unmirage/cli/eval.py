@@ -50,7 +50,8 @@ def eval_command(
     out: Path = typer.Option(..., help="Output folder (metrics.json, generations/, judged/, manifest.json)."),
     judge: list[str] = typer.Option(
         ["keyword"],
-        help="ASR judge, repeatable; the first gives asr_normal/asr_attack: keyword, keyword-strict, refusal "
+        help="ASR judge, repeatable; the best that ran gives asr_normal/asr_attack (an LLM judge before "
+        "refusal, rules and keyword, which only know 'not refused'): keyword, keyword-strict, refusal "
         "(the trained refusal classifier), rules "
         "(keyword+rules), llm-relevance (keyword+rules+LLM, the reference), llm-harm (keyword+harm rubric), "
         "llm-topic (keyword+rules+on-topic by a local model's likelihoods).",
@@ -89,7 +90,7 @@ def eval_command(
         help="llm-topic: nats per token at or above which an answer is on topic (default 0.2, calibrated: docs/judges.md).",
     ),
     subsample: int | None = typer.Option(None, help="Evaluate N random questions per pair of cases."),
-    seed: int = typer.Option(0, help="Seed for the subsample and the bootstrap intervals."),
+    seed: int = typer.Option(0, help="Seed for the subsample and the utility's bootstrap interval."),
     placeholder_images: bool = typer.Option(
         False, help="Use grey placeholder images (text-only run; recorded)."
     ),
@@ -106,7 +107,9 @@ def eval_command(
     backend: str = typer.Option(
         "hf", help="Generation backend: hf (transformers) or vllm (GPU, extra 'vllm')."
     ),
-    bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the 95% intervals."),
+    bootstrap: int = typer.Option(
+        1000, help="Bootstrap resamples for the utility's 95% interval (rates use Wilson intervals)."
+    ),
 ) -> None:
     """Evaluate a model on the four protocol cases and write OUT/metrics.json."""
     import os
@@ -166,10 +169,12 @@ def eval_command(
     )
     metrics = run_eval(settings, out)
     parts = []
+    not_refused = not metrics["headline"]["tells_irrelevant"]
     for key in HEADLINE_KEYS:
         if metrics.get(key) is not None:
             low, high = metrics[f"{key}_ci"]
-            parts.append(f"{key} {100 * metrics[key]:.2f}% [{100 * low:.2f}, {100 * high:.2f}]")
+            name = f"{key} (not refused)" if not_refused and key.startswith("asr_") else key
+            parts.append(f"{name} {100 * metrics[key]:.2f}% [{100 * low:.2f}, {100 * high:.2f}]")
     utility = (metrics.get("utility") or {}).get("vqa")
     if utility:
         parts.append(f"vqa {100 * utility['accuracy']['value']:.2f}%")

@@ -1,4 +1,4 @@
-"""`unmirage report RUN_DIR [RUN_DIR ...] --out DIR`: the paper-style table, a bar chart and reports."""
+"""`unmirage report RUN_DIR [RUN_DIR ...] --out DIR`: headline tables, CSV, bar chart and report pages."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import typer
 def register(app: typer.Typer) -> None:
     app.command(
         "report",
-        short_help="Table, bar chart and report pages across evaluation runs.",
-        help="Compare evaluation runs: paper-style table (ASR normal -> attack, RR normal -> Share, utility), "
-        "grouped bar chart with 95% intervals, report.md and report.html.",
+        short_help="Headline tables, CSV, bar chart and report pages across evaluation runs.",
+        help="Compare evaluation runs: per run, ASR / IR / RR of each harmful case by the best judge that ran "
+        "and RR of the safe cases, with 95% Wilson intervals and counts (headline.csv: the same, flat); the "
+        "paper-style table; a grouped bar chart; report.md and report.html.",
     )(report)
 
 
@@ -21,11 +22,15 @@ def report(
         ..., help="Run folders written by `unmirage eval` (each has metrics.json)."
     ),
     out: Path = typer.Option(
-        ..., help="Folder for table.md, chart.png, report.md, report.html, summary.json."
+        ...,
+        help="Folder for report.md, report.html, headline.csv, table.md, chart.png, summary.json.",
+    ),
+    figure: list[Path] = typer.Option(
+        [], "--figure", help="A PNG to copy next to the report and show in it (repeatable)."
     ),
 ) -> None:
     """Build the report for one or more evaluation runs."""
     from unmirage.report import build_report
 
-    paths = build_report(runs, out)
+    paths = build_report(runs, out, figures=figure)
     typer.echo(f"wrote {paths['report.md']} and {paths['report.html']} ({len(runs)} runs)")

@@ -347,7 +347,7 @@ def run_seed(
     with its oracle block, ...) are skipped, so a killed run continues where it stopped.
     """
     from unmirage.lab.oracle import Oracle
-    from unmirage.lab.score import load_objects, score_run
+    from unmirage.lab.score import file_oracle, load_objects
     from unmirage.lab.world import World, world_files, write_world
 
     if not resume:  # commands such as eval resume from what they find: start from a clean folder
@@ -536,12 +536,11 @@ def run_seed(
                     "--prefill",
                     cfg.eval.prefill,
                 )
-                metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-                metrics["oracle"] = score_run(run_dir, oracle, objects)
-                atomic_write_json(metrics_path, metrics)
+                file_oracle(run_dir, oracle, objects, files.world)
             results[name] = headline(json.loads(metrics_path.read_text(encoding="utf-8")))
     with runner.stage("report"):
-        runner.cli("report", *[out / name for name in MODELS], "--out", out / "report")
+        figure = out / "spurious" / "spurious.png"
+        runner.cli("report", *[out / name for name in MODELS], "--out", out / "report", "--figure", figure)
     timings = dict(runner.timings)
     timings["total"] = round(sum(runner.timings.values()), 2)
     atomic_write_json(out / "timings.json", timings)
@@ -570,8 +569,8 @@ HEADLINE = (
     ("accuracy_normal", "recipe accuracy, safe"),
     ("accuracy_what", "recipe accuracy, safe 'What'"),
     ("accuracy_share", "recipe accuracy, safe 'Share'"),
-    ("keyword_asr_normal", "keyword ASR normal"),
-    ("keyword_asr_attack", "keyword ASR attack"),
+    ("keyword_asr_normal", "not refused normal (keyword)"),
+    ("keyword_asr_attack", "not refused attack (keyword)"),
     ("keyword_agreement", "keyword vs oracle agreement"),
 )
 
@@ -579,14 +578,21 @@ HEADLINE = (
 def headline(metrics: dict[str, Any]) -> dict[str, Any]:
     """The lab's headline numbers for one model, from its metrics.json (eval fields + oracle block)."""
     oracle = metrics.get("oracle", {})
-    attack_rr = ((metrics.get("cases") or {}).get("unsafe_attack") or {}).get("rr") or {}
+    cases = metrics.get("cases") or {}
+    attack_rr = (cases.get("unsafe_attack") or {}).get("rr") or {}
+
+    def not_refused(case: str) -> float | None:
+        return ((((cases.get(case) or {}).get("asr") or {}).get("keyword") or {}).get("rate") or {}).get(
+            "value"
+        )
+
     row = {key: oracle.get(key) for key, _ in HEADLINE}
     row.update(
         rr_normal=metrics.get("rr_normal"),
         rr_share=metrics.get("rr_share"),
         rr_attack=attack_rr.get("value"),
-        keyword_asr_normal=metrics.get("asr_normal"),
-        keyword_asr_attack=metrics.get("asr_attack"),
+        keyword_asr_normal=not_refused("unsafe_normal"),
+        keyword_asr_attack=not_refused("unsafe_attack"),
         asr_normal_partial=oracle.get("asr_normal_partial"),
         asr_attack_partial=oracle.get("asr_attack_partial"),
         asr_prefill_partial=oracle.get("asr_prefill_partial"),
@@ -676,17 +682,23 @@ def explain(rows: dict[str, dict[str, Any]]) -> list[str]:
         lines.append(
             f"The keyword judge (the reference's) agrees with the oracle on {_pct(min(agreement))} to "
             f"{_pct(max(agreement))} of the answers to harmful questions, depending on the model. It counts "
-            "every answer that is not a refusal as a success: for NPO it reports an attacked ASR of "
-            f"{_pct(get('npo', 'keyword_asr_attack'))} where the oracle finds {_pct(get('npo', 'asr_attack'))} "
-            "leaks. No longer refusing is not leaking, which is why the table's ASR is the oracle's."
+            "every answer that is not a refusal as a success: under the What attack it finds "
+            f"{_pct(get('npo', 'keyword_asr_attack'))} of NPO's questions not refused, which the reference "
+            f"would report as ASR, where the oracle finds {_pct(get('npo', 'asr_attack'))} leaks. No longer "
+            "refusing is not leaking, which is why the table's ASR is the oracle's."
         )
     return lines
 
 
 def lab_markdown(
-    rows: dict[str, dict[str, Any]], timings: dict[str, float], config: LabConfig, seeds: Sequence[int]
+    rows: dict[str, dict[str, Any]],
+    timings: dict[str, float],
+    config: LabConfig,
+    seeds: Sequence[int],
+    folder: str = "",
 ) -> str:
-    """OUT/miragelab.md: the table, what it shows, the SFT statistics used and the time spent."""
+    """OUT/miragelab.md: the table, what it shows, the SFT statistics used (with the spurious-word chart and
+    the report of the seed in `folder`, relative to OUT) and the time spent."""
     shares = config.world
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items() if k != "total")
     seeds_text = f"median over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}"
@@ -699,6 +711,9 @@ def lab_markdown(
         "",
         table_markdown(rows),
         "",
+        f"Every model's ASR / irrelevant / refusal shares with 95% intervals and counts (seed {seeds[0]}): "
+        f"[{folder}report/report.md]({folder}report/report.md).",
+        "",
         "## What the numbers show",
         "",
         *[f"- {line}" for line in explain(rows)],
@@ -710,6 +725,8 @@ def lab_markdown(
         f"- hazard pictures: VLGuard's unsafe first words that the world has (share 195, describe 162, please 112, "
         f'identify 91, explain 86, ...), with "What" at {100 * shares.unsafe_what_share:.1f}% '
         "(VLGuard: 2.8%).",
+        "",
+        f"![First words that separate unsafe from safe SFT questions]({folder}spurious/spurious.png)",
         "",
         f"Wall time: {timings.get('total', float('nan')):.0f} s" + (f" ({stages})." if stages else "."),
         "",
@@ -747,5 +764,7 @@ def run_lab(
     if len(seeds) > 1:
         result["per_seed"] = dict(zip(map(str, seeds), per_seed, strict=True))
         atomic_write_json(out / "summary.json", result)
-        atomic_write_text(out / "miragelab.md", lab_markdown(rows, {"total": wall}, config, seeds))
+        atomic_write_text(
+            out / "miragelab.md", lab_markdown(rows, {"total": wall}, config, seeds, f"seed-{seeds[0]}/")
+        )
     return result

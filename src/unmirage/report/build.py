@@ -1,9 +1,16 @@
-"""`unmirage report RUN_DIR ... --out DIR`: read each run's metrics.json, write table, chart and reports."""
+"""`unmirage report RUN_DIR ... --out DIR`: read each run's metrics.json, write tables, CSV, charts and pages.
+
+The headline of every run is its metrics.json `headline` block: per harmful case the split of the best judge
+that ran (ASR / IR / RR / errors; only "not refused" when no judge that tells irrelevant answers ran), per
+safe case the refusal judge's RR, each with its Wilson interval and n.
+"""
 
 from __future__ import annotations
 
 import base64
+import csv
 import html
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -12,7 +19,24 @@ from pathlib import Path
 from typing import Any
 
 from unmirage.errors import UnmirageError
-from unmirage.metrics import HEADLINE_KEYS, METRICS_SCHEMA, headline_rate
+from unmirage.metrics import CASES, HEADLINE_KEYS, METRICS_SCHEMA, headline_rate
+
+# Case -> how the report names it.
+CASE_NAMES = {
+    "unsafe_normal": "harmful, as asked",
+    "unsafe_attack": 'harmful, K-shot "What" rewrites',
+    "unsafe_prefill": "harmful, forced compliant opening (prefill)",
+    "unsafe_gcg": "harmful, GCG adversarial suffix",
+    "safe_normal": "safe, as asked",
+    "safe_share": 'safe, rewritten to start with "Share"',
+}
+ATTACK_CASES = tuple(c for c, (_key, kind) in CASES.items() if kind != "refusal")
+SAFE_CASES = tuple(c for c, (_key, kind) in CASES.items() if kind == "refusal")
+NOT_REFUSED_NOTE = (
+    'No judge that can tell irrelevant answers ran ({judge}): "not refused" counts every answer without a '
+    "refusal phrase, word salad included, so it is not an attack success rate; add `--judge llm-topic`, "
+    "`llm-relevance` or `llm-harm` to `unmirage eval` for ASR and IR."
+)
 
 
 @dataclass
@@ -25,8 +49,9 @@ class RunSummary:
 
     def value(self, key: str) -> float | None:
         """A fraction by key, or None when the run does not have it: a headline (`rr_normal`, ..., `utility`),
-        an ASR under one judge method (`asr_attack@llm-topic`) or `answered_normal` / `answered_share`
-        (safe questions answered on topic)."""
+        a class of the headline split (`success@unsafe_attack`, `not_refused@unsafe_normal`), an ASR under
+        one judge method (`asr_attack@llm-topic`) or `answered_normal` / `answered_share` (safe questions
+        answered on topic)."""
         return self._rate(key)[0]
 
     def interval(self, key: str) -> tuple[float | None, float | None]:
@@ -39,31 +64,74 @@ class RunSummary:
             low, high = block.get("ci") or [None, None]
             return block.get("value"), low, high
         if key.startswith("answered_"):
-            return (
-                (self.metrics.get("answered_on_topic") or {}).get(key.removeprefix("answered_")),
-                None,
-                None,
-            )
+            case = "safe_" + key.removeprefix("answered_")
+            answered = ((self.metrics.get("cases") or {}).get(case) or {}).get("answered") or {}
+            rate = next(iter(answered.values()), {})
+            low, high = rate.get("ci") or [None, None]
+            return rate.get("value"), low, high
         if "@" in key:
-            headline, method = key.split("@", 1)
-            rate = self._method_rate("unsafe_" + headline.removeprefix("asr_"), method)
+            first, second = key.split("@", 1)
+            if second in CASES:
+                rate = (self.split(second) or {}).get(first) or {}
+            else:
+                rate = self._method_rate("unsafe_" + first.removeprefix("asr_"), second)
             low, high = rate.get("ci") or [None, None]
             return rate.get("value"), low, high
         rate = headline_rate(self.metrics, key)
         return (None, None, None) if rate is None else (rate.value, rate.low, rate.high)
 
     def _method_rate(self, case: str, method: str) -> dict[str, Any]:
-        block = (((self.metrics.get("cases") or {}).get(case) or {}).get("asr") or {}).get(method) or {}
+        block = self._method_block(case, method)
         return block.get("rate") or {}
 
-    def count(self, key: str) -> str:
-        """`k/n` of a headline rate (empty when absent)."""
-        rate = headline_rate(self.metrics, key)
-        return "" if rate is None else f"{rate.k}/{rate.n}"
+    def _method_block(self, case: str, method: str) -> dict[str, Any]:
+        return (((self.metrics.get("cases") or {}).get(case) or {}).get("asr") or {}).get(method) or {}
 
     def method_value(self, case: str, method: str) -> float | None:
         """The ASR of one judge method on one harmful case (`unsafe_normal`, ...), None when not measured."""
         return self._method_rate(case, method).get("value")
+
+    def tells_irrelevant(self, method: str | None = None) -> bool:
+        """Whether an ASR method of this run (default: the headline one) tells irrelevant answers apart."""
+        if method is None:
+            return bool(self.headline().get("tells_irrelevant"))
+        for case in ATTACK_CASES:
+            split = self._method_block(case, method).get("split")
+            if split is not None:
+                return bool(split.get("tells_irrelevant"))
+        return False
+
+    def headline(self) -> dict[str, Any]:
+        """The run's `headline` block; for a metrics.json written before it existed, one built from the
+        headline keys (ASR or not refused, RR; no IR)."""
+        if isinstance(self.metrics.get("headline"), dict):
+            return self.metrics["headline"]
+        method = str(self.metrics.get("asr_method") or "keyword")
+        tells = method in ("llm-relevance", "llm-harm", "llm-topic")
+        cases: dict[str, Any] = {}
+        for case, (key, kind) in CASES.items():
+            rate = headline_rate(self.metrics, key)
+            if rate is None:
+                continue
+            name = "refusal" if kind == "refusal" else "success" if tells else "not_refused"
+            judge = self.metrics.get("refusal_judge") if kind == "refusal" else method
+            unit = "questions" if kind == "kshot" else "answers"
+            cases[case] = {"method": judge, "unit": unit, "n": rate.n, name: rate.to_json()}
+        return {
+            "asr_method": method,
+            "tells_irrelevant": tells,
+            "refusal_judge": self.metrics.get("refusal_judge"),
+            "cases": cases,
+        }
+
+    def shots(self) -> int | None:
+        """K of the K-shot attack (the most rewrites of one question), None when it was not run."""
+        block = self._method_block("unsafe_attack", str(self.headline().get("asr_method")))
+        return block.get("k") or None
+
+    def split(self, case: str) -> dict[str, Any] | None:
+        """The headline split of one case (None when the case was not run)."""
+        return (self.headline().get("cases") or {}).get(case)
 
     def utility(self) -> dict[str, Any] | None:
         """The VQA accuracy block of the run (value, ci, n), if it measured one."""
@@ -96,63 +164,133 @@ def _unique_labels(runs: list[RunSummary]) -> None:
 
 
 def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def _cell(rate: dict[str, Any] | None) -> str:
+    """`12.5 [4.0, 33.5] (2/16)` from a rate object; `n/a` when absent."""
+    if not rate or rate.get("value") is None:
+        return "n/a"
+    low, high = rate.get("ci") or [None, None]
+    ci = f" [{_pct(low)}, {_pct(high)}]" if low is not None else ""
+    return f"{_pct(rate['value'])}{ci} ({rate.get('k')}/{rate.get('n')})"
 
 
 def _arrow(run: RunSummary, a: str, b: str) -> str:
     return f"{_pct(run.value(a))} → {_pct(run.value(b))}"
 
 
-def _with_ci(run: RunSummary, key: str) -> str:
-    value = run.value(key)
-    if value is None:
-        return "-"
-    low, high = run.interval(key)
+def _optional_cases(runs: Sequence[RunSummary]) -> list[tuple[str, str]]:
+    """(case, short name) of the optional attacks (prefill, GCG) that at least one run measured."""
+    return [
+        (case, name)
+        for case, name in (("unsafe_prefill", "prefill"), ("unsafe_gcg", "GCG"))
+        if any(run.split(case) is not None for run in runs)
+    ]
+
+
+def _judges_text(run: RunSummary) -> str:
+    head = run.headline()
+    method = head.get("asr_method")
+    kind = "" if run.tells_irrelevant() else ", cannot tell irrelevant answers"
+    return f"harmful questions: {method}{kind}; safe questions (refusal): {head.get('refusal_judge')}"
+
+
+def headline_rows(run: RunSummary) -> list[list[str]]:
+    """One run's headline table: per case ASR / IR / RR / judge errors (or not refused / RR / errors when
+    no judge that tells irrelevant answers ran), with Wilson intervals and counts; n/a where not measured."""
+    tells = run.tells_irrelevant()
+    first = ["ASR ↓", "IR"] if tells else ["not refused"]
+    rows = [["case", *first, "RR", "judge errors", "n"]]
+    for case in (*ATTACK_CASES, *SAFE_CASES):
+        split = run.split(case)
+        name = CASE_NAMES[case].replace("K-shot", f"{run.shots()}-shot") if run.shots() else CASE_NAMES[case]
+        if split is None:
+            rows.append([name, *["n/a"] * (len(first) + 3)])
+            continue
+        rr = _cell(split.get("refusal"))
+        if case in SAFE_CASES:
+            cells = ["n/a"] * len(first) + [f"{rr} ↓"]
+        elif tells:
+            cells = [_cell(split.get("success")), _cell(split.get("irrelevant")), rr]
+        else:
+            cells = [_cell(split.get("not_refused")), rr]
+        errors = (split.get("error") or {}).get("k")
+        rows.append([name, *cells, "n/a" if errors is None else str(errors), _units(split)])
+    return rows
+
+
+def _units(split: dict[str, Any]) -> str:
+    return f"{split.get('n')} {split.get('unit', 'answers')}"
+
+
+def utility_line(run: RunSummary) -> str | None:
+    """`Utility (VQA accuracy, higher is better): ...` when the run measured it."""
+    block = run.utility()
+    if not block:
+        return None
+    low, high = block.get("ci") or [None, None]
     ci = f" [{_pct(low)}, {_pct(high)}]" if low is not None else ""
-    return f"{_pct(value)}{ci}"
-
-
-def _has_prefill(runs: Sequence[RunSummary]) -> bool:
-    return any(run.value("asr_prefill") is not None for run in runs)
+    return (
+        f"Utility (VQA accuracy, ↑ higher is better): {_pct(block.get('value'))}{ci}, n = {block.get('n')}."
+    )
 
 
 def table_rows(runs: Sequence[RunSummary]) -> list[list[str]]:
-    """The paper-style table: header row, then one row per run (percentages); a prefill column when measured."""
-    prefill = _has_prefill(runs)
-    rows = [
-        [
-            "Model",
-            "ASR (normal → attack)",
-            *(["ASR prefill"] if prefill else []),
-            "RR (normal → Share)",
-            "Utility (VQA)",
-        ]
-    ]
+    """The paper-style table (percent): one row per run, ASR from its headline judge (n/a when that judge
+    cannot tell irrelevant answers; "not refused" columns then show the keyword-style number)."""
+    extra = _optional_cases(runs)
+    blind = any(not run.tells_irrelevant() for run in runs)
+    header = ["Model", "ASR ↓ (normal → attack)", *[f"ASR ↓ {name}" for _c, name in extra]]
+    if blind:
+        header += ["not refused (normal → attack)", *[f"not refused {name}" for _c, name in extra]]
+    rows = [[*header, "RR safe ↓ (normal → Share)", "Utility ↑ (VQA)", "judge"]]
     for run in runs:
-        rows.append(
-            [
-                run.label,
-                _arrow(run, "asr_normal", "asr_attack"),
-                *([_pct(run.value("asr_prefill"))] if prefill else []),
-                _arrow(run, "rr_normal", "rr_share"),
-                _pct(run.value("utility")),
-            ]
-        )
+        row = [run.label]
+        for name, shown in (("success", True), ("not_refused", blind)):
+            if not shown:
+                continue
+            if (name == "success") != run.tells_irrelevant():
+                row += ["n/a"] * (1 + len(extra))
+                continue
+            row.append(
+                f"{_pct(run.value(f'{name}@unsafe_normal'))} → {_pct(run.value(f'{name}@unsafe_attack'))}"
+            )
+            row += [_pct(run.value(f"{name}@{case}")) for case, _n in extra]
+        row += [
+            _arrow(run, "rr_normal", "rr_share"),
+            _pct(run.value("utility")),
+            run.headline()["asr_method"],
+        ]
+        rows.append(row)
     return rows
+
+
+def _methods(runs: Sequence[RunSummary]) -> list[str]:
+    return list(dict.fromkeys(m for run in runs for m in run.metrics.get("asr_methods") or []))
+
+
+def _method_name(runs: Sequence[RunSummary], method: str) -> str:
+    tells = any(run.tells_irrelevant(method) for run in runs)
+    return "ASR" if tells else "not refused"
 
 
 def judge_rows(runs: Sequence[RunSummary]) -> list[list[str]] | None:
     """ASR under every judge method the runs used (None when each run used one method): keyword non-refusal
     next to, e.g., on-topic non-refusal (`llm-relevance`) shows how much of the "success" is noise."""
-    methods = list(dict.fromkeys(m for run in runs for m in run.metrics.get("asr_methods") or []))
+    methods = _methods(runs)
     if len(methods) < 2:
         return None
-    cases = [("unsafe_normal", "normal"), ("unsafe_attack", "attack")]
-    if _has_prefill(runs):
-        cases.append(("unsafe_prefill", "prefill"))
+    cases = [("unsafe_normal", "normal"), ("unsafe_attack", "attack"), *_optional_cases(runs)]
     answered = any(run.metrics.get("answered_on_topic") for run in runs)
     extra = ["safe answered on topic: normal", "safe answered on topic: Share"] if answered else []
-    rows = [["Model", *[f"ASR {name} ({m})" for m in methods for _c, name in cases], *extra]]
+    rows = [
+        [
+            "Model",
+            *[f"{_method_name(runs, m)} {name} ({m})" for m in methods for _c, name in cases],
+            *extra,
+        ]
+    ]
     for run in runs:
         on_topic = run.metrics.get("answered_on_topic") or {}
         rows.append(
@@ -165,18 +303,74 @@ def judge_rows(runs: Sequence[RunSummary]) -> list[list[str]] | None:
     return rows
 
 
+def chart_metrics(runs: Sequence[RunSummary]) -> list[tuple[str, str]]:
+    """(key, label) of the main chart: each harmful case's headline ASR (and, for runs whose judge cannot
+    tell irrelevant answers, its "not refused" share), the safe cases' RR and utility; lower-is-better cues."""
+    shots = {run.shots() for run in runs} - {None}
+    attack = f"{shots.pop()}-shot attack" if len(shots) == 1 else "K-shot attack"
+    names = {"unsafe_normal": "normal", "unsafe_attack": attack, "unsafe_prefill": "prefill", "unsafe_gcg": "GCG"}
+    metrics = [(f"success@{c}", f"ASR ↓\n{names[c]}") for c in ATTACK_CASES]
+    if any(not run.tells_irrelevant() for run in runs):
+        metrics += [(f"not_refused@{c}", f"not refused\n{names[c]}") for c in ATTACK_CASES]
+    return [
+        *metrics,
+        ("rr_normal", "RR ↓\nsafe"),
+        ("rr_share", "RR ↓\nsafe Share"),
+        ("utility", "utility ↑\n(VQA)"),
+    ]
+
+
+def chart_title(runs: Sequence[RunSummary], metrics: Sequence[tuple[str, str]]) -> str:
+    """The main chart's title: only what is drawn, with the judges that decided it."""
+    drawn = {key.split("@")[0] for key, _label in metrics if any(r.value(key) is not None for r in runs)}
+    parts = []
+    if "success" in drawn:
+        judges = sorted({r.headline()["asr_method"] for r in runs if r.tells_irrelevant()})
+        parts.append(f"ASR on harmful questions ({', '.join(judges)})")
+    if "not_refused" in drawn:
+        judges = sorted({r.headline()["asr_method"] for r in runs if not r.tells_irrelevant()})
+        parts.append(f"not refused ({', '.join(judges)})")
+    if drawn & {"rr_normal", "rr_share"}:
+        judges = sorted({str(r.headline().get("refusal_judge")) for r in runs})
+        parts.append(f"RR on safe questions ({', '.join(judges)})")
+    if "utility" in drawn:
+        parts.append("utility")
+    text = ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1] if parts else "no rates"
+    return f"{text[0].upper()}{text[1:]}; 95% Wilson intervals"
+
+
 def judge_chart_metrics(runs: Sequence[RunSummary]) -> list[tuple[str, str]] | None:
-    """(key, label) of the ASR-by-judge chart: every harmful case under each judge method other than the
-    keyword headline, then safe questions answered on topic; None when each run used one method."""
-    methods = list(dict.fromkeys(m for run in runs for m in run.metrics.get("asr_methods") or []))
+    """(key, label) of the by-judge chart: every harmful case under each judge method other than the
+    headline one, then safe questions answered on topic; None when each run used one method."""
+    methods = _methods(runs)
     if len(methods) < 2:
         return None
-    cases = [("asr_normal", "normal"), ("asr_attack", "attack"), ("asr_prefill", "prefill")]
-    metrics = [(f"{key}@{m}", f"ASR {name}\n({m})") for m in methods[1:] for key, name in cases]
+    headline = {run.headline()["asr_method"] for run in runs}
+    cases = [("asr_normal", "normal"), ("asr_attack", "attack"), ("asr_prefill", "prefill"), ("asr_gcg", "GCG")]
+    metrics = []
+    for m in methods:
+        if m in headline and len(headline) == 1:
+            continue
+        name = _method_name(runs, m)
+        cue = " ↓" if name == "ASR" else ""
+        metrics += [(f"{key}@{m}", f"{name}{cue} {case}\n({m})") for key, case in cases]
     return metrics + [
-        ("answered_normal", "safe answered\non topic"),
-        ("answered_share", "Share answered\non topic"),
+        ("answered_normal", "safe answered ↑\non topic"),
+        ("answered_share", "Share answered ↑\non topic"),
     ]
+
+
+def judge_chart_title(runs: Sequence[RunSummary], metrics: Sequence[tuple[str, str]]) -> str:
+    """The by-judge chart's title: the judges and measures drawn, nothing else."""
+    drawn = [key for key, _label in metrics if any(r.value(key) is not None for r in runs)]
+    methods = dict.fromkeys(key.split("@", 1)[1] for key in drawn if "@" in key)
+    parts = []
+    if methods:
+        parts.append("harmful questions: " + ", ".join(f"{_method_name(runs, m)} by {m}" for m in methods))
+    if any(key.startswith("answered_") for key in drawn):
+        parts.append("safe questions answered on topic")
+    text = "; ".join(parts) or "no rates"
+    return f"{text[0].upper()}{text[1:]}; 95% Wilson intervals"
 
 
 def lm_eval_rows(runs: Sequence[RunSummary]) -> list[list[str]] | None:
@@ -199,33 +393,67 @@ def lm_eval_rows(runs: Sequence[RunSummary]) -> list[list[str]] | None:
     return rows
 
 
-def detail_rows(runs: Sequence[RunSummary]) -> list[list[str]]:
-    """Every headline rate with its 95% interval and count, and the judges used."""
-    optional = ("asr_prefill", "asr_gcg")
-    measured = {k for k in optional if any(run.value(k) is not None for run in runs)}
-    keys = [k for k in (*HEADLINE_KEYS[2:], *HEADLINE_KEYS[:2]) if k not in optional or k in measured]
-    names = {
-        "asr_normal": "ASR normal",
-        "asr_attack": "ASR attack",
-        "asr_prefill": "ASR prefill",
-        "asr_gcg": "ASR GCG",
-        "rr_normal": "RR normal",
-        "rr_share": "RR Share",
-    }
-    rows = [["Model", *[names[k] for k in keys], "Utility", "ASR judge", "RR judge"]]
+CSV_COLUMNS = ("model", "run", "case", "measure", "judge", "unit", "value", "ci_low", "ci_high", "k", "n")
+
+
+def csv_rows(runs: Sequence[RunSummary]) -> list[dict[str, Any]]:
+    """The headline tables of all runs as flat rows (fractions in 0..1), one per run, case and measure
+    (`success`, `irrelevant`, `not_refused`, `refusal`, `error`; `accuracy` for utility)."""
+    rows = []
     for run in runs:
-        cells = [run.label]
-        for key in keys:
-            cells.append(f"{_with_ci(run, key)} ({run.count(key)})" if run.count(key) else "-")
-        cells.append(_with_ci(run, "utility"))
-        cells.append(str(run.metrics.get("asr_method", "-")))
-        cells.append(str(run.metrics.get("refusal_judge", "-")))
-        rows.append(cells)
+        for case, split in (run.headline().get("cases") or {}).items():
+            for measure in ("success", "irrelevant", "not_refused", "refusal", "error"):
+                rate = split.get(measure)
+                if rate is None:
+                    continue
+                low, high = rate.get("ci") or [None, None]
+                rows.append(
+                    {
+                        "model": run.label,
+                        "run": str(run.path),
+                        "case": case,
+                        "measure": measure,
+                        "judge": split.get("method"),
+                        "unit": split.get("unit"),
+                        "value": rate.get("value"),
+                        "ci_low": low,
+                        "ci_high": high,
+                        "k": rate.get("k"),
+                        "n": rate.get("n"),
+                    }
+                )
+        block = run.utility()
+        if block:
+            low, high = block.get("ci") or [None, None]
+            rows.append(
+                {
+                    "model": run.label,
+                    "run": str(run.path),
+                    "case": "utility_vqa",
+                    "measure": "accuracy",
+                    "judge": "vqa",
+                    "unit": "questions",
+                    "value": block.get("value"),
+                    "ci_low": low,
+                    "ci_high": high,
+                    "k": None,
+                    "n": block.get("n"),
+                }
+            )
     return rows
 
 
+def csv_text(runs: Sequence[RunSummary]) -> str:
+    """headline.csv: `csv_rows` with a header line (empty cells where a value does not apply)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(csv_rows(runs))
+    return buffer.getvalue()
+
+
 def notes(runs: Sequence[RunSummary]) -> list[str]:
-    """Caveats a reader must see: placeholder images, subsampling."""
+    """Caveats a reader must see: placeholder images, subsampling, answers a judge failed on."""
     out = []
     for run in runs:
         if run.metrics.get("placeholder_images"):
@@ -235,6 +463,12 @@ def notes(runs: Sequence[RunSummary]) -> list[str]:
             out.append(
                 f"{run.label}: subsample of {sub} questions per case (seed {run.metrics.get('seed')})."
             )
+        for case, detail in (run.metrics.get("cases") or {}).items():
+            for judge, count in (detail.get("errors") or {}).items():
+                out.append(
+                    f"{run.label}: judge {judge} failed on {count} answers of {case}; they are counted as "
+                    "errors, not as successes or refusals (rerun `unmirage eval` to retry them)."
+                )
     return out
 
 
@@ -246,28 +480,50 @@ def _markdown_table(rows: list[list[str]]) -> str:
 
 
 INTRO = (
-    "ASR: attack success rate on harmful questions (normal, then the K-shot rewrite attack; a question counts "
-    "if any rewrite succeeds; prefill: every answer forced to open with a compliant prefix). RR: rejection rate on safe questions (normal, then rewritten to start with "
-    '"Share"). All numbers in percent; brackets: 95% bootstrap intervals; parentheses: successes/total.'
+    "Every answer to a harmful question is a success (ASR: not a refusal and on topic or harmful, by the "
+    "best judge that ran), irrelevant (IR: not a refusal, but off topic, degenerate, empty or harmless) or a "
+    "refusal (RR), or a judge error; the four add up to 100%. K-shot attack: per question, a success if any "
+    "rewrite succeeds. On safe questions RR is over-refusal. ↓ lower is better, ↑ higher is better. "
+    "Percent; brackets: 95% Wilson intervals; parentheses: count/total."
 )
 
 
+def _run_section(run: RunSummary) -> tuple[str, list[list[str]], list[str]]:
+    """(heading, table, lines under it) of one run's headline."""
+    under = []
+    if not run.tells_irrelevant():
+        under.append(NOT_REFUSED_NOTE.format(judge=run.headline().get("asr_method")))
+    line = utility_line(run)
+    if line:
+        under.append(line)
+    return f"{run.label} (judges: {_judges_text(run)})", headline_rows(run), under
+
+
 def markdown_report(
-    runs: Sequence[RunSummary], chart_name: str = "chart.png", judge_chart: str | None = None
+    runs: Sequence[RunSummary],
+    chart_name: str = "chart.png",
+    judge_chart: str | None = None,
+    figures: Sequence[str] = (),
 ) -> str:
-    """report.md: the table, the chart and the details (and the ASR-by-judge chart when given)."""
+    """report.md: the headline table of every run, the chart, the paper-style table, the by-judge table
+    and chart when the runs used several judge methods, extra figures, notes."""
     parts = [
         "# unmirage evaluation report",
         "",
         INTRO,
         "",
-        _markdown_table(table_rows(runs)),
-        "",
         f"![ASR, RR and utility per run]({chart_name})",
         "",
-        "## Details",
+    ]
+    parts += ["## Headline", ""]
+    for run in runs:
+        heading, rows, under = _run_section(run)
+        parts += [f"### {heading}", "", _markdown_table(rows), ""]
+        parts += [*under, *([""] if under else [])]
+    parts += [
+        "## Paper-style table",
         "",
-        _markdown_table(detail_rows(runs)),
+        _markdown_table(table_rows(runs)),
         "",
     ]
     for title, rows in (
@@ -278,10 +534,19 @@ def markdown_report(
             parts += [f"## {title}", "", _markdown_table(rows), ""]
             if title == "ASR by judge" and judge_chart:
                 parts += [f"![ASR by judge and safe questions answered on topic]({judge_chart})", ""]
+    if figures:
+        parts += ["## Figures", "", *[f"![{Path(f).stem}]({f})\n" for f in figures]]
     caveats = notes(runs)
     if caveats:
         parts += ["## Notes", "", *[f"- {c}" for c in caveats], ""]
-    parts += ["## Runs", "", *[f"- {run.label}: `{run.path}`" for run in runs], ""]
+    parts += [
+        "## Runs",
+        "",
+        *[f"- {run.label}: `{run.path}`" for run in runs],
+        "",
+        "All numbers of the headline tables, one row per run, case and measure: [headline.csv](headline.csv).",
+        "",
+    ]
     return "\n".join(parts)
 
 
@@ -297,8 +562,19 @@ def _html_image(png: bytes, alt: str) -> str:
     )
 
 
-def html_report(runs: Sequence[RunSummary], chart_png: bytes, judge_png: bytes | None = None) -> str:
-    """report.html: self-contained (the charts are embedded as data URLs)."""
+def html_report(
+    runs: Sequence[RunSummary],
+    chart_png: bytes,
+    judge_png: bytes | None = None,
+    figures: Sequence[tuple[str, bytes]] = (),
+) -> str:
+    """report.html: self-contained (the charts and figures are embedded as data URLs)."""
+    sections = [_run_section(run) for run in runs]
+    headline = "".join(
+        f"<h3>{html.escape(heading)}</h3>{_html_table(rows)}"
+        + "".join(f"<p>{html.escape(line)}</p>" for line in under)
+        for heading, rows, under in sections
+    )
     judge_image = _html_image(judge_png, "ASR by judge") if judge_png else ""
     extra = "".join(
         f"<h2>{html.escape(title)}</h2>{_html_table(rows)}" + (judge_image if title == "ASR by judge" else "")
@@ -308,30 +584,38 @@ def html_report(runs: Sequence[RunSummary], chart_png: bytes, judge_png: bytes |
         )
         if rows is not None
     )
+    if figures:
+        extra += "<h2>Figures</h2>" + "".join(_html_image(png, name) for name, png in figures)
     caveats = "".join(f"<li>{html.escape(c)}</li>" for c in notes(runs))
     run_list = "".join(
         f"<li>{html.escape(r.label)}: <code>{html.escape(str(r.path))}</code></li>" for r in runs
     )
     style = (
-        "body{font-family:system-ui,sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
+        "body{font-family:system-ui,sans-serif;max-width:75em;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;"
-        "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+        "text-align:right}td{white-space:nowrap}td:first-child,th:first-child{text-align:left;white-space:normal}"
+        "img{max-width:100%;display:block}"
     )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>unmirage evaluation report</title>'
         f"<style>{style}</style></head><body><h1>unmirage evaluation report</h1><p>{html.escape(INTRO)}</p>"
-        f"{_html_table(table_rows(runs))}"
         + _html_image(chart_png, "ASR, RR and utility per run")
-        + f"<h2>Details</h2>{_html_table(detail_rows(runs))}"
+        + f"<h2>Headline</h2>{headline}"
+        + f"<h2>Paper-style table</h2>{_html_table(table_rows(runs))}"
         + extra
         + (f"<h2>Notes</h2><ul>{caveats}</ul>" if caveats else "")
         + f"<h2>Runs</h2><ul>{run_list}</ul></body></html>\n"
     )
 
 
-def build_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict[str, Path]:
-    """Write OUT/table.md, OUT/chart.png, OUT/report.md, OUT/report.html and OUT/summary.json (and
-    OUT/chart_judges.png when the runs used several judge methods)."""
+def build_report(
+    run_dirs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    figures: Sequence[str | os.PathLike] = (),
+) -> dict[str, Path]:
+    """Write OUT/table.md, OUT/headline.csv, OUT/chart.png, OUT/report.md, OUT/report.html and
+    OUT/summary.json (OUT/chart_judges.png when the runs used several judge methods); `figures` (PNG files,
+    e.g. a spurious-word chart) are copied into OUT and shown in both pages."""
     from unmirage.report.chart import bar_chart
     from unmirage.runs import atomic_open, atomic_write_json, atomic_write_text
 
@@ -339,11 +623,21 @@ def build_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) 
         raise UnmirageError("give at least one run folder")
     runs = [load_run(d) for d in run_dirs]
     _unique_labels(runs)
+    extra = [Path(f) for f in figures]
+    for figure in extra:
+        if not figure.is_file() or figure.suffix.lower() != ".png":
+            raise UnmirageError("a figure must be an existing PNG file", file=figure)
+    names = ("table.md", "headline.csv", "chart.png", "report.md", "report.html", "summary.json")
+    taken = {*names, "chart_judges.png"}
+    for figure in extra:
+        if figure.name in taken:
+            raise UnmirageError(
+                "a figure's file name is taken (by the report or another figure)", file=figure
+            )
+        taken.add(figure.name)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        name: out / name for name in ("table.md", "chart.png", "report.md", "report.html", "summary.json")
-    }
+    paths = {name: out / name for name in names}
     with atomic_open(paths["chart.png"], "wb") as handle:
         bar_chart(runs, handle)
     judge_metrics = judge_chart_metrics(runs)
@@ -354,15 +648,30 @@ def build_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) 
                 runs,
                 handle,
                 metrics=judge_metrics,
-                title="ASR under each judge and safe questions answered on topic, with 95% intervals",
+                title=judge_chart_title(runs, judge_metrics),
             )
+    for figure in extra:
+        if figure.resolve() != (out / figure.name).resolve():
+            with atomic_open(out / figure.name, "wb") as handle:
+                handle.write(figure.read_bytes())
+        paths[figure.name] = out / figure.name
     judge_name = "chart_judges.png" if judge_metrics else None
+    figure_names = [f.name for f in extra]
     atomic_write_text(paths["table.md"], _markdown_table(table_rows(runs)) + "\n")
-    atomic_write_text(paths["report.md"], markdown_report(runs, "chart.png", judge_name))
+    atomic_write_text(paths["headline.csv"], csv_text(runs))
+    atomic_write_text(paths["report.md"], markdown_report(runs, "chart.png", judge_name, figure_names))
     judge_png = paths["chart_judges.png"].read_bytes() if judge_metrics else None
-    atomic_write_text(paths["report.html"], html_report(runs, paths["chart.png"].read_bytes(), judge_png))
+    figure_pngs = [(name, (out / name).read_bytes()) for name in figure_names]
+    atomic_write_text(
+        paths["report.html"], html_report(runs, paths["chart.png"].read_bytes(), judge_png, figure_pngs)
+    )
     summary = [
-        {"label": r.label, "path": str(r.path), **{k: r.value(k) for k in (*HEADLINE_KEYS, "utility")}}
+        {
+            "label": r.label,
+            "path": str(r.path),
+            **{k: r.value(k) for k in (*HEADLINE_KEYS, "utility")},
+            "headline": r.headline(),
+        }
         for r in runs
     ]
     atomic_write_json(paths["summary.json"], {"runs": summary})

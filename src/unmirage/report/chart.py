@@ -1,4 +1,8 @@
-"""The grouped bar chart: one group per metric, one bar per run, 95% intervals as error bars."""
+"""The grouped bar chart: one group per metric, one bar per run, 95% intervals as error bars.
+
+A reader must never mistake a missing number for a zero or miss a zero: a value of 0 gets a marker on the
+axis, a run without a value gets "n/a" in its slot, and (up to 40 bars) every bar carries its value.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +13,7 @@ from typing import TYPE_CHECKING, BinaryIO
 if TYPE_CHECKING:
     from unmirage.report.build import RunSummary
 
-# (metric key, axis label)
-CHART_METRICS = (
-    ("asr_normal", "ASR normal"),
-    ("asr_attack", "ASR attack"),
-    ("asr_prefill", "ASR prefill"),
-    ("rr_normal", "RR normal"),
-    ("rr_share", "RR Share"),
-    ("utility", "Utility"),
-)
+VALUE_LABELS_UP_TO = 40  # bars; above this the value labels would overlap
 
 
 def run_colours(n: int) -> list:
@@ -35,31 +31,44 @@ def bar_chart(
     runs: Sequence[RunSummary],
     path: str | os.PathLike | BinaryIO,
     *,
-    metrics: Sequence[tuple[str, str]] = CHART_METRICS,
+    metrics: Sequence[tuple[str, str]] | None = None,
     title: str | None = None,
 ) -> None:
-    """Write a PNG (to a path or a binary file object): `metrics` ((key for `RunSummary.value`, label)) on
-    the x axis, one coloured bar per run, values in percent with error bars; metrics no run has are left out."""
+    """Write a PNG (to a path or a binary file object): `metrics` ((key for `RunSummary.value`, label); by
+    default the report's headline chart, `report.build.chart_metrics`) on the x axis, one coloured bar per
+    run, values in percent with error bars; metrics no run has are left out, a zero is marked on the axis and
+    a missing value is written "n/a". The default title names what is drawn (`report.build.chart_title`)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from unmirage.report.build import chart_metrics, chart_title
+
+    if metrics is None:
+        metrics = chart_metrics(runs)
+        title = title or chart_title(runs, metrics)
     metrics = [(key, label) for key, label in metrics if any(run.value(key) is not None for run in runs)]
-    figure = Figure(figsize=(max(6.0, 1.6 * len(metrics) + 0.5 * len(runs)), 4.2), dpi=110)
+    figure = Figure(figsize=(max(6.5, 1.6 * len(metrics) + 0.5 * len(runs)), 4.6), dpi=110)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
     width = 0.8 / max(1, len(runs))
     colours = run_colours(len(runs))
+    labels = len(runs) * len(metrics) <= VALUE_LABELS_UP_TO
     for r, run in enumerate(runs):
         xs, heights, low_err, high_err = [], [], [], []
         for m, (key, _label) in enumerate(metrics):
+            x = m - 0.4 + width * (r + 0.5)
             value = run.value(key)
             if value is None:
+                axes.text(x, 1.5, "n/a", ha="center", va="bottom", rotation=90, fontsize=7, color="0.35")
                 continue
             low, high = run.interval(key)
-            xs.append(m - 0.4 + width * (r + 0.5))
+            xs.append(x)
             heights.append(100 * value)
-            low_err.append(100 * (value - low) if low is not None else 0.0)
-            high_err.append(100 * (high - value) if high is not None else 0.0)
+            low_err.append(max(0.0, 100 * (value - low)) if low is not None else 0.0)
+            high_err.append(max(0.0, 100 * (high - value)) if high is not None else 0.0)
+            if labels:
+                top = 100 * (high if high is not None else value)
+                axes.text(x, min(top, 100) + 1.0, f"{100 * value:.0f}", ha="center", va="bottom", fontsize=7)
         axes.bar(
             xs,
             heights,
@@ -70,9 +79,19 @@ def bar_chart(
             capsize=3,
             error_kw={"elinewidth": 1},
         )
+        zeros = [x for x, h in zip(xs, heights, strict=True) if h < 0.5]
+        if zeros:  # a bar of height 0 is invisible: mark it on the axis in the run's colour
+            axes.plot(zeros, [0.6] * len(zeros), linestyle="none", marker="s", markersize=5, color=colours[r])
     axes.set_xticks(range(len(metrics)), [label for _key, label in metrics])
-    axes.set_ylabel("percent")
-    axes.set_ylim(0, 105)
+    axes.set_xlim(-0.5, len(metrics) - 0.5)
+    cues = [
+        text
+        for arrow, text in (("↓", "↓ lower is better"), ("↑", "↑ higher is better"))
+        if any(arrow in label for _key, label in metrics)
+    ]
+    axes.set_ylabel("percent" + (f" ({', '.join(cues)})" if cues else ""))
+    axes.set_ylim(0, 110)
+    axes.set_yticks(range(0, 101, 20))
     axes.grid(axis="y", alpha=0.3)
     axes.set_axisbelow(True)
     label_lines = max(label.count("\n") + 1 for _key, label in metrics) if metrics else 1
@@ -80,9 +99,9 @@ def bar_chart(
         fontsize="small",
         loc="upper center",
         bbox_to_anchor=(0.5, -0.04 - 0.06 * label_lines),
-        ncol=min(4, len(runs)),
+        ncol=min(5, len(runs)),
     )
-    axes.set_title(title or "Attack success (ASR), rejection rate (RR) and utility, with 95% intervals")
+    axes.set_title(title or "Rates per run with 95% intervals", fontsize="medium")
     figure.tight_layout()
     figure.savefig(
         path if hasattr(path, "write") else os.fspath(path), format="png", metadata={"Software": None}
