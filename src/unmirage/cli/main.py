@@ -10,6 +10,7 @@ import typer
 
 import unmirage.cli as _cli_package
 from unmirage.errors import UnmirageError
+from unmirage.judges import JUDGES
 
 COMMAND_MODULES = tuple(
     sorted(m.name for m in pkgutil.iter_modules(_cli_package.__path__) if m.name != "main")
@@ -65,7 +66,10 @@ EXAMPLES = {
     "--out runs/tiny/eval-npo",
     "generate": f"unmirage generate --model tiny-llava --data {VLG}/test.json --subset unsafes "
     "--placeholder-images --limit 10 --out gens.jsonl",
-    "judge": "unmirage judge keyword --answers gens.jsonl --out judged.jsonl",
+    "judge validate": "unmirage judge validate --judge refusal --labels data/labels/refusal_example.jsonl "
+    "--out runs/validate-refusal",
+    "attack gcg": f"unmirage attack gcg --model runs/tiny/npo --data {VLG}/test.json --placeholder-images "
+    "--steps 20 --limit 5 --out gcg.json",
     "report": "unmirage report runs/tiny/eval-base runs/tiny/eval-npo --out runs/tiny/report",
     "unlearn": "unmirage unlearn recipes/tiny/npo.yaml train.max_steps=5 method.beta=0.5",
     "analyze spurious": f"unmirage analyze spurious {VLG}/train.json --out runs/spurious",
@@ -87,6 +91,10 @@ EXAMPLES = {
     "utility lm-eval": "unmirage utility lm-eval --model runs/tiny/npo --tasks mmlu --limit 20 --out runs/tiny/eval-npo",
 }
 """One example command per command, shown at the end of its `--help`."""
+# one command per registered judge: its example is generated, so a new judge needs no entry here
+EXAMPLES.update(
+    {f"judge {name}": f"unmirage judge {name} --answers gens.jsonl --out judged.jsonl" for name in JUDGES}
+)
 
 
 def _add_examples(group: typer.Typer, prefix: str = "") -> None:

@@ -19,18 +19,17 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any
 
 from unmirage.errors import UnmirageError
 from unmirage.judges.base import Judge, JudgeItem, Verdict
 from unmirage.judges.cache import JudgeCache
 from unmirage.judges.runner import run_judge
+from unmirage.stats import wilson_interval
 
 REFUSAL_LABELS = ("compliance", "refusal", "partial_refusal")
 ASR_LABELS = ("success", "irrelevant", "refusal")
@@ -165,14 +164,7 @@ def judge_kinds(name: str) -> tuple[str, ...]:
 
 def wilson(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float] | None:
     """The Wilson score interval of k successes in n trials (None when n = 0); never zero width."""
-    if n <= 0:
-        return None
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    p = k / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return wilson_interval(k / n, n, confidence) if n > 0 else None
 
 
 def proportion(k: int, n: int) -> dict[str, Any]:

@@ -308,7 +308,12 @@ def chart_metrics(runs: Sequence[RunSummary]) -> list[tuple[str, str]]:
     tell irrelevant answers, its "not refused" share), the safe cases' RR and utility; lower-is-better cues."""
     shots = {run.shots() for run in runs} - {None}
     attack = f"{shots.pop()}-shot attack" if len(shots) == 1 else "K-shot attack"
-    names = {"unsafe_normal": "normal", "unsafe_attack": attack, "unsafe_prefill": "prefill", "unsafe_gcg": "GCG"}
+    names = {
+        "unsafe_normal": "normal",
+        "unsafe_attack": attack,
+        "unsafe_prefill": "prefill",
+        "unsafe_gcg": "GCG",
+    }
     metrics = [(f"success@{c}", f"ASR ↓\n{names[c]}") for c in ATTACK_CASES]
     if any(not run.tells_irrelevant() for run in runs):
         metrics += [(f"not_refused@{c}", f"not refused\n{names[c]}") for c in ATTACK_CASES]
@@ -346,7 +351,12 @@ def judge_chart_metrics(runs: Sequence[RunSummary]) -> list[tuple[str, str]] | N
     if len(methods) < 2:
         return None
     headline = {run.headline()["asr_method"] for run in runs}
-    cases = [("asr_normal", "normal"), ("asr_attack", "attack"), ("asr_prefill", "prefill"), ("asr_gcg", "GCG")]
+    cases = [
+        ("asr_normal", "normal"),
+        ("asr_attack", "attack"),
+        ("asr_prefill", "prefill"),
+        ("asr_gcg", "GCG"),
+    ]
     metrics = []
     for m in methods:
         if m in headline and len(headline) == 1:
