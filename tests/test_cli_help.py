@@ -85,3 +85,16 @@ def test_push_to_hub_is_refused_with_the_upload_command(tmp_path, capsys):
     )
     code, _, err = run_cli(["unlearn", str(recipe), "--check"], capsys)
     assert_one_line_error(code, err, "train.push_to_hub", "hf upload REPO_ID OUTPUT_DIR")
+
+
+def test_lab_run_ends_by_pointing_to_your_own_model(tmp_path, capsys, monkeypatch):
+    import unmirage.lab.run as lab
+
+    monkeypatch.setattr(lab, "run_lab", lambda *args, **kwargs: {"models": {}})
+    monkeypatch.setattr(lab, "table_markdown", lambda rows: "| table |")
+    result = run_cli(["lab", "run", "--out", str(tmp_path / "lab"), "--quiet"], capsys)
+    assert result.code == 0
+    assert (
+        result.out.strip().splitlines()[-1]
+        == 'Next: the same steps on your own model: README.md, section "Your own model".'
+    )

@@ -154,8 +154,40 @@ def test_smol_vlguard_plan_renders(monkeypatch):
 
 
 @pytest.mark.slow
-def test_smol_plan_sft_stages_on_a_tiny_stand_in(tmp_path):
+def in_process_child(argv: list[str], env: dict[str, str], log: Path) -> tuple[int, float, float]:
+    """`pipeline.run_child` without a new Python per stage (each would import torch and transformers again;
+    `test_run_times_skips_and_fails_clearly` covers the real child processes): the command runs in this
+    process with the stage's environment, its output in the log."""
+    import contextlib
+    import os
+    import time
+
+    import torch
+
+    from unmirage.cli.main import main
+
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start, saved, threads = time.perf_counter(), dict(os.environ), torch.get_num_threads()
+    with open(log, "w", encoding="utf-8") as handle, contextlib.redirect_stdout(handle):
+        handle.write("$ unmirage " + " ".join(argv) + "\n")
+        os.environ.update(env)
+        try:
+            main(argv)
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+            torch.set_num_threads(threads)
+    return code, time.perf_counter() - start, 0.0
+
+
+def test_smol_plan_sft_stages_on_a_tiny_stand_in(tmp_path, monkeypatch):
     """The real plan file, stages compose -> sft-data -> sft -> eval-sft, both forms, on a tiny ChatML LM."""
+    import unmirage.pipeline
+
+    monkeypatch.setattr(unmirage.pipeline, "run_child", in_process_child)
     pytest.importorskip("unmirage.train.recipe", reason="the unlearn command has not landed")
     from helpers import safe_record, unsafe_record, write_json
     from test_smol import _stand_in_lm

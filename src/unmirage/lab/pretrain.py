@@ -15,7 +15,6 @@ the toolkit's commands.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import time
@@ -85,11 +84,18 @@ def feature_layer_tokens(model: Any, pixel_values: torch.Tensor) -> torch.Tensor
     return hidden[:, 1:] if config.vision_feature_select_strategy == "default" else hidden
 
 
-def _counting(step: int) -> Any:
-    """A FLOP counter for the first step (matmuls and attention, forward and backward), nothing after."""
+def step_flop(modules: Sequence[torch.nn.Module], loss_of: Callable[..., torch.Tensor]) -> int:
+    """FLOPs (matmuls and attention, forward and backward) of `loss_of(*modules).backward()`, counted on
+    copies of the modules: the counter can change kernel choices, so the training run's own numbers stay
+    untouched."""
+    import copy
+
     from torch.utils.flop_counter import FlopCounterMode
 
-    return FlopCounterMode(display=False) if step == 0 else contextlib.nullcontext()
+    twins = copy.deepcopy(list(modules))
+    with FlopCounterMode(display=False) as counter:
+        loss_of(*twins).backward()
+    return counter.get_total_flops()
 
 
 def pretrain_vision(
@@ -115,18 +121,24 @@ def pretrain_vision(
     optimizer = torch.optim.AdamW(params, lr=stage.learning_rate, weight_decay=0.0)
     tower.train()
     kind_acc = colour_acc = 0.0
+
+    def loss_and_logits(
+        model: Any, head: torch.nn.Module, index: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = head(feature_layer_tokens(model, pixels[index]).flatten(1))
+        loss = torch.nn.functional.cross_entropy(logits[:, :n_kinds], kinds[index])
+        return loss + torch.nn.functional.cross_entropy(logits[:, n_kinds:], colours[index]), logits
+
     bar = _progress(stage.steps, "vision pretraining", progress)
-    start, step_flop = time.perf_counter(), 0
+    start, flop = time.perf_counter(), 0
     for step, index in enumerate(_batches(len(specs), stage.batch_size, stage.steps, seed)):
         for group in optimizer.param_groups:
             group["lr"] = stage.learning_rate * cosine_factor(step, stage.steps, stage.warmup)
-        with _counting(step) as counter:
-            logits = head(feature_layer_tokens(model, pixels[index]).flatten(1))
-            loss = torch.nn.functional.cross_entropy(logits[:, :n_kinds], kinds[index])
-            loss = loss + torch.nn.functional.cross_entropy(logits[:, n_kinds:], colours[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        step_flop = counter.get_total_flops() if step == 0 else step_flop
+        if step == 0:  # every step has the same shape
+            flop = stage.steps * step_flop([model, head], lambda m, h, i=index: loss_and_logits(m, h, i)[0])
+        loss, logits = loss_and_logits(model, head, index)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
         optimizer.step()
         kind_acc = (logits[:, :n_kinds].argmax(-1) == kinds[index]).float().mean().item()
         colour_acc = (logits[:, n_kinds:].argmax(-1) == colours[index]).float().mean().item()
@@ -139,7 +151,7 @@ def pretrain_vision(
         "colour_accuracy": colour_acc,
         "loss": float(loss.item()),
         "seconds": round(time.perf_counter() - start, 3),
-        "train_flop": float(step_flop * stage.steps),
+        "train_flop": float(flop),
     }
 
 
@@ -183,12 +195,11 @@ def train_base(
         batch = collate([items[i] for i in index])
         batch.pop("index", None)
         tokens += batch["input_ids"].numel()
-        with _counting(step) as counter:
-            loss = model(**batch).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
         if step == 0:
-            flop_per_token = counter.get_total_flops() / batch["input_ids"].numel()
+            flop_per_token = step_flop([model], lambda m, b=batch: m(**b).loss) / batch["input_ids"].numel()
+        loss = model(**batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         losses.append(loss.item())
