@@ -65,12 +65,14 @@ def judge(
         help="Malformed LLM judge replies: 'default' records them (with the documented default verdict) and "
         "reports the count; 'error' stops with an error naming the first one and writes nothing.",
     ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace --out even if it was judged from other answers or settings."
+    ),
 ) -> None:
     """Judge every answer in --answers and write the lines, with verdicts, to --out."""
-    import os
-
     from unmirage.errors import UnmirageError
     from unmirage.judges import JUDGES, get_judge, judge_file, make_backend
+    from unmirage.judges.backends import read_api_key
 
     cls = JUDGES.get(name)
     if cls is None:
@@ -84,6 +86,8 @@ def judge(
         options["threshold"] = topic_threshold
     if cls.needs_backend:
         options["scoring"] = scoring
+        if name != "llm-topic":
+            options["use_images"] = not text_only
         if scoring == "choice" and judge_url is not None:
             raise UnmirageError(
                 "--scoring choice needs a local judge model (it reads the model's probabilities)"
@@ -95,7 +99,7 @@ def judge(
         options["backend"] = make_backend(
             judge_model,
             url=judge_url,
-            api_key=os.environ.get(api_key_env),
+            api_key=read_api_key(api_key_env) if judge_url else None,
             timeout=timeout,
             max_retries=retries,
             concurrency=concurrency,
@@ -111,6 +115,7 @@ def judge(
         image_root=image_root if cls.needs_backend else None,
         batch_size=batch_size,
         on_malformed=on_malformed,
+        overwrite=overwrite,
     )
     counts = ", ".join(
         f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items() if k != "judge"

@@ -26,6 +26,10 @@ from unmirage.train.reference import Reference
 SIDES = ("forget", "retain")
 
 
+class NonFiniteLoss(RuntimeError):
+    """A training loss that is NaN or infinite (the run stops before the optimizer uses it)."""
+
+
 class UnlearningTrainer(Trainer):
     """Trainer for every registered method (see the module doc)."""
 
@@ -87,6 +91,8 @@ class UnlearningTrainer(Trainer):
             quantities["control"] = self.control_vector
         out = self.method.loss_fn(self.method_config, **quantities)
         if model.training:
+            if not bool(torch.isfinite(out.loss.detach()).all()):
+                raise NonFiniteLoss(f"the training loss is {float(out.loss.detach().float().mean())}")
             self._record(out)
         return (out.loss, out) if return_outputs else out.loss
 
