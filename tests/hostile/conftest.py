@@ -7,10 +7,25 @@ create was changed. The terminal summary counts cases tried, refused cleanly, su
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+from unmirage.cli.main import main
 
 KINDS = ("refuse", "survive")
 _TALLY: dict[str, int] = {}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """Two tiny LLaVA folders: A, and B (other weights)."""
+    root = tmp_path_factory.mktemp("models")
+    for name, hidden in (("A", 64), ("B", 32)):
+        with pytest.raises(SystemExit) as stop:
+            main(["models", "tiny", "--family", "llava", "--out", str(root / name), "--hidden", str(hidden)])
+        assert stop.value.code == 0
+    return {"A": root / "A", "B": root / "B"}
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -11,18 +11,6 @@ import pytest
 
 from helpers import png, run_cli, safe_record, unsafe_record, write_json
 from hostile import assert_untouched, refused, run_child, run_killed, snapshot
-from unmirage.cli.main import main
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
-    """Two tiny LLaVA folders: A, and B (other weights)."""
-    root = tmp_path_factory.mktemp("models")
-    for name, hidden in (("A", 64), ("B", 32)):
-        with pytest.raises(SystemExit) as stop:
-            main(["models", "tiny", "--family", "llava", "--out", str(root / name), "--hidden", str(hidden)])
-        assert stop.value.code == 0
-    return {"A": root / "A", "B": root / "B"}
 
 
 @pytest.fixture
