@@ -46,6 +46,20 @@ def current_umask() -> int:
     return mask
 
 
+def normal_permissions(path: str | os.PathLike) -> None:
+    """Give private files (0o600, as safetensors and temporary files are written) and private folders (0o700)
+    under `path` the permissions of normally created ones (0o666 / 0o777 minus the umask)."""
+    mask = current_umask()
+    path = Path(path)
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        with contextlib.suppress(OSError):
+            mode = item.stat().st_mode & 0o777
+            if item.is_file() and not item.is_symlink() and mode == 0o600:
+                os.chmod(item, 0o666 & ~mask)
+            elif item.is_dir() and not item.is_symlink() and mode == 0o700:
+                os.chmod(item, 0o777 & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
     """Open a temporary file next to `path`; rename it over `path` only if the block ends without error.

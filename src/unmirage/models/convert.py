@@ -58,7 +58,9 @@ def publish_dir(staging: Path, out: Path) -> None:
         else:
             out.unlink()
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging.chmod(0o755)  # mkdtemp makes it private
+    from unmirage.runs import normal_permissions
+
+    normal_permissions(staging)  # mkdtemp and safetensors make folders and files private
     os.replace(staging, out)
 
 

@@ -21,7 +21,7 @@ from unmirage.config import dump_config
 from unmirage.data.collate import PairedCollator
 from unmirage.errors import UnmirageError
 from unmirage.methods import MethodConfig, get_method
-from unmirage.runs import read_jsonl_resumable, sha256_file, write_manifest
+from unmirage.runs import normal_permissions, read_jsonl_resumable, sha256_file, write_manifest
 from unmirage.train.data import build_dataset, load_examples
 from unmirage.train.params import (
     apply_lora,
@@ -192,7 +192,7 @@ def run_unlearning(
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     from unmirage.data.collate import Collator
-    from unmirage.train.trainer import MetricsCallback, NonFiniteLoss, UnlearningTrainer
+    from unmirage.train.trainer import MetricsCallback, NonFiniteLoss, PermissionsCallback, UnlearningTrainer
 
     merge = recipe.merge if merge is None else merge
     if merge and recipe.lora is None:
@@ -266,7 +266,7 @@ def run_unlearning(
         train_dataset=dataset,
         data_collator=PairedCollator(collator),
         processing_class=loaded.processor,
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, PermissionsCallback()],
         method=spec,
         method_config=config,
         family=family,
@@ -326,6 +326,7 @@ def run_unlearning(
             **throughput,
             resumed=resume,
         )
+        normal_permissions(out)
     trainer.accelerator.wait_for_everyone()
     return RunResult(out, trainer.state.global_step, kind, n_trainable, rows, trainer)
 

@@ -124,6 +124,16 @@ class UnlearningTrainer(Trainer):
         return {n: float(v) for n, v in zip(names, means.tolist())}
 
 
+class PermissionsCallback(TrainerCallback):
+    """Gives each checkpoint the permissions of normally created files (safetensors writes them 0o600)."""
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            from unmirage.runs import normal_permissions
+
+            normal_permissions(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+
 class MetricsCallback(TrainerCallback):
     """Adds the named loss terms to every training log (so TensorBoard gets them) and appends one JSON line
     per logged step to `metrics.jsonl` (`step`, `epoch`, `loss`, `learning_rate`, `grad_norm`, terms...).
