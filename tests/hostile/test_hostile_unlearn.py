@@ -217,3 +217,11 @@ def test_non_finite_loss_stops_and_keeps_only_finite_checkpoints(tmp_path, capsy
 
     assert all(finite_weights(p) for p in out.glob("checkpoint-*"))
     assert not (out / "model.safetensors").exists()
+
+
+@pytest.mark.refuse
+def test_a_setting_found_after_the_model_loads_leaves_no_folder(tmp_path, capsys) -> None:
+    path = recipe(tmp_path)
+    result = run_cli(["unlearn", str(path), "trainable=['model\\.nothing\\..*']"], capsys)
+    refused(result, "selects no parameter")
+    assert not (tmp_path / "run").exists()
