@@ -181,12 +181,14 @@ def claim_folder(
     overwrite: bool = False,
     inputs: Iterable[str | os.PathLike | None] = (),
     resume_hint: str = "",
+    write: bool = True,
 ) -> Claim:
     """Make `out` this run's output folder, or continue it; returns "new" or "resume".
 
     A missing or empty folder (or one holding only an unfinished claim of this command) is new. A folder
     unmirage wrote is continued when `resume` and the identity matches, replaced with `overwrite`, and
-    otherwise refused; a folder of other files is always refused.
+    otherwise refused; a folder of other files is always refused. `write=False` only checks (`--check`,
+    and the other processes of a multi-process run).
     """
     from unmirage.runs import atomic_write_json
 
@@ -214,9 +216,11 @@ def claim_folder(
             return _decide(
                 out, owner, command=command, identity=identity, resume=resume, resume_hint=resume_hint
             )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(manifest, owner_record(command, identity))
+        if write:
+            shutil.rmtree(out)
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(manifest, owner_record(command, identity))
     return "new"
 
 

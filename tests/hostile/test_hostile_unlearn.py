@@ -225,3 +225,14 @@ def test_a_setting_found_after_the_model_loads_leaves_no_folder(tmp_path, capsys
     result = run_cli(["unlearn", str(path), "trainable=['model\\.nothing\\..*']"], capsys)
     refused(result, "selects no parameter")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.refuse
+def test_check_applies_the_output_rules_without_writing(finished, capsys) -> None:
+    path, out = finished
+    before = snapshot(out)
+    refused(run_cli(["unlearn", str(path), "--check"], capsys), "--overwrite")
+    refused(run_cli(["unlearn", str(path), "method.beta=0.9", "--resume", "--check"], capsys), "method.beta")
+    assert run_cli(["unlearn", str(path), "--resume", "--check"], capsys).code == 0
+    assert run_cli(["unlearn", str(path), "method.beta=0.9", "--overwrite", "--check"], capsys).code == 0
+    assert_untouched(before)

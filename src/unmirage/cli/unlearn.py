@@ -48,7 +48,19 @@ def unlearn(
         raise UnmirageError("give --resume or --auto-resume, not both")
     parsed, config = load_recipe(recipe, overrides or [])
     if check:
+        from unmirage.train.run import claim_run
+
         preflight(parsed, config, recipe)
+        resume_mode = "auto" if auto_resume else resume
+        claim_run(
+            parsed,
+            config,
+            Path(parsed.output_dir),
+            resume=resume_mode,
+            overwrite=overwrite,
+            recipe_path=recipe,
+            check=True,
+        )
         typer.echo(json.dumps({"recipe": dump_config(parsed), "method": config.to_dict()}, indent=2))
         return
     from unmirage.train.run import run_unlearning, set_threads_from_env

@@ -349,10 +349,12 @@ def claim_run(
     resume: bool | Literal["auto"],
     overwrite: bool,
     recipe_path: str | os.PathLike | None,
+    check: bool = False,
 ) -> Path | None:
     """Claim output_dir for this run (`outputs.claim_folder`); returns the checkpoint to resume from.
 
     Only the first process writes or replaces anything; the others check and read the same folder.
+    `check` only checks (`unlearn --check`).
     """
     from unmirage.outputs import claim_folder
 
@@ -361,19 +363,18 @@ def claim_run(
         raise UnmirageError(
             "--resume: no checkpoint to resume from (no complete checkpoint-* folder)", file=out
         )
-    identity = run_identity(recipe, config)
-    inputs = [recipe.data.forget, recipe.data.retain, recipe_path]
-    if main:
+    if main or check:
         claim = claim_folder(
             out,
             command="unlearn",
-            identity=identity,
+            identity=run_identity(recipe, config),
             resume=bool(resume),
             overwrite=overwrite,
-            inputs=inputs,
+            inputs=[recipe.data.forget, recipe.data.retain, recipe_path],
             resume_hint="pass --resume to continue it or ",
+            write=not check,
         )
-    else:
+    else:  # the first process checks and replaces; the others resume when asked and not replacing
         claim = "new" if overwrite else "resume"
     if claim == "new" or not resume:
         return None
