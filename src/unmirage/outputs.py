@@ -264,16 +264,3 @@ def claim_file(
     if write:
         atomic_write_json(manifest, owner_record(command, identity, output=out.name))
     return "new"
-
-
-def release_claim(out: str | os.PathLike, created: bool) -> None:
-    """Undo a fresh `claim_folder` after an error before any result: remove the claim manifest when it is
-    the folder's only file, and the folder when the claim created it."""
-    out = Path(out)
-    manifest = out / MANIFEST
-    owner = read_owner(manifest)
-    if owner is None or owner.get("status") != RUNNING or [p for p in out.iterdir() if p != manifest]:
-        return
-    manifest.unlink()
-    if created:
-        out.rmdir()

@@ -21,7 +21,6 @@ from unmirage.config import dump_config
 from unmirage.data.collate import PairedCollator
 from unmirage.errors import UnmirageError
 from unmirage.methods import MethodConfig, get_method
-from unmirage.outputs import release_claim
 from unmirage.runs import normal_permissions, read_jsonl_resumable, sha256_file, write_manifest
 from unmirage.train.data import build_dataset, load_examples
 from unmirage.train.params import (
@@ -208,81 +207,72 @@ def run_unlearning(
     data = recipe.data
     forget = load_examples(data.forget, data.image_root, data.limit) if config.uses_forget else None
     retain = load_examples(data.retain, data.image_root, data.limit)
-    created = not out.exists()
+    loaded, family, n_trainable = prepare_model(recipe, config, loaded)
+    if family.multimodal and data.image_root is None and not data.placeholder_images:
+        raise UnmirageError(
+            "data.image_root is required for a vision-language model (or placeholder_images: true)"
+        )
+    dataset = build_dataset(forget, retain, epoch_over=data.epoch_over, seed=seed)
+    collator = Collator(
+        loaded, template=data.template, max_length=data.max_length, placeholder_images=data.placeholder_images
+    )
+
+    args = make_training_arguments(recipe, recipe_path)
+    zero3 = is_deepspeed_zero3_enabled()
+    n_total = sum(p.numel() for p in loaded.model.parameters())
+    kind = choose_kind(
+        recipe.reference,
+        config,
+        lora=recipe.lora is not None,
+        n_trainable=n_trainable,
+        n_total=n_total,
+        zero3=zero3,
+    )
+    fingerprint = {
+        "model": recipe.model,
+        "dtype": recipe.dtype,
+        "tiny_sizes": recipe.tiny_sizes,
+        "template": data.template,
+        "max_length": data.max_length,
+        "placeholder_images": data.placeholder_images,
+        "image_root": data.image_root,
+        "limit": data.limit,
+        "forget": sha256_file(data.forget) if forget is not None else None,
+        "retain": sha256_file(data.retain),
+    }
     checkpoint = claim_run(recipe, config, out, resume=resume, overwrite=overwrite, recipe_path=recipe_path)
     resume = checkpoint is not None
-    try:  # a run stopped by a setting found only now leaves no output folder behind
-        loaded, family, n_trainable = prepare_model(recipe, config, loaded)
-        if family.multimodal and data.image_root is None and not data.placeholder_images:
-            raise UnmirageError(
-                "data.image_root is required for a vision-language model (or placeholder_images: true)"
-            )
-        dataset = build_dataset(forget, retain, epoch_over=data.epoch_over, seed=seed)
-        collator = Collator(
-            loaded,
-            template=data.template,
-            max_length=data.max_length,
-            placeholder_images=data.placeholder_images,
-        )
+    reference = build_reference(
+        kind,
+        family,
+        loaded.model,
+        config=config,
+        examples={"forget": getattr(dataset, "forget", None), "retain": dataset.retain},
+        collator=collator,
+        batch_size=recipe.reference_batch_size or args.per_device_train_batch_size,
+        path=out / STATS_FILE,
+        fingerprint=fingerprint,
+    )
+    control = None
+    if "control" in config.requires():
+        from unmirage.methods.rmu import control_vector
 
-        args = make_training_arguments(recipe, recipe_path)
-        zero3 = is_deepspeed_zero3_enabled()
-        n_total = sum(p.numel() for p in loaded.model.parameters())
-        kind = choose_kind(
-            recipe.reference,
-            config,
-            lora=recipe.lora is not None,
-            n_trainable=n_trainable,
-            n_total=n_total,
-            zero3=zero3,
-        )
-        fingerprint = {
-            "model": recipe.model,
-            "dtype": recipe.dtype,
-            "tiny_sizes": recipe.tiny_sizes,
-            "template": data.template,
-            "max_length": data.max_length,
-            "placeholder_images": data.placeholder_images,
-            "image_root": data.image_root,
-            "limit": data.limit,
-            "forget": sha256_file(data.forget) if forget is not None else None,
-            "retain": sha256_file(data.retain),
-        }
-        reference = build_reference(
-            kind,
-            family,
-            loaded.model,
-            config=config,
-            examples={"forget": getattr(dataset, "forget", None), "retain": dataset.retain},
-            collator=collator,
-            batch_size=recipe.reference_batch_size or args.per_device_train_batch_size,
-            path=out / STATS_FILE,
-            fingerprint=fingerprint,
-        )
-        control = None
-        if "control" in config.requires():
-            from unmirage.methods.rmu import control_vector
+        control_seed = config.control_seed if config.control_seed is not None else seed
+        control = control_vector(family.hidden_size(loaded.model), config.steering_coeff, control_seed)
 
-            control_seed = config.control_seed if config.control_seed is not None else seed
-            control = control_vector(family.hidden_size(loaded.model), config.steering_coeff, control_seed)
-
-        trainer = UnlearningTrainer(
-            model=loaded.model,
-            args=args,
-            train_dataset=dataset,
-            data_collator=PairedCollator(collator),
-            processing_class=loaded.processor,
-            callbacks=[*callbacks, PermissionsCallback()],
-            method=spec,
-            method_config=config,
-            family=family,
-            reference=reference,
-            control=control,
-        )
-    except BaseException:
-        if not resume:
-            release_claim(out, created)
-        raise
+    trainer = UnlearningTrainer(
+        model=loaded.model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=PairedCollator(collator),
+        processing_class=loaded.processor,
+        callbacks=[*callbacks, PermissionsCallback()],
+        method=spec,
+        method_config=config,
+        family=family,
+        reference=reference,
+        control=control,
+    )
     MetricsCallback(trainer, out / METRICS_FILE).attach()
     try:
         with checkpoints_in_model_format(loaded.model):
