@@ -97,3 +97,45 @@ def test_model_folder_overwrite_never_empties_a_foreign_folder(tmp_path) -> None
         with pytest.raises(UnmirageError):
             prepare_output_dir(mine, overwrite)
     assert_untouched(before)
+
+
+@pytest.mark.refuse
+def test_spurious_into_a_folder_of_other_files(train, tmp_path, capsys) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "spurious.json").write_text("my numbers")
+    before = snapshot(mine)
+    refused(run_cli(["analyze", "spurious", str(train), "--out", str(mine)], capsys), "did not write")
+    assert_untouched(before)
+    out = tmp_path / "words"
+    assert run_cli(["analyze", "spurious", str(train), "--out", str(out)], capsys).code == 0
+    refused(run_cli(["analyze", "spurious", str(train), "--out", str(out), "--top", "3"], capsys), "top")
+
+
+@pytest.mark.refuse
+def test_triggers_with_another_model_never_reuses_the_answers(models, train, tmp_path, capsys) -> None:
+    def argv(model: Path) -> list[str]:
+        return [
+            "analyze",
+            "triggers",
+            "--model",
+            str(model),
+            "--data",
+            str(train),
+            "--out",
+            str(tmp_path / "t"),
+        ] + [
+            "--words",
+            "What",
+            "--placeholder-images",
+            "--max-new-tokens",
+            "2",
+            "--dtype",
+            "float32",
+        ]
+
+    assert run_cli(argv(models["A"]), capsys).code == 0
+    before = snapshot(tmp_path / "t")
+    refused(run_cli(argv(models["B"]), capsys), "model.path")
+    assert_untouched(before)
+    assert run_cli(argv(models["A"]), capsys).code == 0  # the same run resumes
