@@ -139,3 +139,18 @@ def test_triggers_with_another_model_never_reuses_the_answers(models, train, tmp
     refused(run_cli(argv(models["B"]), capsys), "model.path")
     assert_untouched(before)
     assert run_cli(argv(models["A"]), capsys).code == 0  # the same run resumes
+
+
+@pytest.mark.refuse
+def test_tiny_model_over_an_existing_folder(tmp_path, capsys) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "model.safetensors").write_bytes(b"my weights")
+    before = snapshot(mine)
+    for extra in ([], ["--overwrite"]):
+        refused(run_cli(["models", "tiny", "--out", str(mine), *extra], capsys), "mine")
+    assert_untouched(before)
+    out = tmp_path / "tiny"
+    assert run_cli(["models", "tiny", "--out", str(out)], capsys).code == 0
+    refused(run_cli(["models", "tiny", "--out", str(out), "--seed", "1"], capsys), "--overwrite")
+    assert run_cli(["models", "tiny", "--out", str(out), "--seed", "1", "--overwrite"], capsys).code == 0
