@@ -11,6 +11,8 @@ from helpers import CliResult, assert_one_line_error
 
 ROOT = Path(__file__).resolve().parents[2]
 KILLER = Path(__file__).with_name("killer.py")
+FAST_DECODING = ["--max-new-tokens", "3", "--batch-size", "2", "--dtype", "float32"]
+"""Generation options that keep the tiny models' runs short."""
 
 
 class DataLost(AssertionError):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from helpers import ScriptedServer, run_cli
-from hostile import assert_untouched, refused, run_child, run_killed, snapshot
+from hostile import FAST_DECODING, assert_untouched, refused, run_child, run_killed, snapshot
 from test_eval import vlguard_files
 
 KILL_POINTS = {
@@ -32,28 +32,9 @@ def whole(models, files, tmp_path_factory) -> dict:
 
 
 def argv(model: Path, files: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return [
-        "eval",
-        "--model",
-        str(model),
-        "--vlguard-test",
-        str(files["test"]),
-        "--what",
-        str(files["what"]),
-        "--image-root",
-        str(files["images"]),
-        "--out",
-        str(out),
-        "--max-new-tokens",
-        "3",
-        "--batch-size",
-        "2",
-        "--dtype",
-        "float32",
-        "--bootstrap",
-        "50",
-        *extra,
-    ]
+    paths = ["--vlguard-test", str(files["test"]), "--what", str(files["what"])]
+    paths += ["--image-root", str(files["images"]), "--out", str(out)]
+    return ["eval", "--model", str(model), *paths, *FAST_DECODING, "--bootstrap", "50", *extra]
 
 
 def stable(metrics_path: Path) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from helpers import png, run_cli, safe_record, unsafe_record, write_json
-from hostile import assert_untouched, refused, run_child, run_killed, snapshot
+from hostile import FAST_DECODING, assert_untouched, refused, run_child, run_killed, snapshot
 
 
 @pytest.fixture
@@ -24,24 +24,8 @@ def data(tmp_path) -> dict[str, Path]:
 
 
 def argv(model: Path, data: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return [
-        "generate",
-        "--model",
-        str(model),
-        "--data",
-        str(data["test"]),
-        "--image-root",
-        str(data["root"]),
-        "--out",
-        str(out),
-        "--max-new-tokens",
-        "3",
-        "--batch-size",
-        "2",
-        "--dtype",
-        "float32",
-        *extra,
-    ]
+    paths = ["--data", str(data["test"]), "--image-root", str(data["root"]), "--out", str(out)]
+    return ["generate", "--model", str(model), *paths, *FAST_DECODING, *extra]
 
 
 def lines(path: Path) -> list[dict]:
