@@ -392,5 +392,5 @@ def test_answer_images_are_resolved_by_the_data_layer(tmp_path) -> None:
     (item,) = items_from_records(rows, file="g.jsonl", image_root=tmp_path / "img")
     assert Path(item.image) == tmp_path / "img" / "a.png"
     for bad, message in (("../a.png", "'..'"), ("/etc/passwd", "absolute"), ("b.png", "image not found")):
-        with pytest.raises(UnmirageError, match=rf"^g.jsonl: record id a: .*{re.escape(message)}"):
+        with pytest.raises(UnmirageError, match=rf"^g.jsonl: record id a \(line 1\): .*{re.escape(message)}"):
             items_from_records([dict(rows[0], image=bad)], file="g.jsonl", image_root=tmp_path / "img")

@@ -75,7 +75,7 @@ def test_unlearn_errors_are_one_line(tmp_path, capsys):
         assert cli(["unlearn", str(recipe), *extra]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1
-    assert cli(["unlearn", str(recipe), "--check", "method.beta=0.9"]) == 0
+    assert cli(["unlearn", str(recipe), "--check", "method.beta=0.9", "data.placeholder_images=true"]) == 0
     assert json.loads(capsys.readouterr().out)["method"]["beta"] == 0.9
     assert not (tmp_path / "x").exists()
 

@@ -68,17 +68,41 @@ def _deep_copy(data: Any) -> Any:
     return data
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's safe loader, except that a key given twice in one mapping is an error (not last-one-wins)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str | int | float | bool):
+                continue
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(text: str) -> Any:
+    """Parse YAML safely (no tags that build objects); a key repeated in one mapping is a YAMLError."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML mapping; a missing file, bad YAML or a non-mapping is a one-line error."""
+    """Read a YAML mapping; a missing file, bad YAML, a repeated key or a non-mapping is a one-line error."""
     path = Path(path)
     if not path.is_file():
         raise UnmirageError("recipe file not found", file=path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml_text(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise UnmirageError(f"not valid YAML{where}", file=path) from None
+        problem = getattr(err, "problem", None) or ""
+        detail = f": {problem}" if problem.startswith("duplicate key") else ""
+        raise UnmirageError(f"not valid YAML{where}{detail}", file=path) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -480,15 +480,41 @@ def judge_errors(records: Sequence[dict[str, Any]]) -> int:
 # ----- the whole run ---------------------------------------------------------------------------------------------
 
 
+def run_identity(settings: EvalSettings) -> dict[str, Any]:
+    """What decides an eval folder's answers (a resume must match it; judges are cached by their own keys)."""
+    from unmirage.outputs import file_identity, folder_path, model_identity
+
+    s = settings
+    return {
+        "model": model_identity(s.model),
+        "adapter": model_identity(s.adapter),
+        "dtype": s.dtype,
+        "backend": s.backend,
+        "files": {f: file_identity(getattr(s, f)) for f in ("vlguard_test", "share", "what", "vqa")},
+        "image_root": folder_path(s.image_root),
+        "vqa_image_root": folder_path(s.vqa_image_root),
+        "placeholder_images": s.placeholder_images,
+        "prefill": s.prefill,
+        "template": s.template,
+        "max_new_tokens": s.max_new_tokens,
+    }
+
+
 def run_eval(
-    settings: EvalSettings, out: str | Path, generate: GenerateFn | None = None, judge_backend: Any = None
+    settings: EvalSettings,
+    out: str | Path,
+    generate: GenerateFn | None = None,
+    judge_backend: Any = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Generate, judge and score every case; write OUT/metrics.json and return it.
 
     `generate` replaces the Hugging Face generation and `judge_backend` the LLM judges' backend (both default
-    to what `settings` describes).
+    to what `settings` describes). An existing OUT is continued only when it holds an eval of the same model
+    and settings (`run_identity`); `overwrite` replaces it.
     """
     from unmirage.judges import JudgeCache
+    from unmirage.outputs import claim_folder
     from unmirage.runs import atomic_open, atomic_write_json, write_manifest
 
     out = Path(out)
@@ -521,6 +547,14 @@ def run_eval(
     if vqa_items is not None:
         vqa_prompts = [EvalPrompt(case="vqa", id=i.id, question=i.prompt(), image=i.image) for i in vqa_items]
         check_images(settings, vqa_prompts, settings.vqa_image_root or settings.image_root)
+    identity = run_identity(settings)
+    claim_folder(
+        out,
+        command="eval",
+        identity=identity,
+        overwrite=overwrite,
+        inputs=[settings.vlguard_test, settings.share, settings.what, settings.vqa],
+    )
     generate = generate or HFGenerate(settings)
     gcg_info: dict[str, Any] | None = {"file": str(settings.gcg)} if settings.gcg is not None else None
     if settings.gcg_build is not None:
@@ -595,10 +629,16 @@ def run_eval(
         *sorted((out / "generations").glob("*.jsonl")),
         *sorted((out / "judged").glob("*.jsonl")),
     ]
+    config = settings.model_dump(mode="json")
+    if config.get("judge_url"):
+        from unmirage.judges.backends import redact_url
+
+        config["judge_url"] = redact_url(config["judge_url"])
     write_manifest(
         out,
         command="eval",
-        config=settings.model_dump(mode="json"),
+        identity=identity,
+        config=config,
         inputs=inputs,
         outputs=outputs,
         seed=settings.seed,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -45,6 +46,20 @@ def current_umask() -> int:
     return mask
 
 
+def normal_permissions(path: str | os.PathLike) -> None:
+    """Give private files (0o600, as safetensors and temporary files are written) and private folders (0o700)
+    under `path` the permissions of normally created ones (0o666 / 0o777 minus the umask)."""
+    mask = current_umask()
+    path = Path(path)
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        with contextlib.suppress(OSError):
+            mode = item.stat().st_mode & 0o777
+            if item.is_file() and not item.is_symlink() and mode == 0o600:
+                os.chmod(item, 0o666 & ~mask)
+            elif item.is_dir() and not item.is_symlink() and mode == 0o700:
+                os.chmod(item, 0o777 & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
     """Open a temporary file next to `path`; rename it over `path` only if the block ends without error.
@@ -74,8 +89,43 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
-    """Write `obj` as JSON atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False, default=_json_default) + "\n")
+    """Write `obj` as strict JSON atomically (a NaN or infinite number is written as null)."""
+    atomic_write_text(path, dumps_strict(obj, indent=indent) + "\n")
+
+
+def dumps_strict(obj: Any, indent: int | None = None) -> str:
+    """`json.dumps` without the NaN/Infinity tokens that are not JSON: non-finite numbers become null."""
+    try:
+        return json.dumps(obj, indent=indent, ensure_ascii=False, default=_json_default, allow_nan=False)
+    except ValueError:
+        return json.dumps(
+            _finite(json.loads(json.dumps(obj, ensure_ascii=False, default=_json_default))),
+            indent=indent,
+            ensure_ascii=False,
+            allow_nan=False,
+        )
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def loads_strict(text: str | bytes) -> Any:
+    """`json.loads` that refuses NaN/Infinity tokens and nesting too deep to parse (ValueError both)."""
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def _json_default(obj: Any) -> Any:
@@ -182,7 +232,7 @@ class JsonlAppender:
 
     def write_many(self, rows: Iterable[dict[str, Any]]) -> None:
         """Append rows and flush them to disk."""
-        text = "".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in rows)
+        text = "".join(dumps_strict(r) + "\n" for r in rows)
         self._handle.write(text)
         self._handle.flush()
         os.fsync(self._handle.fileno())
@@ -198,22 +248,35 @@ class JsonlAppender:
 
 
 def read_jsonl_resumable(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read a JSON-lines file written by `JsonlAppender`, cutting off a torn last line if a run was killed."""
+    """Read a JSON-lines file written by `JsonlAppender`, cutting off a torn last line if a run was killed.
+
+    Only the last line may be torn: a bad line with more lines after it means the file is not one this
+    writer made, and is a one-line error (nothing is cut).
+    """
+    from unmirage.errors import UnmirageError
+
     path = Path(path)
     if not path.exists():
         return []
     rows: list[dict[str, Any]] = []
     good_bytes = 0
+    size = path.stat().st_size
     with open(path, "rb") as handle:
-        for raw in handle:
-            if not raw.endswith(b"\n"):
-                break
+        for number, raw in enumerate(handle, 1):
             try:
-                rows.append(json.loads(raw))
-            except json.JSONDecodeError:
+                row = loads_strict(raw) if raw.endswith(b"\n") else None
+            except ValueError:
+                row = None
+            if not isinstance(row, dict):
+                if good_bytes + len(raw) < size or raw.endswith(b"\n"):
+                    raise UnmirageError(
+                        f"line {number} is not a JSON object; this is not a resumable JSON-lines output",
+                        file=path,
+                    )
                 break
+            rows.append(row)
             good_bytes += len(raw)
-    if good_bytes != path.stat().st_size:
+    if good_bytes != size:
         with open(path, "r+b") as handle:
             handle.truncate(good_bytes)
     return rows
@@ -229,9 +292,10 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UnmirageError(f"line {number} is not valid JSON ({err.msg})", file=path) from None
+                row = loads_strict(line)
+            except ValueError as err:
+                reason = err.msg if isinstance(err, json.JSONDecodeError) else str(err)
+                raise UnmirageError(f"line {number} is not valid JSON ({reason})", file=path) from None
             if not isinstance(row, dict):
                 raise UnmirageError(f"line {number} is not a JSON object", file=path)
             rows.append(row)

@@ -40,12 +40,14 @@ def spurious(
     ),
     prior_mass: float = typer.Option(None, help="Dirichlet prior mass a_0 (default: the total token count)."),
     min_count: int = typer.Option(1, help="Leave out tokens seen fewer times in all."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it holds another analysis."),
 ) -> None:
     from rich.console import Console
 
     from unmirage.analysis.spurious import analyze_file, write_report
     from unmirage.analysis.triggers import refusal_judge
     from unmirage.errors import UnmirageError
+    from unmirage.outputs import claim_folder, file_identity
     from unmirage.runs import write_manifest
 
     if position not in ("first", "any"):
@@ -67,9 +69,16 @@ def spurious(
         prior_mass=prior_mass,
         min_count=min_count,
     )
+    identity = {"file": file_identity(file), "settings": result.settings, "top": top}
+    claim_folder(out, command="analyze spurious", identity=identity, overwrite=overwrite, inputs=[file])
     table, chart = write_report(result, out, top)
     write_manifest(
-        out, command="analyze spurious", config=result.settings, inputs=[file], outputs=[table, chart]
+        out,
+        command="analyze spurious",
+        identity=identity,
+        config=result.settings,
+        inputs=[file],
+        outputs=[table, chart],
     )
     console = Console()
     a, b = result.labels
@@ -112,6 +121,9 @@ def triggers(
         False, help="Use a grey image where a record's image is missing."
     ),
     dtype: str = typer.Option("auto", help="Model dtype: auto, float32, bfloat16, float16."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace --out if it holds another run (a rerun otherwise resumes it)."
+    ),
 ) -> None:
     import json
 
@@ -130,6 +142,7 @@ def triggers(
     from unmirage.errors import UnmirageError
     from unmirage.generate import BatchedGenerator, GenerationConfig
     from unmirage.models import load_model, resolve_device
+    from unmirage.outputs import claim_folder, file_identity, folder_path, model_identity
     from unmirage.runs import atomic_write_json, write_manifest
 
     chosen = [w for item in (words or []) for w in item.split(",") if w.strip()]
@@ -149,6 +162,10 @@ def triggers(
     )
     images = ImageLoader(root=image_root) if image_root is not None else ImageLoader()
     images.verify([(q.id, q.image) for q in queries if q.image is not None])
+    identity = {"model": model_identity(model), "dtype": dtype, "data": file_identity(data)}
+    identity |= {"image_root": folder_path(image_root), "placeholder_images": placeholder_images}
+    identity |= {"template": template, "max_new_tokens": max_new_tokens}
+    claim_folder(out, command="analyze triggers", identity=identity, overwrite=overwrite, inputs=[data])
     loaded = load_model(model, dtype=dtype, device_map=resolve_device())
     config = GenerationConfig(
         template=template,
@@ -156,7 +173,6 @@ def triggers(
         batch_size=batch_size,
         placeholder_images=placeholder_images,
     )
-    out.mkdir(parents=True, exist_ok=True)
     answer = model_answerer(BatchedGenerator(loaded, config, image_loader=images), out / "generations.jsonl")
     result = discover_triggers(queries, chosen, answer, is_refusal)
     result["settings"] = {
@@ -171,6 +187,7 @@ def triggers(
     write_manifest(
         out,
         command="analyze triggers",
+        identity=identity,
         config=result["settings"] | {"words": chosen, "limit": limit},
         inputs=[data],
         outputs=[table, chart],

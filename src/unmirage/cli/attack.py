@@ -52,6 +52,8 @@ def build(
     from unmirage.data.vlguard import load_vlguard
     from unmirage.errors import UnmirageError
     from unmirage.judges import make_backend
+    from unmirage.judges.backends import redact_url
+    from unmirage.outputs import claim_file, file_identity
     from unmirage.runs import write_manifest
 
     generate = backend = None
@@ -70,6 +72,12 @@ def build(
     if ids_from is not None:
         ids = [gid for gid, _ in load_vlguard(ids_from, allow_duplicate_ids=True).groups]
     records = read_json_list(data, "VLGuard records")
+    settings = {"trigger": trigger, "k": k, "mode": mode, "subset": subset, "model": model}
+    settings |= {"endpoint": redact_url(endpoint) if endpoint else None, "fallback": fallback}
+    settings |= {"attempts": attempts, "max_new_tokens": max_new_tokens, "min_keep": min_keep}
+    identity = {"data": file_identity(data), "ids_from": file_identity(ids_from), **settings}
+    manifest = out.parent / f"{out.stem}.manifest.json"
+    claim_file(out, manifest, command="attack build", identity=identity, inputs=[data, ids_from])
     result = build_attack(
         records,
         trigger=trigger,
@@ -87,10 +95,12 @@ def build(
     summary = result.summary()
     write_manifest(
         out.parent,
-        name=f"{out.stem}.manifest.json",
+        name=manifest.name,
         command="attack build",
+        identity=identity,
+        output=out.name,
         config=summary
-        | {"model": model, "endpoint": endpoint, "min_keep": min_keep}
+        | {"model": model, "endpoint": identity["endpoint"], "min_keep": min_keep}
         | {"backend": backend.describe() if backend is not None else None},
         inputs=[p for p in (data, ids_from) if p is not None],
         outputs=[out, report],

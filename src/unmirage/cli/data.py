@@ -99,6 +99,7 @@ def build_unlearn(
         "first", help="Which valid rule rewrite: first (most natural) or random (one per question, seeded)."
     ),
     out: Path = typer.Option(..., help="Output folder for forget.json, retain.json, ... and manifest.json."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it holds an earlier build."),
 ) -> None:
     """Build forget.json, retain.json, forget_rmu.json, manifest.json (and retain_mixed.json with --mix)."""
     from unmirage.data.build import build_unlearn as build
@@ -112,6 +113,7 @@ def build_unlearn(
         seed=seed,
         rewrite_words=rewrite_word or (),
         rewrite_pick=rewrite_pick,
+        overwrite=overwrite,
     )
     for name, path in result.files.items():
         typer.echo(f"{path}: {result.counts[name.removesuffix('.json')]} records")

@@ -110,12 +110,16 @@ def eval_command(
     bootstrap: int = typer.Option(
         1000, help="Bootstrap resamples for the utility's 95% interval (rates use Wilson intervals)."
     ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace OUT if it holds a run (a rerun otherwise resumes the same run only).",
+    ),
 ) -> None:
     """Evaluate a model on the four protocol cases and write OUT/metrics.json."""
-    import os
-
     from unmirage.config import validate
     from unmirage.eval import EvalSettings, run_eval
+    from unmirage.judges.backends import read_api_key
     from unmirage.metrics import HEADLINE_KEYS
 
     settings = validate(
@@ -146,7 +150,7 @@ def eval_command(
             "asr_methods": judge,
             "judge_model": judge_model,
             "judge_url": judge_url,
-            "judge_api_key": os.environ.get(judge_api_key_env),
+            "judge_api_key": read_api_key(judge_api_key_env) if judge_url else None,
             "judge_timeout": judge_timeout,
             "judge_retries": judge_retries,
             "judge_concurrency": judge_concurrency,
@@ -167,7 +171,7 @@ def eval_command(
         },
         source="command line",
     )
-    metrics = run_eval(settings, out)
+    metrics = run_eval(settings, out, overwrite=overwrite)
     parts = []
     not_refused = not metrics["headline"]["tells_irrelevant"]
     for key in HEADLINE_KEYS:

@@ -36,6 +36,9 @@ def generate(
     backend: str = typer.Option(
         "hf", help="Generation backend: hf (transformers) or vllm (GPU, extra 'vllm')."
     ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace --out if it exists (a rerun otherwise resumes the same run only)."
+    ),
 ) -> None:
     """Generate answers; under `accelerate launch` every process takes a shard and rank 0 merges."""
     from unmirage.generate import GenerationConfig
@@ -59,5 +62,6 @@ def generate(
         dtype=dtype,
         adapter=adapter,
         backend=backend,
+        overwrite=overwrite,
     )
     typer.echo(f"wrote {path}")

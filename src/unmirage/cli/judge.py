@@ -76,10 +76,9 @@ def build_judge(
 ) -> Any:
     """One judge from command-line options (LLM judges get their backend); bad combinations are one-line
     errors."""
-    import os
-
     from unmirage.errors import UnmirageError
     from unmirage.judges import JUDGES, get_judge, make_backend
+    from unmirage.judges.backends import read_api_key
 
     cls = JUDGES.get(name)
     if cls is None:
@@ -95,6 +94,8 @@ def build_judge(
         options["threshold"] = refusal_threshold
     if cls.needs_backend:
         options["scoring"] = scoring
+        if name != "llm-topic":
+            options["use_images"] = not text_only
         if scoring == "choice" and judge_url is not None:
             raise UnmirageError(
                 "--scoring choice needs a local judge model (it reads the model's probabilities)"
@@ -106,7 +107,7 @@ def build_judge(
         options["backend"] = make_backend(
             judge_model,
             url=judge_url,
-            api_key=os.environ.get(api_key_env),
+            api_key=read_api_key(api_key_env) if judge_url else None,
             timeout=timeout,
             max_retries=retries,
             concurrency=concurrency,
@@ -166,6 +167,9 @@ def judge(
         help="Malformed LLM judge replies: 'default' records them (with the documented default verdict) and "
         "reports the count; 'error' stops with an error naming the first one and writes nothing.",
     ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace --out even if it was judged from other answers or settings."
+    ),
 ) -> None:
     """Judge every answer in --answers and write the lines, with verdicts, to --out."""
     from unmirage.judges import JUDGES, judge_file
@@ -196,6 +200,7 @@ def judge(
         image_root=image_root if JUDGES[name].needs_backend else None,
         batch_size=batch_size,
         on_malformed=on_malformed,
+        overwrite=overwrite,
     )
     counts = ", ".join(
         f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items() if k != "judge"

@@ -28,22 +28,26 @@ def tiny(
     image_size: int = typer.Option(32, help="Input image size in pixels."),
     patch_size: int = typer.Option(8, help="Vision patch size in pixels."),
     seed: int = typer.Option(0, help="Seed for the random weights."),
+    overwrite: bool = typer.Option(False, help="Replace the output folder if it holds an unmirage model."),
 ) -> None:
     """Build a tiny random model of the real class with an offline-trained tokenizer, and save it."""
-    from unmirage.models.tiny import save_tiny
+    import shutil
 
-    path = save_tiny(
-        out,
-        family,
-        layers=layers,
-        hidden=hidden,
-        heads=heads,
-        vision_layers=vision_layers,
-        vision_hidden=vision_hidden,
-        image_size=image_size,
-        patch_size=patch_size,
-        seed=seed,
-    )
+    from unmirage.models.convert import prepare_output_dir
+    from unmirage.models.tiny import save_tiny
+    from unmirage.runs import write_manifest
+
+    if prepare_output_dir(out, overwrite).exists():
+        shutil.rmtree(out)
+    sizes = {"layers": layers, "hidden": hidden, "heads": heads, "vision_layers": vision_layers}
+    sizes |= {
+        "vision_hidden": vision_hidden,
+        "image_size": image_size,
+        "patch_size": patch_size,
+        "seed": seed,
+    }
+    path = save_tiny(out, family, **sizes)
+    write_manifest(path, command="models tiny", config={"family": family, **sizes}, seed=seed)
     typer.echo(f"wrote tiny {family} to {path}")
 
 

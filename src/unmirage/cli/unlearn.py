@@ -30,17 +30,37 @@ def unlearn(
     merge: bool = typer.Option(
         False, "--merge", help="LoRA: also write merged weights to output_dir/merged."
     ),
-    check: bool = typer.Option(False, "--check", help="Validate the recipe and print it; train nothing."),
+    check: bool = typer.Option(
+        False,
+        "--check",
+        help="Validate the recipe, its files and this machine's support for it; train nothing.",
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace output_dir if it holds a run (of unmirage; other folders never)."
+    ),
 ) -> None:
     import json
 
     from unmirage.config import dump_config
-    from unmirage.train.recipe import load_recipe
+    from unmirage.train.recipe import load_recipe, preflight
 
     if resume and auto_resume:
         raise UnmirageError("give --resume or --auto-resume, not both")
     parsed, config = load_recipe(recipe, overrides or [])
     if check:
+        from unmirage.train.run import claim_run
+
+        preflight(parsed, config, recipe)
+        resume_mode = "auto" if auto_resume else resume
+        claim_run(
+            parsed,
+            config,
+            Path(parsed.output_dir),
+            resume=resume_mode,
+            overwrite=overwrite,
+            recipe_path=recipe,
+            check=True,
+        )
         typer.echo(json.dumps({"recipe": dump_config(parsed), "method": config.to_dict()}, indent=2))
         return
     from unmirage.train.run import run_unlearning, set_threads_from_env
@@ -53,6 +73,7 @@ def unlearn(
         resume="auto" if auto_resume else resume,
         merge=merge or None,
         overrides=tuple(overrides or ()),
+        overwrite=overwrite,
     )
     if not result.trainer.is_world_process_zero():
         return

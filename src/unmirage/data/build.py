@@ -218,8 +218,13 @@ def build_unlearn(
     seed: int = 42,
     rewrite_words: Sequence[str] = (),
     rewrite_pick: str = "first",
+    overwrite: bool = False,
 ) -> UnlearnBuild:
-    """Build and write forget.json, retain.json, [retain_mixed.json], forget_rmu.json and manifest.json."""
+    """Build and write forget.json, retain.json, [retain_mixed.json], forget_rmu.json and manifest.json.
+
+    An existing non-empty `out` is refused unless it is an unmirage output and `overwrite` is given."""
+    from unmirage.outputs import claim_folder, file_identity
+
     sets = make_unlearn_sets(
         vlguard,
         harmful=harmful,
@@ -232,6 +237,11 @@ def build_unlearn(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UnmirageError("output exists and is not a folder", file=out)
+    inputs = [p for p in (vlguard, harmful, mix) if p is not None]
+    identity = {"inputs": [file_identity(p) for p in inputs], "seed": seed, "words": list(rewrite_words)}
+    claim_folder(
+        out, command="data build-unlearn", identity=identity, resume=False, overwrite=overwrite, inputs=inputs
+    )
     contents: dict[str, list[Conversation]] = {FORGET: sets.forget, RETAIN: sets.retain}
     if sets.retain_mixed is not None:
         contents[RETAIN_MIXED] = sets.retain_mixed
@@ -241,7 +251,6 @@ def build_unlearn(
         files[name] = out / name
         atomic_write_json(files[name], [c.to_json() for c in conversations])
     counts = {name.removesuffix(".json"): len(conversations) for name, conversations in contents.items()}
-    inputs = [p for p in (vlguard, harmful, mix) if p is not None]
     config: dict[str, Any] = {
         "vlguard": str(vlguard),
         "harmful": str(harmful) if harmful is not None else None,
@@ -255,6 +264,7 @@ def build_unlearn(
         out,
         name=MANIFEST,
         command="data build-unlearn",
+        identity=identity,
         config=config,
         inputs=inputs,
         outputs=list(files.values()),

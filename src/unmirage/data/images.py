@@ -86,7 +86,9 @@ def check_image_file(
 ) -> Image.Image | None:
     """Open an image and check it: not empty, not too large, readable.
 
-    With `decode` the pixels are loaded and returned as RGB; without, the file is only verified (None).
+    With `decode` the pixels are loaded and returned as RGB; without, the whole file is still decoded (JPEGs
+    at a reduced scale, which reads every byte) so that a truncated or corrupt file fails here, and None is
+    returned.
     """
     from PIL import Image
 
@@ -109,7 +111,9 @@ def check_image_file(
                         record=label,
                     )
                 if not decode:
-                    img.verify()
+                    if img.format == "JPEG":
+                        img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+                    img.load()
                     return None
                 img.load()
                 return img.convert("RGB")
@@ -124,6 +128,39 @@ def check_image_file(
         raise UnmirageError(
             f"image is corrupt or unreadable ({reason}): {str(path)!r}", record=label
         ) from None
+
+
+_VERIFIED: dict[tuple[str, int, int, int], None] = {}
+"""Images already fully checked in this process, by (path, size, mtime, pixel limit)."""
+
+
+def verify_image(
+    path: str | os.PathLike,
+    record_id: str | None = None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    file: object = None,
+) -> None:
+    """Check an image file completely (size, pixel limit, full decode), once per process and file version.
+
+    Errors name the image file and the record (and `file`, the data file the record comes from).
+    """
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError as err:
+        raise UnmirageError(
+            f"cannot read image {str(path)!r} ({err.strerror})", record=_label(record_id)
+        ) from None
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, max_pixels)
+    if key in _VERIFIED:
+        return
+    try:
+        check_image_file(path, record_id, max_pixels=max_pixels, max_bytes=max_bytes, decode=False)
+    except UnmirageError as err:
+        raise UnmirageError(str(err), file=file) if file is not None else err from None
+    _VERIFIED[key] = None
 
 
 def placeholder_image(size: int | tuple[int, int]) -> Image.Image:
@@ -232,7 +269,8 @@ class ImageLoader:
         return cast("Image.Image", img)
 
     def verify(self, items: Iterable[tuple[str, str]], *, progress: bool = False) -> int:
-        """Check every (record_id, image) up front (path, size, header, integrity) without decoding pixels.
+        """Check every (record_id, image) up front: path, size, pixel limit and a full decode (`verify_image`,
+        cached per file).
 
         Returns the number of distinct images checked; the first problem is a one-line error.
         """
@@ -245,9 +283,7 @@ class ImageLoader:
 
             todo = tqdm(todo, desc="checking images", unit="img")
         for rid, image in todo:
-            check_image_file(
-                self.path(image, rid), rid, max_pixels=self.max_pixels, max_bytes=self.max_bytes, decode=False
-            )
+            verify_image(self.path(image, rid), rid, max_pixels=self.max_pixels, max_bytes=self.max_bytes)
         return len(seen)
 
     def provenance(self) -> dict[str, Any]:

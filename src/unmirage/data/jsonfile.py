@@ -25,13 +25,17 @@ def read_json(path: str | os.PathLike) -> Any:
         raise UnmirageError(f"cannot read ({err.strerror})", file=path) from None
     if not text.strip():
         raise UnmirageError("file is empty", file=path)
+    from unmirage.runs import loads_strict
+
     try:
-        return json.loads(text)
+        return loads_strict(text)
     except json.JSONDecodeError as err:
         hint = " (the file looks truncated)" if err.pos >= len(text.rstrip()) else ""
         raise UnmirageError(
             f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}{hint}", file=path
         ) from None
+    except ValueError as err:
+        raise UnmirageError(f"not valid JSON: {err}", file=path) from None
 
 
 def read_json_list(path: str | os.PathLike, what: str) -> list[Any]:

@@ -30,15 +30,22 @@ def make_sft_set(vlguard: str | os.PathLike) -> tuple[list[Conversation], dict[s
 
 def build_sft(vlguard: str | os.PathLike, out: str | os.PathLike) -> tuple[Path, dict[str, int]]:
     """Write the SFT set to `out` (JSON) and `OUT_STEM.manifest.json` beside it; returns (path, counts)."""
+    from unmirage.outputs import claim_file, file_identity
+
     out = Path(out)
     if out.suffix != ".json":
         raise UnmirageError("the SFT set is a .json file", file=out)
+    identity = {"vlguard": file_identity(vlguard)}
+    manifest = out.parent / f"{out.stem}.manifest.json"
+    claim_file(out, manifest, command="data build-sft", identity=identity, inputs=[vlguard])
     conversations, counts = make_sft_set(vlguard)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, [c.to_json() for c in conversations])
     write_manifest(
         out.parent,
-        name=f"{out.stem}.manifest.json",
+        name=manifest.name,
+        identity=identity,
+        output=out.name,
         command="data build-sft",
         config={"vlguard": str(vlguard)},
         inputs=[vlguard],

@@ -114,17 +114,21 @@ def generate_vlguard(
     backend: str = "hf",
     processes: Processes | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Answer every question of `subset` in `data` into the JSON-lines file `out`; returns `out`.
 
     Exactly one of `image_root` (image paths are relative to it; every image is checked before the model
     loads) and `placeholder_images` (grey stand-ins, recorded) must be given. `limit` keeps the first N ids
     (with all their shots). `backend` is `hf` or `vllm`. `processes` defaults to what `accelerate` reports.
+    An existing `out` is continued only when its manifest records the same model and settings
+    (`outputs.claim_file`); `overwrite` replaces it.
     """
     from unmirage.data.images import ImageLoader
     from unmirage.data.vlguard import load_samples
     from unmirage.generate.backends import load_for_generation, make_generator
     from unmirage.models import resolve_device
+    from unmirage.outputs import claim_file, file_identity, folder_path, model_identity
     from unmirage.runs import write_manifest
 
     out, data = Path(out), Path(data)
@@ -143,6 +147,31 @@ def generate_vlguard(
     if image_root is not None:
         loader.verify([(s.id, s.image) for s in samples], progress=progress)
     processes = processes or current_processes()
+    identity = {
+        "model": model_identity(model),
+        "adapter": model_identity(adapter),
+        "dtype": dtype,
+        "backend": backend,
+        "data": file_identity(data),
+        "subset": subset,
+        "image_root": folder_path(image_root),
+        "placeholder_images": placeholder_images,
+        "template": config.template,
+        "system": config.system,
+        "max_new_tokens": config.max_new_tokens,
+        "assistant_prefix": config.assistant_prefix,
+    }
+    manifest = out.parent / f"{out.stem}.manifest.json"
+    claim_file(
+        out,
+        manifest,
+        command="generate",
+        identity=identity,
+        overwrite=overwrite,
+        inputs=[data, adapter],
+        write=processes.main,
+    )
+    processes.wait()
     device_map = resolve_device()
     if processes.world > 1:  # every rank on its own device
         device_map = None if str(processes.state.device).startswith("cpu") else str(processes.state.device)
@@ -155,8 +184,10 @@ def generate_vlguard(
             merge_shards(out, processes.world, items)
         write_manifest(
             out.parent,
-            name=f"{out.stem}.manifest.json",
+            name=manifest.name,
             command="generate",
+            identity=identity,
+            output=out.name,
             config={
                 "model": model,
                 "adapter": str(adapter) if adapter else None,

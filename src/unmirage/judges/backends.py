@@ -9,17 +9,53 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import random
+import re
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from unmirage.errors import UnmirageError
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429}) | frozenset(range(500, 600))
+DEFAULT_KEY_ENV = "UNMIRAGE_JUDGE_API_KEY"
+MAX_REPLY_CHARS = 8192
+"""Longest judge reply kept (verdicts are on the first line); longer ones are cut and marked as truncated."""
+SECRET_QUERY = re.compile(r"(key|token|secret|password|passwd|pwd|sig|auth|credential)", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """`url` with any user:password and secret-looking query values replaced by `***` (for manifests, logs)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = "&".join(
+        f"{k}=***" if SECRET_QUERY.search(k) else (f"{k}={v}" if v else k)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def read_api_key(env: str) -> str | None:
+    """The API key in environment variable `env`; an explicitly named variable that is unset is an error
+    (the default variable may be unset: servers without a key)."""
+    value = os.environ.get(env)
+    if not value and env != DEFAULT_KEY_ENV:
+        raise UnmirageError(f"the API key variable {env} is not set (or empty) in the environment")
+    return value or None
+
+
+def cap_reply(text: str, limit: int = MAX_REPLY_CHARS) -> str:
+    """A reply of at most `limit` characters; a longer one is cut and ends with a note saying so."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]} [reply truncated: {len(text)} characters]"
 
 
 @dataclass(frozen=True)
@@ -63,7 +99,10 @@ class ChatBackend(Protocol):
 
 def image_data_url(path: str | Path, max_side: int | None = None) -> str:
     """A `data:` URL with the image (PNG and JPEG files as they are, anything else re-encoded as PNG)."""
+    from unmirage.data.images import check_image_file
+
     path = Path(path)
+    check_image_file(path, decode=False)  # size, pixel limit, header: the project's one image check
     try:
         raw = path.read_bytes()
     except OSError as err:
@@ -116,8 +155,6 @@ class OpenAIBackend:
             raise UnmirageError(
                 "the HTTP judge backend needs the openai client: pip install 'unmirage[http]'"
             ) from None
-        import os
-
         self._openai = openai
         self.base_url = base_url.rstrip("/")
         self.model_id = model
@@ -137,7 +174,7 @@ class OpenAIBackend:
     def describe(self) -> dict[str, Any]:
         return {
             "backend": "openai",
-            "base_url": self.base_url,
+            "base_url": redact_url(self.base_url),
             "model": self.model_id,
             "timeout": self.timeout,
             "max_retries": self.max_retries,
@@ -195,12 +232,14 @@ class OpenAIBackend:
                 error = f"timed out after {self.timeout:g} s"
             except openai.APIConnectionError as err:
                 error = f"connection failed: {_short(str(err.__cause__ or err))}"
+            except (openai.APIError, ValueError, RecursionError) as err:  # a 200 whose body is not JSON
+                error = f"the server's reply is not valid JSON ({_short(type(err).__name__)})"
             else:
                 text = _reply_text(response)
                 if text is None:
                     error = "the server's reply has no message content"
                 else:
-                    return BackendReply(text=text, attempts=attempt + 1)
+                    return BackendReply(text=cap_reply(text), attempts=attempt + 1)
             if attempt < self.max_retries:
                 delay = min(self.max_backoff, self.backoff * 2**attempt)
                 time.sleep(delay * (1 + 0.1 * self._jitter.random()))

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from unmirage.data.images import resolve_image_path
+from unmirage.data.images import resolve_image_path, verify_image
 from unmirage.errors import UnmirageError
 from unmirage.judges.base import Judge, JudgeItem, Verdict
 from unmirage.judges.cache import JudgeCache, cache_key
@@ -115,7 +115,10 @@ def items_from_records(
                 raise UnmirageError(
                     "no 'image' path to resolve under --image-root", file=file, record=where, field="image"
                 )
-            image = str(resolve_image_path(image_root, record["image"], str(record["id"]), file=file))
+            label = f"{record['id']} (line {number})"
+            path = resolve_image_path(image_root, record["image"], label, file=file)
+            verify_image(path, label, file=file)
+            image = str(path)
         items.append(
             JudgeItem(
                 id=str(record["id"]),
@@ -173,12 +176,16 @@ def judge_file(
     batch_size: int = 16,
     on_malformed: str = "default",
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """`unmirage judge`: judge every line of `answers` and write them, with verdicts, to `out` (atomically).
 
     Returns the run's summary (see `summarise`). With `on_malformed="error"` a malformed judge reply is an
     error naming the answer and the reply, and nothing is written (verdicts already obtained stay cached).
+    An existing `out` is replaced only when it was judged from the same answers by the same judge settings
+    (or with `overwrite`).
     """
+    from unmirage.outputs import claim_file, file_identity
     from unmirage.runs import atomic_open, read_jsonl, write_manifest
 
     answers = Path(answers)
@@ -191,6 +198,11 @@ def judge_file(
     if not records:
         raise UnmirageError("answers file has no lines", file=answers)
     items = items_from_records(records, file=answers, image_root=image_root, need_question=judge.cacheable)
+    identity = {"answers": file_identity(answers), "judge": judge.describe()}
+    manifest = out.parent / f"{out.stem}.manifest.json"
+    claim_file(
+        out, manifest, command="judge", identity=identity, overwrite=overwrite, inputs=[answers, cache_path]
+    )
     if cache_path is None and judge.cacheable:
         cache_path = out.parent / "judge_cache.jsonl"
     with JudgeCache(cache_path if judge.cacheable else None) as cache:
@@ -208,8 +220,10 @@ def judge_file(
     summary = summarise(judge.name, verdicts)
     write_manifest(
         out.parent,
-        name=f"{out.stem}.manifest.json",
+        name=manifest.name,
         command="judge",
+        identity=identity,
+        output=out.name,
         config=judge.describe(),
         inputs=[answers],
         outputs=[out],

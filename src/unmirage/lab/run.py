@@ -40,7 +40,7 @@ from unmirage.config import StrictModel
 from unmirage.errors import UnmirageError
 from unmirage.lab.pretrain import BaseStage, VisionStage
 from unmirage.lab.world import WorldConfig
-from unmirage.runs import atomic_write_json, atomic_write_text
+from unmirage.runs import atomic_write_json, atomic_write_text, normal_permissions
 
 MODELS = ("base", "sft-mixed", "sft-posthoc", "npo", "rmu")
 #: The folders a run writes under OUT (removed before a run that does not resume).
@@ -248,6 +248,7 @@ def build_base_model(config: LabConfig, world: Any, out: Path, seed: int, progre
     out.mkdir(parents=True, exist_ok=True)
     loaded.model.save_pretrained(out)
     loaded.processor.save_pretrained(out)
+    normal_permissions(out)
     parameters = sum(p.numel() for p in loaded.model.parameters())
     info = {"vision": vision, "base": base, "parameters": parameters, "sizes": sizes}
     atomic_write_json(out / "lab_training.json", info)

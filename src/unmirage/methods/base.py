@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple, TypeVar
@@ -131,6 +132,14 @@ class MethodConfig(abc.ABC):
                 f"method.{unknown[0]}: unknown key for method '{cls.name}' (known: {', '.join(sorted(fields))})",
                 file=source,
             )
+        hints = typing.get_type_hints(cls)
+        for key, value in data.items():
+            if isinstance(value, bool) and bool not in (hints[key], *typing.get_args(hints[key])):
+                raise UnmirageError(
+                    f"method.{key}: must be a {getattr(hints[key], '__name__', 'value')}, not {str(value).lower()}"
+                    f" (method {cls.name})",
+                    file=source,
+                )
         try:
             return TypeAdapter(cls).validate_python(dict(data), strict=False)
         except ValidationError as err:

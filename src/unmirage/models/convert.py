@@ -41,12 +41,25 @@ def find_packaged_gguf(package: str = SMOLLM2_PACKAGE) -> Path:
 
 
 def prepare_output_dir(out: str | os.PathLike, overwrite: bool) -> Path:
-    """Check that `out` may be written (absent, empty, or `overwrite`); returns it as a Path."""
+    """Check that `out` may be written (absent, empty, or an unmirage output and `overwrite`); returns it.
+
+    A file, or a folder of files unmirage did not write (no manifest), is never replaced."""
+    from unmirage.outputs import MANIFEST, read_owner
+
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise UnmirageError(
-            "output folder exists and is not empty (pass --overwrite to replace it)", file=out
-        )
+    if out.exists() and not out.is_dir():
+        raise UnmirageError("the output folder is a file", file=out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UnmirageError(
+                "output folder exists and is not empty (pass --overwrite to replace it)", file=out
+            )
+        if read_owner(out / MANIFEST) is None:
+            raise UnmirageError(
+                "holds files unmirage did not write (no manifest) (--overwrite replaces only unmirage "
+                "outputs); choose another folder or empty it",
+                file=out,
+            )
     return out
 
 
@@ -58,7 +71,9 @@ def publish_dir(staging: Path, out: Path) -> None:
         else:
             out.unlink()
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging.chmod(0o755)  # mkdtemp makes it private
+    from unmirage.runs import normal_permissions
+
+    normal_permissions(staging)  # mkdtemp and safetensors make folders and files private
     os.replace(staging, out)
 
 

@@ -21,6 +21,8 @@ DTYPES = {
     "fp16": torch.float16,
 }
 TINY_PREFIX = "tiny-"
+PARTIAL_WEIGHTS_ENV = "UNMIRAGE_PARTIAL_WEIGHTS"
+"""Set to 1 to load a model whose weight files lack some of its tensors (those keep random values; recorded)."""
 
 
 @dataclass
@@ -76,15 +78,21 @@ def load_model(
     trust_remote_code: bool = False,
     family: str | None = None,
     tiny_sizes: dict[str, Any] | None = None,
+    partial_weights: bool | None = None,
 ) -> LoadedModel:
     """Load a model by Hub id or local folder (safetensors only), or build `tiny-llava` / `tiny-qwen2_5_vl`.
 
     Vision-language models load through `AutoModelForImageTextToText`, other models through
     `AutoModelForCausalLM`. `adapter` applies a PEFT (LoRA) adapter folder on top. `trust_remote_code` stays
-    off unless the caller asks for it.
+    off unless the caller asks for it. Weight files that miss some of the model's tensors, or hold tensors
+    it does not have, are an error unless `partial_weights` (default: the `UNMIRAGE_PARTIAL_WEIGHTS`
+    environment variable); what was missing is then recorded in `info["weights"]`.
     """
     source = str(source)
     torch_dtype = resolve_dtype(dtype)
+    if partial_weights is None:
+        partial_weights = os.environ.get(PARTIAL_WEIGHTS_ENV, "") not in ("", "0")
+    weights: dict[str, Any] = {"built": "tiny"} if source.startswith(TINY_PREFIX) else {}
     if source.startswith(TINY_PREFIX) and not Path(source).exists():
         from unmirage.models.tiny import build_tiny
 
@@ -94,8 +102,8 @@ def load_model(
         if device_map not in (None, "cpu"):
             model = model.to(device_map if isinstance(device_map, str) and device_map != "auto" else "cuda")
     else:
-        model, processor = _load_pretrained(
-            source, torch_dtype, device_map, attn_implementation, trust_remote_code
+        model, processor, weights = _load_pretrained(
+            source, torch_dtype, device_map, attn_implementation, trust_remote_code, partial_weights
         )
     adapter_info = None
     if adapter is not None:
@@ -109,7 +117,11 @@ def load_model(
         processor=processor,
         family=fam,
         source=source,
-        info={"dtype": str(next(unwrap(model).parameters()).dtype), "adapter": adapter_info},
+        info={
+            "dtype": str(next(unwrap(model).parameters()).dtype),
+            "adapter": adapter_info,
+            "weights": weights,
+        },
     )
 
 
@@ -150,11 +162,33 @@ def _is_image_text_model(config: Any) -> bool:
     return config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 
+def check_safetensors(folder: str | os.PathLike, pattern: str = "*.safetensors") -> None:
+    """Open every safetensors file of a folder (header and sizes); a corrupt or truncated one is an error."""
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(Path(folder).glob(pattern)):
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except (SafetensorError, OSError, ValueError) as err:
+            reason = " ".join(str(err).split()) or type(err).__name__
+            raise UnmirageError(f"not a valid safetensors file ({reason[:160]})", file=file) from None
+
+
 def _load_pretrained(
-    source: str, dtype: Any, device_map: Any, attn_implementation: str | None, trust_remote_code: bool
-) -> tuple[Any, Any]:
+    source: str,
+    dtype: Any,
+    device_map: Any,
+    attn_implementation: str | None,
+    trust_remote_code: bool,
+    partial_weights: bool = False,
+) -> tuple[Any, Any, dict[str, Any]]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
+    if looks_like_local_path(source) and not Path(source).exists():
+        raise UnmirageError("model folder not found", file=source)
+    if Path(source).is_file():
+        raise UnmirageError("a model is a folder (config.json and *.safetensors), not a file", file=source)
     if (
         Path(source).exists()
         and not any(Path(source).glob("*.safetensors"))
@@ -167,14 +201,28 @@ def _load_pretrained(
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise UnmirageError(f"cannot load a model config: {str(err).splitlines()[0]}", file=source) from None
+    if Path(source).is_dir():
+        check_safetensors(source)
     auto = AutoModelForImageTextToText if _is_image_text_model(config) else AutoModelForCausalLM
     kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": trust_remote_code}
     if device_map is not None:
         kwargs["device_map"] = device_map
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    model = auto.from_pretrained(source, **kwargs).eval()
-    return model, load_processor(source, config.model_type, trust_remote_code=trust_remote_code)
+    model, info = auto.from_pretrained(source, output_loading_info=True, **kwargs)
+    weights = {k: sorted(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    weights = {k: [str(x) for x in v] for k, v in weights.items() if v}
+    if weights and not partial_weights:
+        found = "; ".join(f"{len(v)} {k.replace('_keys', '')} (e.g. {v[0]})" for k, v in weights.items())
+        raise UnmirageError(
+            f"the weight files do not match the model: {found}; set {PARTIAL_WEIGHTS_ENV}=1 to load it "
+            "anyway (those tensors keep random values)",
+            file=source,
+        )
+    if weights:
+        weights["partial"] = True
+    processor = load_processor(source, config.model_type, trust_remote_code=trust_remote_code)
+    return model.eval(), processor, weights
 
 
 def load_processor(source: str, model_type: str, *, trust_remote_code: bool = False) -> Any:
@@ -209,6 +257,16 @@ def _saved_chat_template(source: str) -> str | None:
 def _apply_adapter(model: Any, adapter: str | os.PathLike, trainable: bool) -> Any:
     from peft import PeftModel
 
-    if not Path(adapter).exists():
+    adapter = Path(adapter)
+    if not adapter.is_dir():
         raise UnmirageError("LoRA adapter folder not found", file=adapter)
+    if not (adapter / "adapter_model.safetensors").is_file():
+        pickled = [p.name for p in adapter.glob("*.bin")] + [p.name for p in adapter.glob("*.pt")]
+        what = (
+            f"only pickle weights ({', '.join(sorted(pickled))})"
+            if pickled
+            else "no adapter_model.safetensors"
+        )
+        raise UnmirageError(f"the adapter folder holds {what}; unmirage loads safetensors only", file=adapter)
+    check_safetensors(adapter, "adapter_model.safetensors")
     return PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)

@@ -302,4 +302,7 @@ def save_tiny(out: str | os.PathLike, family: str = "llava", **sizes: Any) -> Pa
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    from unmirage.runs import normal_permissions
+
+    normal_permissions(out)
     return out

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import math
 import os
+import types
+import typing
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from unmirage.config import StrictModel, load_config
 from unmirage.errors import UnmirageError
@@ -45,6 +49,12 @@ class DataSection(StrictModel):
         None, gt=0, description="use only the first N records of each file (quick runs)"
     )
 
+    @model_validator(mode="after")
+    def _images_one_way(self) -> DataSection:
+        if self.image_root is not None and self.placeholder_images:
+            raise ValueError("give either image_root or placeholder_images: true, not both")
+        return self
+
 
 class LoraSection(StrictModel):
     """PEFT LoRA; the reference recipe: r 128, alpha 256, dropout 0.05, every linear layer of the LM."""
@@ -74,6 +84,13 @@ class Recipe(StrictModel):
     merge: bool = False
     plot: bool = True
     save_model: bool = Field(True, description="write the trained model/adapter (benchmarks turn it off)")
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_dir_given(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a folder (it is empty)")
+        return value
 
     @field_validator("method")
     @classmethod
@@ -132,6 +149,129 @@ def check_train_keys(train: dict[str, Any], source: object | None = None) -> Non
             raise UnmirageError(f"train.{key}: not a transformers.TrainingArguments field{hint}", file=source)
 
 
+# The range each numeric TrainingArguments field must lie in, by its meaning (checked before any compute).
+POSITIVE = ("learning_rate", "adam_epsilon", "num_train_epochs", "logging_steps", "save_steps", "eval_steps")
+NON_NEGATIVE = (
+    "weight_decay",
+    "max_grad_norm",
+    "warmup_steps",
+    "label_smoothing_factor",
+    "dataloader_num_workers",
+)
+AT_LEAST_ONE = (
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "eval_accumulation_steps",
+    "save_total_limit",
+)
+UNIT_INTERVAL = ("adam_beta1", "adam_beta2", "warmup_ratio")
+SEEDS = ("seed", "data_seed")
+
+
+def _allowed_types(hint: Any) -> set[type] | None:
+    """The plain types a TrainingArguments annotation allows (enums count as str); None when not plain."""
+    import enum
+
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    allowed: set[type] = set()
+    for option in options:
+        origin = typing.get_origin(option) or option
+        if origin is typing.Literal:
+            allowed |= {type(v) for v in typing.get_args(option)}
+        elif isinstance(origin, type) and issubclass(origin, enum.Enum):
+            allowed.add(str)
+        elif origin in (bool, int, float, str, dict, list, type(None)):
+            allowed.add(origin)
+        else:
+            return None
+    return allowed
+
+
+def _typed_value(key: str, value: Any, allowed: set[type], source: object) -> Any:
+    """`value` checked against the field's types (a YAML number written as text, like 1e-5, is a number)."""
+    if isinstance(value, str) and float in allowed and str not in allowed:
+        try:
+            value = float(value)
+        except ValueError:
+            raise UnmirageError(f"train.{key}: must be a number (got {value!r})", file=source) from None
+    kind = type(value)
+    ok = kind in allowed or (kind is int and float in allowed)
+    if kind is bool:
+        ok = bool in allowed
+    if not ok:
+        names = " or ".join(sorted("null" if t is type(None) else t.__name__ for t in allowed))
+        raise UnmirageError(f"train.{key}: must be {names} (got {value!r})", file=source)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UnmirageError(f"train.{key}: must be a finite number (got {value!r})", file=source)
+    return value
+
+
+def _check_range(key: str, value: Any, source: object) -> None:
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    problem = None
+    if key in POSITIVE and not value > 0:
+        problem = "must be > 0"
+    elif key in NON_NEGATIVE and value < 0:
+        problem = "must be >= 0"
+    elif key in AT_LEAST_ONE and value < 1:
+        problem = "must be at least 1"
+    elif key in UNIT_INTERVAL and not 0 <= value < 1:
+        problem = "must be in [0, 1)"
+    elif key in SEEDS and not 0 <= value < 2**32:
+        problem = "must be an integer in [0, 2**32)"
+    elif key == "max_steps" and value != -1 and value < 1:
+        problem = "must be at least 1 (or -1: train for num_train_epochs)"
+    if problem:
+        raise UnmirageError(f"train.{key}: {problem} (got {value!r})", file=source)
+
+
+def check_report_to(value: Any, source: object) -> None:
+    """Every `report_to` integration must be installed (a missing one fails only when training starts)."""
+    from transformers.integrations import get_available_reporting_integrations
+
+    names = [value] if isinstance(value, str) else list(value or [])
+    available = set(get_available_reporting_integrations())
+    for name in names:
+        if name not in ("none", "all") and name not in available:
+            raise UnmirageError(
+                f"train.report_to: '{name}' is not installed here (pip install {name}, or leave it out of "
+                f"report_to; installed: {', '.join(sorted(available)) or 'none'})",
+                file=source,
+            )
+
+
+def check_train_values(train: dict[str, Any], source: object | None = None) -> dict[str, Any]:
+    """Every `train:` value checked against its TrainingArguments field's type and meaning; returns the
+    values with numbers written as text turned into numbers."""
+    from transformers import TrainingArguments
+
+    hints = typing.get_type_hints(TrainingArguments)
+    checked = {}
+    for key, value in train.items():
+        allowed = _allowed_types(hints.get(key))
+        if allowed is not None:
+            if key.endswith("_strategy") and value is False:
+                value = "no"  # YAML reads a bare `no` as false
+            value = _typed_value(key, value, allowed, source)
+        _check_range(key, value, source)
+        checked[key] = value
+    values = {**TRAIN_DEFAULTS, **checked}
+    check_report_to(values.get("report_to"), source)
+    for key in ("bf16", "fp16"):
+        if values.get(key) and not values.get("use_cpu"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise UnmirageError(
+                    f"train.{key}: this machine has no GPU for {key} training; set train.{key}=false "
+                    "(or train.use_cpu=true for CPU autocast)",
+                    file=source,
+                )
+    return checked
+
+
 def load_recipe(
     path: str | os.PathLike | None, overrides: Iterable[str] = (), base: Mapping[str, Any] | None = None
 ) -> tuple[Recipe, MethodConfig]:
@@ -141,6 +281,7 @@ def load_recipe(
     source = path or "<command line>"
     config = recipe.method_config(source)
     check_train_keys(recipe.train, source)
+    recipe.train = check_train_values(recipe.train, source)
     # Build TrainingArguments once to validate `train:` values, then drop it: under ZeRO-3 a live instance
     # would make model loading shard parameters, and the runner builds its own after loading the model.
     make_training_arguments(recipe, source)
@@ -157,3 +298,27 @@ def load_recipe(
             file=source,
         )
     return recipe, config
+
+
+def preflight(recipe: Recipe, config: MethodConfig, source: object | None = None) -> None:
+    """What would fail only after the model loads: missing data files or image root, an output_dir that is a
+    file, a vision-language model without images. Run by `unlearn --check` and before every run."""
+    from unmirage.models.load import source_is_multimodal
+
+    data = recipe.data
+    files = {"data.retain": data.retain}
+    if config.uses_forget:
+        files["data.forget"] = data.forget
+    for key, path in files.items():
+        if path is not None and not Path(path).is_file():
+            raise UnmirageError(f"{key}: file not found: {path}", file=source)
+    if data.image_root is not None and not Path(data.image_root).is_dir():
+        raise UnmirageError(f"data.image_root: not a folder: {data.image_root}", file=source)
+    out = Path(recipe.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UnmirageError(f"output_dir: {out} is a file, not a folder", file=source)
+    if data.image_root is None and not data.placeholder_images and source_is_multimodal(recipe.model):
+        raise UnmirageError(
+            "data.image_root is required for a vision-language model (or placeholder_images: true)",
+            file=source,
+        )

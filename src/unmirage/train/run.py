@@ -21,7 +21,7 @@ from unmirage.config import dump_config
 from unmirage.data.collate import PairedCollator
 from unmirage.errors import UnmirageError
 from unmirage.methods import MethodConfig, get_method
-from unmirage.runs import read_jsonl_resumable, sha256_file, write_manifest
+from unmirage.runs import normal_permissions, read_jsonl_resumable, sha256_file, write_manifest
 from unmirage.train.data import build_dataset, load_examples
 from unmirage.train.params import (
     apply_lora,
@@ -31,7 +31,7 @@ from unmirage.train.params import (
     select_parameters,
     trainable_names,
 )
-from unmirage.train.recipe import Recipe, make_training_arguments
+from unmirage.train.recipe import Recipe, make_training_arguments, preflight
 from unmirage.train.reference import STATS_FILE, build_reference, choose_kind
 
 METRICS_FILE = "metrics.jsonl"
@@ -51,8 +51,99 @@ class RunResult:
     trainer: Any = None
 
 
+# `train:` keys that change how a run is logged or saved, not what it computes (a resume may change them).
+NON_RESULT_TRAIN_KEYS = frozenset(
+    {
+        "report_to",
+        "logging_steps",
+        "logging_strategy",
+        "logging_dir",
+        "logging_first_step",
+        "save_steps",
+        "save_strategy",
+        "save_total_limit",
+        "save_only_model",
+        "dataloader_num_workers",
+        "dataloader_pin_memory",
+        "disable_tqdm",
+        "run_name",
+    }
+)
+
+
 def _checkpoints(out: Path) -> list[Path]:
-    return sorted(out.glob("checkpoint-*")) if out.is_dir() else []
+    """checkpoint-N folders, oldest first (by N)."""
+    if not out.is_dir():
+        return []
+    found = [p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+
+
+def complete_checkpoint(path: Path) -> bool:
+    """Whether a checkpoint folder was written to the end: the Trainer writes trainer_state.json last."""
+    import json
+
+    state = path / "trainer_state.json"
+    try:
+        return isinstance(json.loads(state.read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError):
+        return False
+
+
+def last_complete_checkpoint(out: Path) -> Path | None:
+    """The newest checkpoint that was written completely (a run killed while saving leaves a partial one)."""
+    return next((p for p in reversed(_checkpoints(out)) if complete_checkpoint(p)), None)
+
+
+def finite_weights(path: Path) -> bool:
+    """Whether every tensor of a checkpoint's safetensors files is finite (True when it has none)."""
+    from safetensors import safe_open
+
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                tensor = handle.get_tensor(name)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    return False
+    return True
+
+
+def set_aside_nonfinite(out: Path) -> Path | None:
+    """Rename the newest checkpoints whose weights are not finite to `nonfinite-checkpoint-N` (a resume
+    skips them); returns the newest checkpoint left, whose weights are finite."""
+    for path in reversed(_checkpoints(out)):
+        if complete_checkpoint(path) and finite_weights(path):
+            return path
+        path.rename(path.with_name(f"nonfinite-{path.name}"))
+    return None
+
+
+def run_identity(recipe: Recipe, config: MethodConfig) -> dict[str, Any]:
+    """What decides a run's weights (a resume must match it): model, data files, method and training values."""
+    from unmirage.outputs import file_identity, folder_path, model_identity
+    from unmirage.train.recipe import TRAIN_DEFAULTS
+
+    data = recipe.data
+    train = {k: v for k, v in {**TRAIN_DEFAULTS, **recipe.train}.items() if k not in NON_RESULT_TRAIN_KEYS}
+    return {
+        "model": model_identity(recipe.model, recipe.tiny_sizes),
+        "dtype": recipe.dtype,
+        "data": {
+            "forget": file_identity(data.forget) if config.uses_forget else None,
+            "retain": file_identity(data.retain),
+            "image_root": folder_path(data.image_root),
+            "placeholder_images": data.placeholder_images,
+            "template": data.template,
+            "max_length": data.max_length,
+            "epoch_over": data.epoch_over,
+            "limit": data.limit,
+        },
+        "method": config.to_dict(),
+        "train": train,
+        "lora": recipe.lora.model_dump() if recipe.lora else None,
+        "trainable": recipe.trainable,
+        "reference": recipe.reference,
+    }
 
 
 def prepare_model(recipe: Recipe, config: MethodConfig, loaded: Any = None) -> tuple[Any, Any, int]:
@@ -88,30 +179,27 @@ def run_unlearning(
     overrides: tuple[str, ...] = (),
     callbacks: tuple[Any, ...] = (),
     loaded: Any = None,
+    overwrite: bool = False,
 ) -> RunResult:
     """Train `recipe` (validated by `load_recipe`); with `resume`, continue from the last checkpoint.
 
     `resume="auto"` continues when output_dir holds a checkpoint and starts afresh otherwise (a pipeline stage
     that may have been killed part-way). `loaded` (a `LoadedModel`) replaces loading `recipe.model`
-    (benchmarks build models in memory)."""
+    (benchmarks build models in memory). output_dir is continued only when its manifest records the same run
+    (`run_identity`); `overwrite` replaces a finished or different run. A checkpoint left half-written by a
+    killed run is skipped (the last complete one is used); a NaN or infinite loss stops the run with an
+    error, keeping only checkpoints with finite weights."""
     from transformers import set_seed
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     from unmirage.data.collate import Collator
-    from unmirage.train.trainer import MetricsCallback, UnlearningTrainer
+    from unmirage.train.trainer import MetricsCallback, NonFiniteLoss, PermissionsCallback, UnlearningTrainer
 
     merge = recipe.merge if merge is None else merge
     if merge and recipe.lora is None:
         raise UnmirageError("--merge needs a LoRA run (lora: in the recipe)")
     out = Path(recipe.output_dir)
-    if resume == "auto":
-        resume = bool(_checkpoints(out))
-    if resume and not _checkpoints(out):
-        raise UnmirageError("--resume: no checkpoint-* folder to resume from", file=out)
-    if not resume and _checkpoints(out):
-        raise UnmirageError(
-            "output_dir already holds checkpoints; pass --resume or use another folder", file=out
-        )
+    preflight(recipe, config, recipe_path)
     spec = get_method(config.name)
     seed = int(recipe.train.get("seed", 42))
     set_seed(seed)
@@ -153,6 +241,8 @@ def run_unlearning(
         "forget": sha256_file(data.forget) if forget is not None else None,
         "retain": sha256_file(data.retain),
     }
+    checkpoint = claim_run(recipe, config, out, resume=resume, overwrite=overwrite, recipe_path=recipe_path)
+    resume = checkpoint is not None
     reference = build_reference(
         kind,
         family,
@@ -177,7 +267,7 @@ def run_unlearning(
         train_dataset=dataset,
         data_collator=PairedCollator(collator),
         processing_class=loaded.processor,
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, PermissionsCallback()],
         method=spec,
         method_config=config,
         family=family,
@@ -186,8 +276,19 @@ def run_unlearning(
     )
     MetricsCallback(trainer, out / METRICS_FILE).attach()
     tensorboard_into(trainer, out / TENSORBOARD_DIR)
-    with checkpoints_in_model_format(loaded.model):
-        result = trainer.train(resume_from_checkpoint=True if resume else None)
+    try:
+        with checkpoints_in_model_format(loaded.model):
+            result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except NonFiniteLoss as err:
+        kept = set_aside_nonfinite(out) if trainer.is_world_process_zero() else None
+        where = (
+            f"resume from {kept.name} with other settings" if kept else "no checkpoint with finite weights"
+        )
+        raise UnmirageError(
+            f"{err} at step {trainer.state.global_step + 1}; stopped ({where}); lower train.learning_rate "
+            "or check the data",
+            file=out,
+        ) from None
     if recipe.save_model:
         trainer.save_model(str(out))
     throughput = trainer.throughput(float(result.metrics.get("train_runtime", 0.0)))
@@ -206,6 +307,7 @@ def run_unlearning(
         write_manifest(
             out,
             command="unlearn",
+            identity=run_identity(recipe, config),
             config={"recipe": dump_config(recipe), "method": config.to_dict(), "overrides": list(overrides)},
             inputs=[p for p in (recipe_path, data.forget, data.retain) if p],
             outputs=outputs,
@@ -226,6 +328,7 @@ def run_unlearning(
             **throughput,
             resumed=resume,
         )
+        normal_permissions(out)
     trainer.accelerator.wait_for_everyone()
     return RunResult(out, trainer.state.global_step, kind, n_trainable, rows, trainer)
 
@@ -238,6 +341,46 @@ def tensorboard_into(trainer: Any, folder: Path) -> None:
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
             callback.logging_dir = str(folder)
+
+
+def claim_run(
+    recipe: Recipe,
+    config: MethodConfig,
+    out: Path,
+    *,
+    resume: bool | Literal["auto"],
+    overwrite: bool,
+    recipe_path: str | os.PathLike | None,
+    check: bool = False,
+) -> Path | None:
+    """Claim output_dir for this run (`outputs.claim_folder`); returns the checkpoint to resume from.
+
+    Only the first process writes or replaces anything; the others check and read the same folder.
+    `check` only checks (`unlearn --check`).
+    """
+    from unmirage.outputs import claim_folder
+
+    main = int(os.environ.get("RANK", "0")) == 0
+    if resume is True and last_complete_checkpoint(out) is None:
+        raise UnmirageError(
+            "--resume: no checkpoint to resume from (no complete checkpoint-* folder)", file=out
+        )
+    if main or check:
+        claim = claim_folder(
+            out,
+            command="unlearn",
+            identity=run_identity(recipe, config),
+            resume=bool(resume),
+            overwrite=overwrite,
+            inputs=[recipe.data.forget, recipe.data.retain, recipe_path],
+            resume_hint="pass --resume to continue it or ",
+            write=not check,
+        )
+    else:  # the first process checks and replaces; the others resume when asked and not replacing
+        claim = "new" if overwrite else "resume"
+    if claim == "new" or not resume:
+        return None
+    return last_complete_checkpoint(out)
 
 
 @contextlib.contextmanager

@@ -26,6 +26,10 @@ from unmirage.train.reference import Reference
 SIDES = ("forget", "retain")
 
 
+class NonFiniteLoss(RuntimeError):
+    """A training loss that is NaN or infinite (the run stops before the optimizer uses it)."""
+
+
 class UnlearningTrainer(Trainer):
     """Trainer for every registered method (see the module doc)."""
 
@@ -94,6 +98,8 @@ class UnlearningTrainer(Trainer):
             quantities["control"] = self.control_vector
         out = self.method.loss_fn(self.method_config, **quantities)
         if model.training:
+            if not bool(torch.isfinite(out.loss.detach()).all()):
+                raise NonFiniteLoss(f"the training loss is {float(out.loss.detach().float().mean())}")
             self._record(out)
         return (out.loss, out) if return_outputs else out.loss
 
@@ -123,6 +129,16 @@ class UnlearningTrainer(Trainer):
         means = self.accelerator.reduce(means.to(self.args.device), reduction="mean")
         self._metric_sums, self._metric_count = {}, 0
         return {n: float(v) for n, v in zip(names, means.tolist())}
+
+
+class PermissionsCallback(TrainerCallback):
+    """Gives each checkpoint the permissions of normally created files (safetensors writes them 0o600)."""
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            from unmirage.runs import normal_permissions
+
+            normal_permissions(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
 
 class MetricsCallback(TrainerCallback):
