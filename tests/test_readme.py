@@ -99,5 +99,7 @@ def test_api_doc_cells_run_in_order(workdir, capsys):
     assert printed[0] == namespace["unmirage"].__version__
     assert "LlavaForConditionalGeneration llava" in printed
     assert "10 precomputed True" in printed
-    assert printed[-2] == "['chart.png', 'report.html', 'report.md', 'summary.json', 'table.md']"
+    assert (
+        printed[-2] == "['chart.png', 'headline.csv', 'report.html', 'report.md', 'summary.json', 'table.md']"
+    )
     assert printed[-1] == "<command line>: method.beta: must be a finite number > 0, got -1.0 (method npo)"

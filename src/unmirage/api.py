@@ -137,9 +137,11 @@ def evaluate(model: PathLike, vlguard_test: PathLike, out: PathLike, **settings:
     return run_eval(validate(EvalSettings, values, source="unmirage.evaluate"), out)
 
 
-def build_report(runs: Sequence[PathLike], out: PathLike) -> dict[str, Path]:
-    """Compare evaluation runs (folders written by `evaluate`), like `unmirage report`: table.md, chart.png,
-    report.md, report.html and summary.json in `out`. Returns the written files by name."""
+def build_report(runs: Sequence[PathLike], out: PathLike, overwrite: bool = False) -> dict[str, Path]:
+    """Compare evaluation runs (folders written by `evaluate`), like `unmirage report`: table.md,
+    headline.csv, chart.png, report.md, report.html and summary.json in `out` (and its manifest.json).
+    The same runs rebuild a report in place; `overwrite` replaces a report of other runs. Returns the
+    written files by name."""
     from unmirage.report.build import build_report as build
 
-    return build(list(runs), out)
+    return build(list(runs), out, overwrite=overwrite)

@@ -35,6 +35,9 @@ def run(
         False, "--resume", help="Skip the stages whose outputs are already in --out."
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars or stage lines."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace --out if it holds a lab run with other settings or seeds."
+    ),
 ) -> None:
     import time
 
@@ -43,7 +46,12 @@ def run(
     start = time.perf_counter()
     lab_config = load_lab_config(quick=quick, path=config, overrides=overrides or [])
     result = run_lab(
-        lab_config, out, seeds=list(range(first_seed, first_seed + seeds)), progress=not quiet, resume=resume
+        lab_config,
+        out,
+        seeds=list(range(first_seed, first_seed + seeds)),
+        progress=not quiet,
+        resume=resume,
+        overwrite=overwrite,
     )
     print(table_markdown(result["models"]))
     print(f"MirageLab: {time.perf_counter() - start:.0f} s wall; report: {out / 'miragelab.md'}")

@@ -28,9 +28,14 @@ def report(
     figure: list[Path] = typer.Option(
         [], "--figure", help="A PNG to copy next to the report and show in it (repeatable)."
     ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace --out if it holds a report of other runs (the same runs rebuild it).",
+    ),
 ) -> None:
     """Build the report for one or more evaluation runs."""
     from unmirage.report import build_report
 
-    paths = build_report(runs, out, figures=figure)
+    paths = build_report(runs, out, figures=figure, overwrite=overwrite)
     typer.echo(f"wrote {paths['report.md']} and {paths['report.html']} ({len(runs)} runs)")

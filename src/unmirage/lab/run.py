@@ -742,13 +742,27 @@ def run_lab(
     progress: bool = True,
     resume: bool = False,
     on_seed: Callable[[int, dict[str, Any]], None] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Run every seed (one seed: directly under `out`; several: `out/seed-<s>/`) and write the medians."""
+    """Run every seed (one seed: directly under `out`; several: `out/seed-<s>/`) and write the medians.
+
+    `out` is claimed first (`unmirage.outputs.claim_folder`): a lab run with the same settings and seeds
+    reruns (or, with `resume`, continues) in it, one with other settings needs `overwrite`, and a folder of
+    files unmirage did not write is never touched (a run removes its own sub-folders before it starts)."""
     import torch
+
+    from unmirage.outputs import claim_folder
 
     out = Path(out)
     if not seeds:
         raise UnmirageError("give at least one seed")
+    claim_folder(
+        out,
+        command="lab run",
+        identity={"config": config.model_dump(mode="json"), "seeds": list(seeds)},
+        overwrite=overwrite,
+        resume_hint="the same settings rerun it; ",
+    )
     if os.environ.get("OMP_NUM_THREADS") is None:
         torch.set_num_threads(max(1, min(os.cpu_count() or 1, 4)))
     start = time.perf_counter()

@@ -622,10 +622,16 @@ def build_report(
     run_dirs: Sequence[str | os.PathLike],
     out: str | os.PathLike,
     figures: Sequence[str | os.PathLike] = (),
+    overwrite: bool = False,
 ) -> dict[str, Path]:
     """Write OUT/table.md, OUT/headline.csv, OUT/chart.png, OUT/report.md, OUT/report.html and
     OUT/summary.json (OUT/chart_judges.png when the runs used several judge methods); `figures` (PNG files,
-    e.g. a spurious-word chart) are copied into OUT and shown in both pages."""
+    e.g. a spurious-word chart) are copied into OUT and shown in both pages.
+
+    OUT is claimed like every output (`unmirage.outputs.claim_folder`): a report of the same runs and
+    figures is rebuilt in place, a report of other runs is replaced only with `overwrite`, and a folder of
+    files unmirage did not write is never touched."""
+    from unmirage.outputs import claim_folder
     from unmirage.report.chart import bar_chart
     from unmirage.runs import atomic_open, atomic_write_json, atomic_write_text
 
@@ -646,7 +652,18 @@ def build_report(
             )
         taken.add(figure.name)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    identity = {
+        "runs": [str(run.path.resolve()) for run in runs],
+        "figures": [str(figure.resolve()) for figure in extra],
+    }
+    claim_folder(
+        out,
+        command="report",
+        identity=identity,
+        overwrite=overwrite,
+        inputs=[run.path for run in runs],
+        resume_hint="the same runs and figures rebuild it; ",
+    )
     paths = {name: out / name for name in names}
     with atomic_open(paths["chart.png"], "wb") as handle:
         bar_chart(runs, handle)
