@@ -157,3 +157,15 @@ class ScriptedServer:
     def __exit__(self, *exc: object) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def tiny_llama(tokenizer: Any, seed: int | None = 0, **config: Any) -> Any:
+    """A tiny Llama causal LM (2 layers, hidden 32, 2 heads unless `config` says otherwise) over `tokenizer`'s
+    vocabulary, built under `seed` (None: the current random state), in eval mode."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    sizes = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    return LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), **{**sizes, **config})).eval()

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-from tests.helpers import assert_one_line_error, run_cli, safe_record, unsafe_record, write_json
 
+from helpers import assert_one_line_error, run_cli, safe_record, tiny_llama, unsafe_record, write_json
 from unmirage.attacks_gcg import GCGAttack, GCGConfig, GCGTask, run_gcg, select_ids
 from unmirage.errors import UnmirageError
 from unmirage.models import load_model
@@ -25,24 +25,16 @@ CHATML = (  # a text-only chat template (string contents)
 
 def _causal(init_range: float = 0.2, max_positions: int = 512, dtype: torch.dtype = torch.float32):
     """A tiny Llama causal LM with weights large enough that the suffix moves the target loss."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     tok = build_tokenizer("llava")
     tok.chat_template = CHATML
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
+    model = tiny_llama(
+        tok,
         max_position_embeddings=max_positions,
         initializer_range=init_range,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
-    )
-    model = LlamaForCausalLM(config).to(dtype).eval()
+    ).to(dtype)
     model.generation_config.do_sample = False
     return LoadedModel(model=model, processor=tok, family=family_for(model), source="tiny-causal")
 
@@ -380,7 +372,7 @@ def _sentencepiece_style_causal():
     """A tiny Llama with a Metaspace (SentencePiece-style, like LLaVA-1.5's) tokenizer: decoding a text's
     first token alone drops its leading space."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     from unmirage.models.tiny import corpus_path
 
@@ -395,17 +387,7 @@ def _sentencepiece_style_causal():
     tok = PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
     )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            initializer_range=0.2,
-        )
-    ).eval()
+    model = tiny_llama(tok, initializer_range=0.2)
     return LoadedModel(model=model, processor=tok, family=family_for(model), source="tiny-sp")
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import tiny_llama
 from unmirage.data.collate import IGNORE_INDEX, Collator, PairedCollator, PairedDataset
 from unmirage.data.conversations import Example
 from unmirage.data.images import ImageLoader, placeholder_size
@@ -80,22 +81,12 @@ def test_placeholder_and_mixed_batches(tiny):
 
 
 def test_causal_lm_text_only():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from unmirage.models.families import family_for
     from unmirage.models.load import LoadedModel
     from unmirage.models.tiny import build_tokenizer
 
     tok = build_tokenizer("llava")
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-        )
-    )
+    model = tiny_llama(tok, seed=None)
     loaded = LoadedModel(model=model, processor=tok, family=family_for(model), source="test")
     batch = Collator(loaded, template="v1")(_examples(2))
     assert "pixel_values" not in batch

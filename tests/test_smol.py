@@ -9,6 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from helpers import tiny_llama
 from unmirage.cli.main import app
 from unmirage.data.collate import IGNORE_INDEX, Collator
 from unmirage.data.conversations import Example
@@ -29,15 +30,10 @@ HEADS, KV_HEADS, LAYERS = 4, 2, 2
 
 
 def _stand_in_lm():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     tok = build_tokenizer("qwen2_5_vl")
     tok.chat_template = CHATML
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
+    model = tiny_llama(
+        tok,
         num_hidden_layers=LAYERS,
         num_attention_heads=HEADS,
         num_key_value_heads=KV_HEADS,
@@ -47,7 +43,6 @@ def _stand_in_lm():
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
-    model = LlamaForCausalLM(config).eval()
     model.generation_config.do_sample = False
     return model, tok
 

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from transformers import TrainerCallback
 
+from helpers import tiny_llama
 from unmirage.data.collate import Collator
 from unmirage.errors import UnmirageError
 from unmirage.methods import sequence_nll
@@ -322,21 +323,12 @@ def test_bad_data_images_and_resume_errors(tmp_path, data):
 
 @pytest.mark.parametrize("method", ["npo", "rmu"])
 def test_text_only_causal_lm(tmp_path, data, method):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from unmirage.models.families import family_for
     from unmirage.models.load import LoadedModel
     from unmirage.models.tiny import build_tokenizer
 
     tokenizer = build_tokenizer("llava")
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-    )
-    model = LlamaForCausalLM(config)
+    model = tiny_llama(tokenizer, seed=None).train()
     loaded = LoadedModel(model=model, processor=tokenizer, family=family_for(model), source="causal")
     extra = ("method.layer=1", "method.alpha=1") if method == "rmu" else ("lora.r=4",)
     recipe, config = load_recipe(None, overrides(tmp_path, data, "causal", method, "out", 2, *extra))
