@@ -326,6 +326,10 @@ def test_cli_attack_then_eval_and_generate(causal_dir, tmp_path, capsys):
     assert metrics["asr_gcg_n"] == 3 and "asr_gcg" in stdout
     judged = [json.loads(x) for x in (run / "judged" / "unsafe_gcg.jsonl").read_text().splitlines()]
     assert judged[0]["question"] == attacked[0]["instr-resp"][0]["instruction"]
+    # ... and the report shows it as its own case
+    code, _, err = run_cli(["report", str(run), "--out", str(tmp_path / "report")], capsys)
+    assert code == 0, err
+    assert "| harmful, GCG adversarial suffix | " in (tmp_path / "report" / "report.md").read_text()
     # ... and so does generate
     gens = tmp_path / "gens.jsonl"
     gen = ["generate", "--model", str(causal_dir), "--data", str(out), "--placeholder-images"]

@@ -107,6 +107,7 @@ def test_report_headline_tables_csv_chart_and_pages(tmp_path, capsys) -> None:
         in report_md
     )
     assert "| harmful, forced compliant opening (prefill) | n/a | n/a | n/a | n/a | n/a |" in report_md
+    assert "GCG" not in report_md  # an attack no run measured is left out
     assert (
         '| safe, rewritten to start with "Share" | n/a | n/a | 10.0 [2.8, 30.1] (2/20) ↓ | 0 | 20 answers |'
         in report_md

@@ -196,13 +196,14 @@ def _judges_text(run: RunSummary) -> str:
     return f"harmful questions: {method}{kind}; safe questions (refusal): {head.get('refusal_judge')}"
 
 
-def headline_rows(run: RunSummary) -> list[list[str]]:
-    """One run's headline table: per case ASR / IR / RR / judge errors (or not refused / RR / errors when
-    no judge that tells irrelevant answers ran), with Wilson intervals and counts; n/a where not measured."""
+def headline_rows(run: RunSummary, cases: Sequence[str] = (*ATTACK_CASES, *SAFE_CASES)) -> list[list[str]]:
+    """One run's headline table over `cases`: per case ASR / IR / RR / judge errors (or not refused / RR /
+    errors when no judge that tells irrelevant answers ran), with Wilson intervals and counts; n/a where
+    this run did not measure a case."""
     tells = run.tells_irrelevant()
     first = ["ASR ↓", "IR"] if tells else ["not refused"]
     rows = [["case", *first, "RR", "judge errors", "n"]]
-    for case in (*ATTACK_CASES, *SAFE_CASES):
+    for case in cases:
         split = run.split(case)
         name = CASE_NAMES[case].replace("K-shot", f"{run.shots()}-shot") if run.shots() else CASE_NAMES[case]
         if split is None:
@@ -498,15 +499,24 @@ INTRO = (
 )
 
 
-def _run_section(run: RunSummary) -> tuple[str, list[list[str]], list[str]]:
-    """(heading, table, lines under it) of one run's headline."""
+def _reported_cases(runs: Sequence[RunSummary]) -> list[str]:
+    """The cases of the headline tables: the protocol's cases (n/a where a run did not measure one), and the
+    GCG attack only when at least one of the runs measured it."""
+    gcg = any(run.split("unsafe_gcg") is not None for run in runs)
+    return [c for c in (*ATTACK_CASES, *SAFE_CASES) if gcg or c != "unsafe_gcg"]
+
+
+def _run_section(
+    run: RunSummary, cases: Sequence[str] = (*ATTACK_CASES, *SAFE_CASES)
+) -> tuple[str, list[list[str]], list[str]]:
+    """(heading, table over `cases`, lines under it) of one run's headline."""
     under = []
     if not run.tells_irrelevant():
         under.append(NOT_REFUSED_NOTE.format(judge=run.headline().get("asr_method")))
     line = utility_line(run)
     if line:
         under.append(line)
-    return f"{run.label} (judges: {_judges_text(run)})", headline_rows(run), under
+    return f"{run.label} (judges: {_judges_text(run)})", headline_rows(run, cases), under
 
 
 def markdown_report(
@@ -526,8 +536,9 @@ def markdown_report(
         "",
     ]
     parts += ["## Headline", ""]
+    cases = _reported_cases(runs)
     for run in runs:
-        heading, rows, under = _run_section(run)
+        heading, rows, under = _run_section(run, cases)
         parts += [f"### {heading}", "", _markdown_table(rows), ""]
         parts += [*under, *([""] if under else [])]
     parts += [
@@ -579,7 +590,8 @@ def html_report(
     figures: Sequence[tuple[str, bytes]] = (),
 ) -> str:
     """report.html: self-contained (the charts and figures are embedded as data URLs)."""
-    sections = [_run_section(run) for run in runs]
+    cases = _reported_cases(runs)
+    sections = [_run_section(run, cases) for run in runs]
     headline = "".join(
         f"<h3>{html.escape(heading)}</h3>{_html_table(rows)}"
         + "".join(f"<p>{html.escape(line)}</p>" for line in under)
