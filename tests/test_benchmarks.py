@@ -21,6 +21,7 @@ from unmirage.benchmarks import (
     load_case,
     load_cases,
     load_spec,
+    parse_spec,
     typography,
 )
 from unmirage.errors import UnmirageError
@@ -251,6 +252,7 @@ def _bad_spec(tmp_path: Path, edit) -> Path:
             ["cases.safe.transform"],
         ),
         (lambda d: d["data"].update(prompts="missing.csv"), ["field 'data.prompts'", "missing.csv"]),
+        (lambda d: d.update(data={"questions": "x.csv"}), ["field 'data.prompts'", "reads a data file"]),
     ],
 )
 def test_bad_spec_is_a_one_line_error_naming_file_and_field(edit, needles, tmp_path, capsys):
@@ -259,6 +261,20 @@ def test_bad_spec_is_a_one_line_error_naming_file_and_field(edit, needles, tmp_p
     path = _bad_spec(tmp_path, edit)
     code, _, err = run_cli(["benchmark", "show", str(path), "--data-root", str(tmp_path)], capsys)
     assert_one_line_error(code, err, str(path), *needles)
+
+
+def test_a_selector_naming_no_data_file_is_an_error(tmp_path):
+    data = yaml.safe_load(get_benchmark("mossbench").source.read_text(encoding="utf-8"))
+    data["cases"]["benign"]["records"]["split"] = "benignn"
+    with pytest.raises(
+        UnmirageError, match=r"field 'cases.benign.records.split': 'benignn' is not a data key"
+    ):
+        parse_spec(data, "m.yaml")
+    del data["cases"]["benign"]["records"]["split"]
+    spec = parse_spec(data, "m.yaml")
+    _mossbench(spec, spec.paths(tmp_path))
+    with pytest.raises(UnmirageError, match=r"m.yaml: case 'benign': field 'records': records must name"):
+        load_case(spec, "benign", tmp_path)
 
 
 def test_a_users_own_spec_loads(tmp_path):

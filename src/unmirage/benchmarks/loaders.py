@@ -64,64 +64,87 @@ def _require(row: dict[str, str], column: str, path: Path, record: object) -> st
     return value
 
 
-XSTEST_COLUMNS = ("id", "prompt", "type", "label", "focus", "note")
+def _selected_file(paths: dict[str, Path], records: dict[str, Any], selector: str) -> Path:
+    if selector not in records:
+        raise UnmirageError(
+            f"records must name a data file with '{selector}' ({', '.join(paths)})", field="records"
+        )
+    return paths[str(records[selector])]
 
 
-@register_loader("xstest", selectors={"label"})
+def csv_prompts(
+    path: Path,
+    case: str,
+    records: dict[str, Any],
+    *,
+    id_columns: tuple[str, ...],
+    question: str,
+    category: str,
+    extra: tuple[str, ...],
+    selectors: dict[str, str],
+    required: tuple[str, ...] = (),
+) -> list[BenchmarkPrompt]:
+    """The prompts of a CSV benchmark: the id joins `id_columns` with '-', a selector keeps the rows whose
+    column (`selectors[key]`) equals the case's `records[key]`; `question` and `required` must be non-empty."""
+    columns = (*id_columns, question, category, *extra)
+    prompts = []
+    for line, row in enumerate(read_csv(path, tuple(dict.fromkeys(columns))), start=2):
+        rid = "-".join(_require(row, c, path, f"line {line}") for c in id_columns)
+        if any(str(row[selectors[key]]) != str(value) for key, value in records.items()):
+            continue
+        for column in required:
+            _require(row, column, path, rid)
+        prompts.append(
+            BenchmarkPrompt(
+                case=case,
+                id=rid,
+                question=_require(row, question, path, rid),
+                category=row[category],
+                extra={c: row[c] for c in extra},
+            )
+        )
+    return prompts
+
+
+@register_loader("xstest", selectors={"label"}, files={"prompts"})
 def load_xstest(paths: dict[str, Path], records: dict[str, Any], case: str) -> list[BenchmarkPrompt]:
-    """XSTest: text-only prompts; `label` selects safe or unsafe; the category is the prompt type."""
-    path = paths["prompts"]
-    prompts = []
-    for row in read_csv(path, XSTEST_COLUMNS):
-        rid = _require(row, "id", path, "?")
-        if "label" in records and row["label"] != records["label"]:
-            continue
-        prompts.append(
-            BenchmarkPrompt(
-                case=case,
-                id=rid,
-                question=_require(row, "prompt", path, rid),
-                category=row["type"],
-                extra={"label": row["label"], "focus": row["focus"], "note": row["note"]},
-            )
-        )
-    return prompts
+    """XSTest (`prompts`: id, prompt, type, label, focus, note): text only; `label` selects safe or unsafe;
+    the category is the prompt type."""
+    return csv_prompts(
+        paths["prompts"],
+        case,
+        records,
+        id_columns=("id",),
+        question="prompt",
+        category="type",
+        extra=("label", "focus", "note"),
+        selectors={"label": "label"},
+    )
 
 
-SAFEBENCH_COLUMNS = ("dataset", "category_id", "task_id", "category_name", "question", "instruction")
-
-
-@register_loader("safebench", selectors={"category"})
+@register_loader("safebench", selectors={"category"}, files={"questions"})
 def load_safebench(paths: dict[str, Path], records: dict[str, Any], case: str) -> list[BenchmarkPrompt]:
-    """FigStep SafeBench: harmful questions with a declarative `instruction` form; id `<category>-<task>`."""
-    path = paths["questions"]
-    prompts = []
-    for i, row in enumerate(read_csv(path, SAFEBENCH_COLUMNS), start=2):
-        rid = (
-            f"{_require(row, 'category_id', path, f'line {i}')}-{_require(row, 'task_id', path, f'line {i}')}"
-        )
-        if "category" in records and row["category_name"] != records["category"]:
-            continue
-        prompts.append(
-            BenchmarkPrompt(
-                case=case,
-                id=rid,
-                question=_require(row, "question", path, rid),
-                category=row["category_name"],
-                extra={"instruction": _require(row, "instruction", path, rid), "dataset": row["dataset"]},
-            )
-        )
-    return prompts
+    """FigStep SafeBench (`questions`: dataset, category_id, task_id, category_name, question, instruction):
+    id `<category_id>-<task_id>`, the declarative `instruction` kept for the typographic attack; `category`
+    selects a category name."""
+    return csv_prompts(
+        paths["questions"],
+        case,
+        records,
+        id_columns=("category_id", "task_id"),
+        question="question",
+        category="category_name",
+        extra=("instruction", "dataset"),
+        selectors={"category": "category_name"},
+        required=("instruction",),
+    )
 
 
-@register_loader("mossbench", selectors={"split"})
+@register_loader("mossbench", selectors={"split"}, file_selectors={"split"})
 def load_mossbench(paths: dict[str, Path], records: dict[str, Any], case: str) -> list[BenchmarkPrompt]:
     """MOSSBench: `split` (a data key, benign or contrast) names an `information.json`; image paths are
     relative to its folder; the category is the over-sensitivity type (`metadata.over`)."""
-    split = str(records.get("split", ""))
-    if split not in paths:
-        raise UnmirageError(f"no data file '{split}' (choose from {', '.join(paths)})", field="records.split")
-    path = paths[split]
+    path = _selected_file(paths, records, "split")
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
@@ -152,15 +175,11 @@ def load_mossbench(paths: dict[str, Path], records: dict[str, Any], case: str) -
     return prompts
 
 
-@register_loader("vlguard", selectors={"file", "subset", "kind"})
+@register_loader("vlguard", selectors={"file", "subset", "kind"}, file_selectors={"file"})
 def load_vlguard_case(paths: dict[str, Path], records: dict[str, Any], case: str) -> list[BenchmarkPrompt]:
     """VLGuard-schema files (test and attack files) through `unmirage.data.vlguard.load_samples`."""
-    file = str(records.get("file", ""))
-    if file not in paths:
-        raise UnmirageError(f"no data file '{file}' (choose from {', '.join(paths)})", field="records.file")
-    samples = load_samples(
-        paths[file], str(records.get("subset", "unsafes")), kind=records.get("kind", "plain")
-    )
+    path = _selected_file(paths, records, "file")
+    samples = load_samples(path, str(records.get("subset", "unsafes")), kind=records.get("kind", "plain"))
     return [
         BenchmarkPrompt(
             case=case,

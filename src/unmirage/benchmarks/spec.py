@@ -10,7 +10,7 @@ Every problem with a spec is a one-line `UnmirageError` naming the spec file and
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -104,19 +104,30 @@ class Loader:
     name: str
     function: Callable[[dict[str, Path], dict[str, Any], str], list[BenchmarkPrompt]]
     selectors: frozenset[str]
+    files: frozenset[str]
+    file_selectors: frozenset[str]
 
 
 LOADERS: dict[str, Loader] = {}
 
 
-def register_loader(name: str, selectors: set[str] | frozenset[str] = frozenset()) -> Callable:
-    """Decorator: register `function(paths, selector, case) -> prompts` as loader `name`.
+def register_loader(
+    name: str,
+    selectors: Iterable[str] = (),
+    *,
+    files: Iterable[str] = (),
+    file_selectors: Iterable[str] = (),
+) -> Callable:
+    """Decorator: register `function(paths, records, case) -> prompts` as loader `name`.
 
-    `selectors` are the keys a case's `records` may use; any other key is a spec error.
+    `selectors` are the keys a case's `records` may use; `files` the `data` keys every spec of this loader
+    must name; `file_selectors` the selectors whose value must be a `data` key. Anything else is a spec error.
     """
 
     def wrap(function: Callable) -> Callable:
-        LOADERS[name] = Loader(name, function, frozenset(selectors))
+        LOADERS[name] = Loader(
+            name, function, frozenset(selectors), frozenset(files), frozenset(file_selectors)
+        )
         return function
 
     return wrap
@@ -133,6 +144,10 @@ def _check(spec: BenchmarkSpec, path: object) -> None:
             field="loader",
         )
     loader = LOADERS[spec.loader]
+    for key in sorted(loader.files - set(spec.data)):
+        raise UnmirageError(
+            f"loader '{loader.name}' reads a data file named '{key}'", file=path, field=f"data.{key}"
+        )
     judges = set(JUDGES) | set(ASR_METHODS)
     for name, case in spec.cases.items():
         where = f"cases.{name}"
@@ -141,6 +156,12 @@ def _check(spec: BenchmarkSpec, path: object) -> None:
                 allowed = ", ".join(sorted(loader.selectors)) or "none"
                 raise UnmirageError(
                     f"loader '{loader.name}' has no record selector '{key}' (choose from {allowed})",
+                    file=path,
+                    field=f"{where}.records.{key}",
+                )
+            if key in loader.file_selectors and case.records[key] not in spec.data:
+                raise UnmirageError(
+                    f"'{case.records[key]}' is not a data key (choose from {', '.join(spec.data)})",
                     file=path,
                     field=f"{where}.records.{key}",
                 )
