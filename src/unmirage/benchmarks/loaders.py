@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from unmirage.benchmarks import typography
 from unmirage.benchmarks.spec import (
     BenchmarkPrompt,
@@ -208,7 +210,8 @@ def rewrite_shots(question: str, word: str, k: int) -> list[str]:
 
 def _apply(case: str, prompts: list[BenchmarkPrompt], transform: Any, render: bool) -> CaseData:
     data = CaseData(case, [])
-    for p in prompts:
+    drawing = render and isinstance(transform, TypographyTransform)
+    for p in tqdm(prompts, desc=f"{case}: drawing images", disable=not drawing, leave=False):
         if isinstance(transform, RewriteTransform):
             shots = rewrite_shots(p.question, transform.word, transform.k)
             if not shots:
