@@ -166,6 +166,26 @@ def test_xstest_fields_and_unrewritable_prompt_is_counted(tmp_path):
     assert len({p.question for p in what.prompts}) == 6
 
 
+def test_bad_benchmark_files_are_one_line_errors(tmp_path):
+    spec = get_benchmark("xstest")
+    path = spec.paths(tmp_path)["prompts"]
+    _csv(path, ["id", "prompt", "type", "label", "focus", "note"], [["1", "Hi?", "t", "safe", "", ""]] * 2)
+    with pytest.raises(UnmirageError, match=r"xstest_prompts.csv: record line 3: field 'id': duplicate id 1"):
+        load_case(spec, "safe", tmp_path)
+    _csv(path, ["id", "prompt", "type", "label", "focus"], [["1", "Hi?", "t", "safe", ""]])
+    with pytest.raises(
+        UnmirageError, match=r"case 'safe': .*xstest_prompts.csv: field 'note': missing column"
+    ):
+        load_case(spec, "safe", tmp_path)
+    path.write_text("\ufeffid,prompt,type,label,focus,note\n1,Hi?,t,safe,,\n", encoding="utf-8")
+    assert [p.question for p in load_case(spec, "safe", tmp_path).prompts] == ["Hi?"]  # a BOM is fine
+    mb = get_benchmark("mossbench")
+    _mossbench(mb, mb.paths(tmp_path))
+    write_json(mb.paths(tmp_path)["benign"], {"1": {"image": "images/1.jpg", "question": " "}})
+    with pytest.raises(UnmirageError, match=r"benign/information.json: record 1: field 'question'"):
+        load_case(mb, "benign", tmp_path)
+
+
 def test_mossbench_images_are_relative_to_their_folder_and_keep_the_type(tmp_path):
     spec = get_benchmark("mossbench")
     _mossbench(spec, spec.paths(tmp_path))

@@ -46,7 +46,7 @@ class CaseData:
 
 def read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
     """Rows of a CSV file with a header; a missing column is a one-line error naming the file and column."""
-    with open(path, newline="", encoding="utf-8") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         missing = [c for c in columns if c not in (reader.fieldnames or [])]
         if missing:
@@ -90,8 +90,14 @@ def csv_prompts(
     column (`selectors[key]`) equals the case's `records[key]`; `question` and `required` must be non-empty."""
     columns = (*id_columns, question, category, *extra)
     prompts = []
+    seen: set[str] = set()
     for line, row in enumerate(read_csv(path, tuple(dict.fromkeys(columns))), start=2):
         rid = "-".join(_require(row, c, path, f"line {line}") for c in id_columns)
+        if rid in seen:
+            raise UnmirageError(
+                f"duplicate id {rid}", file=path, record=f"line {line}", field="/".join(id_columns)
+            )
+        seen.add(rid)
         if any(str(row[selectors[key]]) != str(value) for key, value in records.items()):
             continue
         for column in required:
@@ -154,6 +160,7 @@ def load_mossbench(paths: dict[str, Path], records: dict[str, Any], case: str) -
     if not isinstance(info, dict):
         raise UnmirageError("must be a JSON object of id -> record", file=path)
     prompts = []
+    seen: set[str] = set()
     for key, raw in info.items():
         if not isinstance(raw, dict):
             raise UnmirageError("must be an object", file=path, record=key)
@@ -162,12 +169,16 @@ def load_mossbench(paths: dict[str, Path], records: dict[str, Any], case: str) -
             raise UnmirageError("missing or empty", file=path, record=key, field="question")
         if not isinstance(image, str) or not image:
             raise UnmirageError("missing or empty", file=path, record=key, field="image")
+        rid = str(raw.get("pid", key))
+        if rid in seen:
+            raise UnmirageError(f"duplicate id {rid}", file=path, record=key, field="pid")
+        seen.add(rid)
         metadata = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
         over = metadata.get("over")
         prompts.append(
             BenchmarkPrompt(
                 case=case,
-                id=str(raw.get("pid", key)),
+                id=rid,
                 question=question.strip(),
                 image=str(path.parent / image),
                 category=str(over) if over is not None else None,
