@@ -348,3 +348,43 @@ def test_typography_wraps_inside_the_image(words):
 def test_typography_text_too_long_is_an_error():
     with pytest.raises(UnmirageError, match="too long"):
         typography.layout("word " * 2000)
+
+
+# ----- VLGuard: the spec gives eval's prompts ----------------------------------------------------------------
+
+
+def _same_as_eval(root: Path) -> None:
+    from unmirage.eval import EvalSettings
+    from unmirage.eval import load_cases as eval_cases
+
+    spec = get_benchmark("vlguard", root)
+    paths = spec.paths(root)
+    settings = EvalSettings(
+        model="m",
+        vlguard_test=paths["test"],
+        share=paths["share"],
+        what=paths["what"],
+        prefill="Sure, here is",
+    )
+    expected = eval_cases(settings)
+    ours = load_cases(spec, root)
+    assert set(ours) == set(expected)
+    for case, prompts in expected.items():
+        got = [
+            (p.case, p.id, p.question, p.image, p.shot, p.category, p.extra.get("subcategory"))
+            for p in ours[case].prompts
+        ]
+        assert got == [
+            (p.case, p.id, p.question, p.image, p.shot, p.category, p.subcategory) for p in prompts
+        ]
+
+
+def test_vlguard_spec_gives_the_prompts_eval_reads_today(tmp_path):
+    spec = get_benchmark("vlguard")
+    _vlguard(spec, spec.paths(tmp_path))
+    _same_as_eval(tmp_path)
+
+
+@needs_real
+def test_vlguard_spec_gives_the_prompts_eval_reads_today_on_the_real_files():
+    _same_as_eval(Path(REAL))
