@@ -345,6 +345,25 @@ def test_typography_wraps_inside_the_image(words):
     assert bottom <= 760 - typography.MARGIN // 2
 
 
+def test_a_missing_scalable_font_is_a_one_line_error(tmp_path, monkeypatch):
+    spec = get_benchmark("figstep")
+    _safebench(spec, spec.paths(tmp_path))
+    monkeypatch.setattr(typography.ImageFont, "load_default", lambda size=None: object())
+    with pytest.raises(
+        UnmirageError, match=r"figstep.yaml: case 'figstep': typography needs Pillow >= 10.1"
+    ) as err:
+        load_case(spec, "figstep", tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_a_case_selecting_nothing_is_an_error(tmp_path):
+    path = _bad_spec(tmp_path, lambda d: d["cases"]["safe"]["records"].update(label="maybe"))
+    spec = load_spec(path)
+    _xstest(spec, spec.paths(tmp_path))
+    with pytest.raises(UnmirageError, match=r"bad.yaml: case 'safe': field 'records': selects no records"):
+        load_case(spec, "safe", tmp_path)
+
+
 def test_typography_text_too_long_is_an_error():
     with pytest.raises(UnmirageError, match="too long"):
         typography.layout("word " * 2000)

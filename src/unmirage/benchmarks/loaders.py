@@ -269,13 +269,11 @@ def load_case(
     cs = spec.cases[case]
     try:
         prompts = LOADERS[spec.loader].function(spec.paths(data_root), dict(cs.records), case)
+        if not prompts:
+            raise UnmirageError("selects no records", field="records")
+        return _apply(case, prompts, cs.transform, render)
     except UnmirageError as err:
         raise UnmirageError(f"{spec.source}: case '{case}': {err}") from None
-    if not prompts:
-        raise UnmirageError(
-            f"case '{case}' selects no records", file=spec.source, field=f"cases.{case}.records"
-        )
-    return _apply(case, prompts, cs.transform, render)
 
 
 def load_cases(
