@@ -22,6 +22,7 @@ from unmirage.benchmarks import (
     load_cases,
     load_spec,
     parse_spec,
+    rewrite_shots,
     typography,
 )
 from unmirage.errors import UnmirageError
@@ -163,7 +164,8 @@ def test_xstest_fields_and_unrewritable_prompt_is_counted(tmp_path):
         ("4", 1),
         ("4", 2),
     ]
-    assert len({p.question for p in what.prompts}) == 6
+    assert len({p.question for p in what.prompts}) == 6 and what.short == 0
+    assert share.short == 0 and load_case(spec, "unsafe_what3", tmp_path).skipped == []
 
 
 def test_bad_benchmark_files_are_one_line_errors(tmp_path):
@@ -407,3 +409,15 @@ def test_vlguard_spec_gives_the_prompts_eval_reads_today(tmp_path):
 @needs_real
 def test_vlguard_spec_gives_the_prompts_eval_reads_today_on_the_real_files():
     _same_as_eval(Path(REAL))
+
+
+def test_questions_short_of_k_rewrites_are_counted(tmp_path):
+    path = _bad_spec(tmp_path, lambda d: d["cases"]["unsafe_what3"]["transform"].update(k=50))
+    spec = load_spec(path)
+    _xstest(spec, spec.paths(tmp_path))
+    data = load_case(spec, "unsafe_what3", tmp_path)
+    assert data.short == 2 and not data.skipped
+    assert all(0 < p.extra["shots_missing"] < 50 for p in data.prompts)
+    assert len(data.prompts) == sum(
+        len(rewrite_shots(q, "What", 50)) for q in {p.extra["original"] for p in data.prompts}
+    )

@@ -41,7 +41,13 @@ class CaseData:
 
     @property
     def ids(self) -> set[str]:
+        """The distinct question ids of the case."""
         return {p.id for p in self.prompts}
+
+    @property
+    def short(self) -> int:
+        """Questions that got fewer rewrites than the K their transform asks for (but at least one)."""
+        return len({p.id for p in self.prompts if p.extra.get("shots_missing")})
 
 
 def read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:

@@ -72,6 +72,8 @@ def show(
             typer.echo(
                 f"  prompts: {len(data.prompts)} ({len(data.ids)} questions)   skipped rewrites: {len(data.skipped)}"
             )
+            if data.short:
+                typer.echo(f"  questions with fewer than K rewrites: {data.short}")
             for skip in data.skipped[:3]:
                 typer.echo(f"    skipped {skip['id']}: {skip['reason']}")
             categories = Counter(p.category for p in data.prompts if p.shot == 0)
