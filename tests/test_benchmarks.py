@@ -244,7 +244,8 @@ def test_mossbench_real_over_sensitivity_types():
 def test_show_prints_counts_per_case(capsys):
     code, out, _ = run_cli(["benchmark", "show", "xstest", "--data-root", REAL], capsys)
     assert code == 0
-    assert "prompts: 250 (250 questions)   skipped rewrites: 0" in out
+    assert "prompts: 250 (250 questions)\n" in out  # safe: no rewrite, no skip count
+    assert "prompts: 250 (250 questions)   skipped rewrites: 0" in out  # safe_share
     assert "prompts: 600 (200 questions)" in out
 
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from unmirage.benchmarks import CaseSpec
 
 benchmark_app = typer.Typer(
     help="Safety benchmarks as data: list them and show their cases.", no_args_is_help=True
@@ -29,8 +33,12 @@ def list_benchmarks() -> None:
         typer.echo(f"{name:<10} {spec.licence:<16} {cases}")
 
 
-def _transform(cs: object) -> str:
-    t = getattr(cs, "transform", None)
+def _rewrites(cs: CaseSpec) -> bool:
+    return cs.transform is not None and cs.transform.type == "rewrite"
+
+
+def _transform(cs: CaseSpec) -> str:
+    t = cs.transform
     if t is None:
         return "-"
     if t.type == "rewrite":
@@ -69,9 +77,8 @@ def show(
             typer.echo(f"  pairs with: {cs.pairs_with}")
         if root is not None:
             data = load_case(spec, case, root, render=False)
-            typer.echo(
-                f"  prompts: {len(data.prompts)} ({len(data.ids)} questions)   skipped rewrites: {len(data.skipped)}"
-            )
+            skipped = f"   skipped rewrites: {len(data.skipped)}" if _rewrites(cs) else ""
+            typer.echo(f"  prompts: {len(data.prompts)} ({len(data.ids)} questions){skipped}")
             if data.short:
                 typer.echo(f"  questions with fewer than K rewrites: {data.short}")
             for skip in data.skipped[:3]:
