@@ -8,6 +8,11 @@ VLGUARD_DIR := $(abspath ../shared/data/vlguard)
 ifneq ($(wildcard $(VLGUARD_DIR)/train.json),)
 export UNMIRAGE_VLGUARD_DIR ?= $(VLGUARD_DIR)
 endif
+# Real benchmark data (xstest/, figstep/, mossbench/, vlguard/), likewise.
+DATA_DIR := $(abspath ../shared/data)
+ifneq ($(wildcard $(DATA_DIR)/xstest),)
+export UNMIRAGE_DATA_DIR ?= $(DATA_DIR)
+endif
 # Long CPU jobs: spinning OpenMP threads slow everything down when the other core is busy.
 export OMP_WAIT_POLICY ?= PASSIVE
 export TOKENIZERS_PARALLELISM ?= false

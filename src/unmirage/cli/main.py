@@ -88,6 +88,8 @@ EXAMPLES = {
     "models convert-gguf": "unmirage models convert-gguf --out runs/smollm2",
     "models compose": "unmirage models compose --language-model runs/smollm2 --vision tiny --out runs/smol-vlm",
     "pipeline run": "unmirage pipeline run recipes/smol-vlguard/pipeline.yaml --dry-run",
+    "benchmark list": "unmirage benchmark list",
+    "benchmark show": "unmirage benchmark show xstest --data-root data",
     "utility lm-eval": "unmirage utility lm-eval --model runs/tiny/npo --tasks mmlu --limit 20 --out runs/tiny/eval-npo",
 }
 """One example command per command, shown at the end of its `--help`."""
