@@ -267,7 +267,10 @@ def _bad_spec(tmp_path: Path, edit) -> Path:
         (lambda d: d["cases"]["safe"].update(kind="sometimes"), ["cases.safe.kind"]),
         (lambda d: d["cases"]["safe"].update(pairs_with="nothing"), ["cases.safe.pairs_with", "'nothing'"]),
         (lambda d: d["cases"]["safe_share"].update(pairs_with="unsafe"), ["cases.safe_share.pairs_with"]),
-        (lambda d: d["cases"]["safe"].update(judges=["oracle"]), ["cases.safe.judges", "'oracle'"]),
+        (
+            lambda d: d["cases"]["safe"].update(judges=["no-such-judge"]),
+            ["cases.safe.judges", "'no-such-judge'"],
+        ),
         (lambda d: d.update(loader="csv"), ["field 'loader'", "unknown loader 'csv'"]),
         (lambda d: d["cases"]["safe"]["records"].update(colour="x"), ["cases.safe.records.colour"]),
         (
