@@ -237,3 +237,25 @@ def test_smol_plan_sft_stages_on_a_tiny_stand_in(tmp_path, monkeypatch):
     assert all(r["status"] == "ok" and r["wall_s"] > 0 for r in rows)
     assert all(r["train_tokens_per_s"] > 0 for r in rows if r["stage"] == "sft")
     assert all(r["generation_tokens_per_s"] > 0 for r in rows if r["stage"] == "eval-sft")
+
+
+def test_a_stage_killed_part_way_runs_again(tmp_path):
+    """A `creates` manifest still marked "running" (the claim of a killed run) does not mark the stage done."""
+    from unmirage.outputs import owner_record
+
+    stages = [
+        {
+            "name": "tiny",
+            "run": ["models", "tiny", "--out", "{runs}/tiny"],
+            "creates": "{runs}/tiny/manifest.json",
+        }
+    ]
+    plan = _plan(tmp_path, _base(tmp_path, stages))
+    claim = tmp_path / "runs" / "tiny" / "manifest.json"
+    claim.parent.mkdir(parents=True)
+    claim.write_text(json.dumps(owner_record("models tiny", {"seed": 0})))
+    lines: list[str] = []
+    records = run_plan(plan, dry_run=True, echo=lines.append)
+    assert records[0]["status"] == "planned", lines
+    claim.write_text(json.dumps({**owner_record("models tiny", {"seed": 0}), "status": "done"}))
+    assert run_plan(plan, dry_run=True, echo=lines.append)[0]["status"] == "skipped"

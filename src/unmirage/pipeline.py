@@ -27,6 +27,7 @@ from pydantic import Field, field_validator
 
 from unmirage.config import StrictModel, load_config
 from unmirage.errors import UnmirageError
+from unmirage.outputs import MANIFEST, RUNNING, read_owner
 from unmirage.runs import JsonlAppender
 
 VarValue = str | int | float | bool | list[str]
@@ -270,6 +271,18 @@ def run_child(argv: list[str], env: dict[str, str], log: Path) -> tuple[int, flo
     return proc.returncode, time.perf_counter() - start, usage.ru_maxrss / 2**20
 
 
+def _created(path: Path) -> bool:
+    """Whether a stage's `creates` path marks it done: it exists, and is not the claim of a run still going.
+
+    Every writing command claims its folder with a manifest whose status is "running" until it finishes, so a
+    stage killed part-way (whose `creates` is that manifest) runs again and resumes instead of being skipped.
+    """
+    if not path.exists():
+        return False
+    owner = read_owner(path) if path.name == MANIFEST else None
+    return owner is None or owner.get("status") != RUNNING
+
+
 def run_plan(
     plan: Plan,
     *,
@@ -288,7 +301,7 @@ def run_plan(
             echo(f"{head}: skipped ({step.skip_reason})")
             records.append({"stage": step.stage, "variant": step.variant, "status": "skipped"})
             continue
-        if step.creates and Path(step.creates).exists() and not force:
+        if step.creates and _created(Path(step.creates)) and not force:
             echo(f"{head}: done ({step.creates} exists)")
             records.append({"stage": step.stage, "variant": step.variant, "status": "skipped"})
             continue
@@ -310,7 +323,7 @@ def run_plan(
             "peak_rss_gb": round(peak, 3),
             "argv": step.argv,
         }
-        if code == 0 and step.creates and Path(step.creates).exists():
+        if code == 0 and step.creates and _created(Path(step.creates)):
             record.update(_tokens_per_s(Path(step.creates)))
         with JsonlAppender(output_dir / STAGES_FILE) as appender:
             appender.write_many([record])
@@ -321,7 +334,7 @@ def run_plan(
                 f"stage {step.label} failed with exit code {code} after {wall:.0f} s "
                 f"({tail[0] if tail else 'no output'}); full log: {log}"
             )
-        if step.creates and not Path(step.creates).exists():
+        if step.creates and not _created(Path(step.creates)):
             raise UnmirageError(f"stage {step.label} ended but did not create {step.creates}; log: {log}")
         echo(f"{head}: ok in {wall:.0f} s, peak {peak:.2f} GB")
     return records
