@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import pytest
@@ -10,7 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from unmirage.errors import UnmirageError
-from unmirage.methods import SequenceNLL, available_methods, get_method, masked_mse, sequence_nll
+from unmirage.methods import (
+    MethodContext,
+    SequenceNLL,
+    SideNeeds,
+    get_method,
+    masked_mse,
+    sequence_nll,
+)
+from unmirage.methods.base import add_retain_ce
 from unmirage.methods.npo import NPOConfig, log_ratio, npo_loss
 from unmirage.methods.rmu import RMUConfig, control_vector, rmu_loss
 from unmirage.methods.simnpo import SimNPOConfig, simnpo_loss
@@ -25,8 +32,7 @@ def random_nll(seed: int, batch: int = 4) -> SequenceNLL:
     return SequenceNLL(total.requires_grad_(), count)
 
 
-def test_registry_lists_every_method_and_rejects_unknown():
-    assert available_methods() == ["grad_ascent", "grad_diff", "npo", "rmu", "sft", "simnpo"]
+def test_registry_rejects_unknown_methods():
     with pytest.raises(UnmirageError, match="unknown method 'dpo'.*npo"):
         get_method("dpo")
 
@@ -105,11 +111,14 @@ def test_npo_sum_reduction_is_per_example_then_mean():
     assert (policy.total.grad < 0).all()
 
 
-def test_npo_requires_only_what_its_weights_use():
-    assert NPOConfig().requires() == {"forget_nll", "forget_ref_nll", "retain_nll"}
-    assert NPOConfig(retain_ce_weight=0).requires() == {"forget_nll", "forget_ref_nll"}
+def test_npo_needs_only_what_its_weights_use():
+    assert NPOConfig().needs().arguments() == {"forget_nll", "forget_ref_nll", "retain_nll"}
+    assert NPOConfig(retain_ce_weight=0).needs().arguments() == {"forget_nll", "forget_ref_nll"}
+    assert NPOConfig(retain_npo_weight=1).needs().retain == SideNeeds(nll=True, ref_nll=True)
     assert NPOConfig(retain_npo_weight=1).uses_reference
+    assert not NPOConfig(forget_weight=0, retain_npo_weight=1).uses_forget
     assert NPOConfig().uses_forget
+    assert not NPOConfig().needs().reference_hidden
 
 
 def test_simnpo_hand_value_and_margin():
@@ -185,7 +194,10 @@ def test_rmu_default_trainable_layers():
     assert RMUConfig(layer=7).layers_to_train() == (5, 6, 7)
     assert RMUConfig(layer=1).layers_to_train() == (0, 1)
     assert RMUConfig(layer=7, trainable_layers=(3,)).layers_to_train() == (3,)
-    assert RMUConfig(alpha=0).requires() == {"forget_hidden", "forget_mask", "control", "retain_nll"}
+    needs = RMUConfig(alpha=0, layer=3, mask="text").needs()
+    assert needs.arguments() == {"forget_hidden", "forget_mask", "control", "retain_nll"}
+    assert (needs.layer, needs.mask, needs.inputs) == (3, "text", ("control",))
+    assert RMUConfig(alpha=1).needs().reference_hidden
 
 
 @pytest.mark.parametrize(
@@ -200,6 +212,9 @@ def test_rmu_default_trainable_layers():
         ("npo", {"betta": 0.9}, "method.betta: unknown key for method 'npo'"),
         ("rmu", {"layer": -1}, "method.layer: must be a decoder layer index >= 0"),
         ("rmu", {"steering_coeff": float("nan")}, "method.steering_coeff"),
+        ("rmu", {"steering_coeff": "high"}, "method.steering_coeff"),
+        ("rmu", {"steering_coeff": True}, "method.steering_coeff: must be a float or auto, not true"),
+        ("rmu", {"steering_relative": 0}, "method.steering_relative: must be a finite number > 0"),
         ("rmu", {"mask": "image"}, "method.mask: must be one of all, text, answer"),
         ("rmu", {"trainable_layers": []}, "method.trainable_layers"),
         ("simnpo", {"gamma": -1}, "method.gamma"),
@@ -214,29 +229,56 @@ def test_invalid_hyper_parameters_are_one_line_errors(name, values, message):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("name", ["grad_ascent", "grad_diff", "npo", "rmu", "sft", "simnpo"])
-def test_every_method_runs_on_what_it_requires(name):
-    spec = get_method(name)
-    config = spec.make_config(
-        {"retain_npo_weight": 1} if name == "npo" else {"alpha": 1} if name == "rmu" else {}
-    )
-    params = inspect.signature(spec.loss_fn).parameters
-    assert config.requires() <= set(params)
-    hidden = torch.randn(2, 3, 4, requires_grad=True)
-    available = {
-        "forget_nll": random_nll(20, 2),
-        "forget_ref_nll": random_nll(21, 2).detach(),
-        "retain_nll": random_nll(22, 2),
-        "retain_ref_nll": random_nll(23, 2).detach(),
-        "forget_hidden": hidden,
-        "retain_hidden": hidden * 2,
-        "retain_ref_hidden": torch.randn(2, 3, 4),
-        "forget_mask": torch.ones(2, 3, dtype=torch.bool),
-        "retain_mask": torch.ones(2, 3, dtype=torch.bool),
-        "control": control_vector(4, 1.0, 0),
+def test_retain_ce_helper_adds_the_weighted_batch_mean_only_with_a_weight():
+    retain = random_nll(30)
+    terms, stats = {}, {}
+    add_retain_ce(terms, stats, 0.0, None)
+    assert terms == {} and stats == {}
+    add_retain_ce(terms, stats, 2.5, retain)
+    mean = retain.total.sum() / retain.count.sum()
+    torch.testing.assert_close(terms["ce_retain"], 2.5 * mean)
+    torch.testing.assert_close(stats["nll_retain"], mean)
+
+
+def fake_context(hidden: torch.Tensor, attention: torch.Tensor, seed: int = 0) -> MethodContext:
+    """A context whose model has width 4 and whose layer output is `hidden` (records what was asked)."""
+    model = torch.nn.Linear(1, 1)
+    model.config = type("Config", (), {"hidden_size": hidden.shape[-1]})()
+    family = type("Family", (), {"hidden_size": lambda self, m: m.config.hidden_size})()
+    seen = {}
+
+    def collate(examples):
+        seen["examples"] = list(examples)
+        return {"attention_mask": attention}
+
+    def layer_output(batch, layer):
+        seen["layer"] = layer
+        return hidden
+
+    context = MethodContext(model, family, seed, list(range(100)), collate, layer_output)
+    context.seen = seen
+    return context
+
+
+def test_rmu_auto_steering_coeff_is_relative_to_the_mean_attended_activation_norm():
+    hidden = torch.zeros(2, 3, 4)
+    hidden[0, 0] = torch.tensor([3.0, 4.0, 0.0, 0.0])  # norm 5
+    hidden[0, 1] = torch.tensor([0.0, 0.0, 6.0, 8.0])  # norm 10
+    hidden[1, 0] = torch.tensor([1.0, 0.0, 0.0, 0.0])  # norm 1
+    hidden[1, 2] = torch.tensor([100.0, 0.0, 0.0, 0.0])  # padding: not counted
+    attention = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    context = fake_context(hidden, attention, seed=5)
+    inputs = RMUConfig(layer=2, steering_coeff="auto", steering_relative=3.0).extra_inputs(context)
+    norm = (5 + 10 + 1) / 3
+    assert context.seen["layer"] == 2 and context.seen["examples"] == list(range(64))
+    assert inputs.record == {
+        "control_seed": 5,
+        "activation_norm": pytest.approx(norm),
+        "steering_coeff": pytest.approx(3 * norm),
     }
-    out = spec.loss_fn(config, **{k: available[k] for k in config.requires()})
-    assert out.loss.dim() == 0 and torch.isfinite(out.loss)
-    torch.testing.assert_close(out.loss, sum(out.terms.values()))
-    out.loss.backward()
-    assert all(not v.requires_grad for v in out.stats.values())
+    torch.testing.assert_close(inputs.tensors["control"], control_vector(4, 3 * norm, seed=5))
+    # a number is used as given, without a calibrating forward; control_seed wins over the run's seed
+    fixed = fake_context(hidden, attention, seed=5)
+    inputs = RMUConfig(steering_coeff=7.0, control_seed=9).extra_inputs(fixed)
+    assert inputs.record == {"control_seed": 9} and "layer" not in fixed.seen
+    torch.testing.assert_close(inputs.tensors["control"], control_vector(4, 7.0, seed=9))

@@ -124,6 +124,22 @@ def test_rmu_changes_exactly_the_selected_parameters_and_steers_to_the_control(t
     assert distance(model) < before
 
 
+def test_rmu_auto_steering_coeff_is_relative_to_the_starting_models_activation_norm(tmp_path, data):
+    loaded = load_model("tiny-llava")
+    batch = batch_of(loaded, data[0])
+    with torch.no_grad():
+        _, hidden = forward(loaded.model.eval(), batch, loaded.family, layer=1)
+    norm = hidden[batch["attention_mask"].bool()].norm(dim=-1).mean().item()
+    extra = ("method.layer=1", "method.steering_coeff=auto", "method.steering_relative=3")
+    result = run(tmp_path, data, "tiny-llava", "rmu", "out", 1, *extra)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["activation_norm"] == pytest.approx(norm, rel=1e-5)
+    assert manifest["steering_coeff"] == pytest.approx(3 * norm, rel=1e-5)
+    assert manifest["control_seed"] == 42 and manifest["config"]["method"]["steering_coeff"] == "auto"
+    control = result.trainer.method_inputs["control"]
+    assert control.norm().item() == pytest.approx(3 * norm, rel=1e-5)
+
+
 def test_precomputed_reference_equals_a_live_frozen_copy(tmp_path, data):
     args = ("tiny-llava", "npo")
     extra = ("method.retain_npo_weight=1", "method.beta=0.5")

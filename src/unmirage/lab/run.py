@@ -91,7 +91,8 @@ class NPOStage(TrainStage):
 
 
 class RMUStage(TrainStage):
-    """RMU from the base model; the control norm is `steering_relative` x the layer's mean activation norm."""
+    """RMU from the base model with `steering_coeff: auto`: the control norm is `steering_relative` x the
+    layer's mean activation norm on the forget examples."""
 
     learning_rate: float = 5e-3
     max_steps: int = 100
@@ -253,35 +254,6 @@ def build_base_model(config: LabConfig, world: Any, out: Path, seed: int, progre
     info = {"vision": vision, "base": base, "parameters": parameters, "sizes": sizes}
     atomic_write_json(out / "lab_training.json", info)
     return info
-
-
-def activation_norm(
-    model_dir: Path, examples_file: Path, image_root: Path, layer: int, template: str
-) -> float:
-    """Mean per-token norm of decoder layer `layer`'s output on (up to 64) examples of a conversation file."""
-    import torch
-
-    from unmirage.data.collate import Collator
-    from unmirage.data.conversations import load_examples
-    from unmirage.data.images import ImageLoader
-    from unmirage.models import load_model
-
-    loaded = load_model(str(model_dir), dtype="float32")
-    collate = Collator(loaded, template=template, image_loader=ImageLoader(root=image_root))
-    batch = collate(load_examples(examples_file)[:64])
-    batch.pop("index", None)
-    captured: list[torch.Tensor] = []
-    block = loaded.family.decoder_layer(loaded.model, layer)
-    handle = block.register_forward_hook(
-        lambda _m, _i, o: captured.append(o[0] if isinstance(o, tuple) else o)
-    )
-    try:
-        with torch.no_grad():
-            loaded.model(**batch)
-    finally:
-        handle.remove()
-    hidden = captured[0][batch["attention_mask"].bool()]
-    return float(hidden.norm(dim=-1).mean())
 
 
 def _train_section(stage: TrainStage, seed: int, progress: bool) -> dict[str, Any]:
@@ -477,11 +449,11 @@ def run_seed(
         if todo(models / "npo" / "model.safetensors"):
             runner.cli("unlearn", recipe)
     with runner.stage("RMU"):
-        norm = activation_norm(models / "base", unlearn / "forget_rmu.json", images, cfg.rmu.layer, tpl)
         method = {
             "name": "rmu",
             "layer": cfg.rmu.layer,
-            "steering_coeff": round(cfg.rmu.steering_relative * norm, 4),
+            "steering_coeff": "auto",
+            "steering_relative": cfg.rmu.steering_relative,
             "alpha": cfg.rmu.alpha,
             "retain_ce_weight": cfg.rmu.retain_ce_weight,
             "mask": cfg.rmu.mask,

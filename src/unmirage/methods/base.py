@@ -1,14 +1,21 @@
-"""Shared pieces of the unlearning methods: per-example NLL statistics, validated configs, loss outputs.
+"""Shared pieces of the unlearning methods: what a method needs, per-example NLL statistics, validated configs,
+hooks, loss outputs.
 
-A method is a config dataclass plus a pure loss function on tensors. The trainer computes the quantities a
-method asks for (`MethodConfig.requires()`), by these names, and passes them as keyword arguments:
+A method is a config dataclass plus a pure loss function on tensors. The config says what the loss needs
+(`MethodConfig.needs()`, a typed `Needs`); the trainer computes exactly that and passes it as keyword
+arguments, by these names:
 
 - `forget_nll`, `retain_nll`: `SequenceNLL` of the trained model on the forget / retain batch;
 - `forget_ref_nll`, `retain_ref_nll`: the same for the frozen reference model;
-- `forget_hidden`, `retain_hidden`, `retain_ref_hidden`: output hidden states of one decoder layer,
-  `[batch, positions, width]`, with `forget_mask` / `retain_mask` (`[batch, positions]`, bool) saying which
-  positions count (RMU);
-- `control`: RMU's control vector `[width]`.
+- `forget_hidden`, `retain_hidden`, `forget_ref_hidden`, `retain_ref_hidden`: output hidden states of decoder
+  layer `Needs.layer`, `[batch, positions, width]`, with `forget_mask` / `retain_mask` (`[batch, positions]`,
+  bool, or None for every position) saying which positions count (`Needs.mask`);
+- every tensor named in `Needs.inputs`, made once before training by `MethodConfig.extra_inputs` (RMU's
+  control vector).
+
+Besides `needs()`, a config can override hooks the trainer calls without knowing the method:
+`default_trainable` (parameter patterns of a full-parameter run), `check_model` (errors before any compute)
+and `extra_inputs`.
 """
 
 from __future__ import annotations
@@ -16,17 +23,27 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+import types
 import typing
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
 
 from unmirage.errors import UnmirageError
 
+if TYPE_CHECKING:
+    from torch import nn
+
+    from unmirage.models.families import FamilyAdapter
+
 IGNORE_INDEX = -100
+SIDES = ("forget", "retain")
+# Which positions of a hidden state count: every one (padding and image tokens included), attended non-image
+# positions, or labelled answer positions.
+POSITION_MASKS = ("all", "text", "answer")
 
 C = TypeVar("C", bound="MethodConfig")
 
@@ -93,6 +110,101 @@ def masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = Non
 
 
 @dataclass(frozen=True)
+class SideNeeds:
+    """What a loss needs computed on one side's batch (`forget` or `retain`)."""
+
+    nll: bool = False
+    """`SequenceNLL` of the trained model (`<side>_nll`)."""
+    ref_nll: bool = False
+    """`SequenceNLL` of the frozen reference (`<side>_ref_nll`)."""
+    hidden: bool = False
+    """The trained model's output of decoder layer `Needs.layer` and the position mask (`<side>_hidden`,
+    `<side>_mask`)."""
+    ref_hidden: bool = False
+    """The reference's output of that layer (`<side>_ref_hidden`)."""
+
+    @property
+    def any(self) -> bool:
+        return self.nll or self.ref_nll or self.hidden or self.ref_hidden
+
+
+@dataclass(frozen=True)
+class Needs:
+    """Everything a method's loss needs, for one config (see the module doc for the argument names)."""
+
+    forget: SideNeeds = SideNeeds()
+    retain: SideNeeds = SideNeeds()
+    layer: int | None = None
+    """Decoder layer (0-based) whose output the `hidden` quantities are; required when any is asked for."""
+    mask: str = "all"
+    """Positions of the hidden states that count: one of `POSITION_MASKS`."""
+    inputs: tuple[str, ...] = ()
+    """Names of the tensors `MethodConfig.extra_inputs` makes before training."""
+
+    def __post_init__(self) -> None:
+        hidden = any(s.hidden or s.ref_hidden for s in (self.forget, self.retain))
+        if hidden and self.layer is None:
+            raise ValueError("needs: hidden states need a layer")
+        if self.mask not in POSITION_MASKS:
+            raise ValueError(f"needs: unknown position mask {self.mask!r}")
+
+    def side(self, name: str) -> SideNeeds:
+        """`forget` or `retain`."""
+        return self.forget if name == "forget" else self.retain
+
+    @property
+    def uses_forget(self) -> bool:
+        return self.forget.any
+
+    @property
+    def uses_reference(self) -> bool:
+        return any(s.ref_nll or s.ref_hidden for s in (self.forget, self.retain))
+
+    @property
+    def reference_hidden(self) -> bool:
+        """Whether the reference's activations are needed (not only its NLL statistics)."""
+        return self.forget.ref_hidden or self.retain.ref_hidden
+
+    def arguments(self) -> frozenset[str]:
+        """The keyword arguments the trainer passes to the loss function."""
+        names: set[str] = set(self.inputs)
+        for side in SIDES:
+            want = self.side(side)
+            for flag, name in (
+                (want.nll, "nll"),
+                (want.ref_nll, "ref_nll"),
+                (want.hidden, "hidden"),
+                (want.hidden, "mask"),
+                (want.ref_hidden, "ref_hidden"),
+            ):
+                if flag:
+                    names.add(f"{side}_{name}")
+        return frozenset(names)
+
+
+@dataclass
+class MethodContext:
+    """What `MethodConfig.extra_inputs` may use: the starting model (before any update), its family, the run's
+    seed and forget examples, and two functions of the trainer: `collate(examples)` -> a batch on the model's
+    device, and `hidden(batch, layer)` -> decoder layer `layer`'s output on it (no gradients, eval mode)."""
+
+    model: nn.Module
+    family: FamilyAdapter
+    seed: int
+    forget: Sequence[Any] | None
+    collate: Callable[[list[Any]], dict[str, Any]]
+    hidden: Callable[[dict[str, Any], int], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class MethodInputs:
+    """Tensors made once before training (passed to every loss call by name) and values for the manifest."""
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class MethodConfig(abc.ABC):
     """Base of every method's config: frozen, validated on construction (`UnmirageError` before any compute)."""
 
@@ -106,16 +218,28 @@ class MethodConfig(abc.ABC):
         """Raise `UnmirageError` (via `config_error`) on a bad value."""
 
     @abc.abstractmethod
-    def requires(self) -> frozenset[str]:
-        """Names of the keyword arguments the loss function needs for this config (see the module doc)."""
+    def needs(self) -> Needs:
+        """What the loss function needs for this config (see the module doc)."""
 
     @property
     def uses_forget(self) -> bool:
-        return any(k.startswith("forget") for k in self.requires())
+        return self.needs().uses_forget
 
     @property
     def uses_reference(self) -> bool:
-        return any("_ref_" in k for k in self.requires())
+        return self.needs().uses_reference
+
+    def default_trainable(self, family: FamilyAdapter, model: nn.Module) -> list[str] | None:
+        """Parameter patterns (see `unmirage.train.params`) a full-parameter run trains when the recipe gives
+        no `trainable:`; None = the trainer's default (everything except the vision tower)."""
+        return None
+
+    def check_model(self, family: FamilyAdapter, model: nn.Module) -> None:  # noqa: B027 (optional hook)
+        """Raise `UnmirageError` when this config cannot run on `model` (before any compute)."""
+
+    def extra_inputs(self, context: MethodContext) -> MethodInputs:
+        """The tensors named in `needs().inputs`, made once from the starting model before training."""
+        return MethodInputs()
 
     @classmethod
     def from_mapping(cls: type[C], data: Mapping[str, Any], source: object | None = None) -> C:
@@ -136,8 +260,7 @@ class MethodConfig(abc.ABC):
         for key, value in data.items():
             if isinstance(value, bool) and bool not in (hints[key], *typing.get_args(hints[key])):
                 raise UnmirageError(
-                    f"method.{key}: must be a {getattr(hints[key], '__name__', 'value')}, not {str(value).lower()}"
-                    f" (method {cls.name})",
+                    f"method.{key}: must be a {type_name(hints[key])}, not {str(value).lower()} (method {cls.name})",
                     file=source,
                 )
         try:
@@ -150,6 +273,16 @@ class MethodConfig(abc.ABC):
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values, with the method name."""
         return {"name": self.name, **dataclasses.asdict(self)}
+
+
+def type_name(hint: Any) -> str:
+    """`float`, `float or auto` (a union with a literal), ... for error messages."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Literal:
+        return " or ".join(str(a) for a in args)
+    if args and typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(type_name(a) for a in args if a is not type(None))
+    return getattr(hint, "__name__", "value")
 
 
 def config_error(config: MethodConfig, field: str, message: str) -> UnmirageError:
@@ -191,3 +324,18 @@ def total(terms: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def detached(stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach() for k, v in stats.items()}
+
+
+def add_retain_ce(
+    terms: dict[str, torch.Tensor],
+    stats: dict[str, torch.Tensor],
+    weight: float,
+    retain_nll: SequenceNLL | None,
+) -> None:
+    """The retain cross-entropy term shared by most methods: with a nonzero `weight`, add
+    `ce_retain = weight * CE_theta(retain batch)` (batch-mean token NLL) to `terms` and the unweighted NLL as
+    `nll_retain` to `stats`."""
+    if weight:
+        nll = retain_nll.batch_mean()
+        terms["ce_retain"] = weight * nll
+        stats["nll_retain"] = nll

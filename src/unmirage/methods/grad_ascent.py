@@ -7,7 +7,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from unmirage.methods.base import LossOutput, MethodConfig, SequenceNLL, check_positive, detached
+from unmirage.methods.base import (
+    LossOutput,
+    MethodConfig,
+    Needs,
+    SequenceNLL,
+    SideNeeds,
+    check_positive,
+    detached,
+)
 from unmirage.methods.registry import register
 
 
@@ -21,15 +29,13 @@ class GradAscentConfig(MethodConfig):
     def validate(self) -> None:
         check_positive(self, "forget_weight")
 
-    def requires(self) -> frozenset[str]:
-        return frozenset({"forget_nll"})
+    def needs(self) -> Needs:
+        return Needs(forget=SideNeeds(nll=True))
 
 
+@register(GradAscentConfig, "Gradient ascent on the forget NLL.")
 def grad_ascent_loss(config: GradAscentConfig, *, forget_nll: SequenceNLL) -> LossOutput:
     """Negated forget NLL, term `forget_loss`."""
     nll = forget_nll.batch_mean()
     term = -config.forget_weight * nll
     return LossOutput(term, {"forget_loss": term}, detached({"nll_forget": nll}))
-
-
-register("grad_ascent", GradAscentConfig, grad_ascent_loss, "Gradient ascent on the forget NLL.")

@@ -11,7 +11,10 @@ from dataclasses import dataclass
 from unmirage.methods.base import (
     LossOutput,
     MethodConfig,
+    Needs,
     SequenceNLL,
+    SideNeeds,
+    add_retain_ce,
     check_positive,
     check_weight,
     detached,
@@ -32,10 +35,11 @@ class GradDiffConfig(MethodConfig):
         check_positive(self, "forget_weight")
         check_weight(self, "retain_ce_weight")
 
-    def requires(self) -> frozenset[str]:
-        return frozenset({"forget_nll", "retain_nll"} if self.retain_ce_weight else {"forget_nll"})
+    def needs(self) -> Needs:
+        return Needs(forget=SideNeeds(nll=True), retain=SideNeeds(nll=bool(self.retain_ce_weight)))
 
 
+@register(GradDiffConfig, "Gradient ascent on forget plus NLL on retain.")
 def grad_diff_loss(
     config: GradDiffConfig, *, forget_nll: SequenceNLL, retain_nll: SequenceNLL | None = None
 ) -> LossOutput:
@@ -43,11 +47,5 @@ def grad_diff_loss(
     nll_forget = forget_nll.batch_mean()
     terms = {"forget_loss": -config.forget_weight * nll_forget}
     stats = {"nll_forget": nll_forget}
-    if config.retain_ce_weight:
-        nll_retain = retain_nll.batch_mean()
-        terms["ce_retain"] = config.retain_ce_weight * nll_retain
-        stats["nll_retain"] = nll_retain
+    add_retain_ce(terms, stats, config.retain_ce_weight, retain_nll)
     return LossOutput(total(terms), terms, detached(stats))
-
-
-register("grad_diff", GradDiffConfig, grad_diff_loss, "Gradient ascent on forget plus NLL on retain.")

@@ -27,7 +27,10 @@ import torch.nn.functional as F
 from unmirage.methods.base import (
     LossOutput,
     MethodConfig,
+    Needs,
     SequenceNLL,
+    SideNeeds,
+    add_retain_ce,
     check_any_weight,
     check_choice,
     check_positive,
@@ -58,15 +61,13 @@ class NPOConfig(MethodConfig):
         check_any_weight(self, ("forget_weight", "retain_npo_weight", "retain_ce_weight"))
         check_choice(self, "reduction", REDUCTIONS)
 
-    def requires(self) -> frozenset[str]:
-        needed = set()
-        if self.forget_weight:
-            needed |= {"forget_nll", "forget_ref_nll"}
-        if self.retain_npo_weight:
-            needed |= {"retain_nll", "retain_ref_nll"}
-        if self.retain_ce_weight:
-            needed.add("retain_nll")
-        return frozenset(needed)
+    def needs(self) -> Needs:
+        forget = bool(self.forget_weight)
+        retain_npo = bool(self.retain_npo_weight)
+        return Needs(
+            forget=SideNeeds(nll=forget, ref_nll=forget),
+            retain=SideNeeds(nll=retain_npo or bool(self.retain_ce_weight), ref_nll=retain_npo),
+        )
 
 
 def log_ratio(policy: SequenceNLL, reference: SequenceNLL, reduction: str) -> torch.Tensor:
@@ -86,6 +87,7 @@ def npo_forget_term(d: torch.Tensor, beta: float) -> torch.Tensor:
     return (F.softplus(-beta * d) * (2.0 / beta)).mean()
 
 
+@register(NPOConfig, "Negative preference optimisation against the frozen starting model.")
 def npo_loss(
     config: NPOConfig,
     *,
@@ -109,9 +111,5 @@ def npo_loss(
         stats["log_ratio_retain"] = d_retain.mean()
     if retain_nll is not None:
         stats["nll_retain"] = retain_nll.batch_mean()
-    if config.retain_ce_weight:
-        terms["ce_retain"] = config.retain_ce_weight * retain_nll.batch_mean()
+    add_retain_ce(terms, stats, config.retain_ce_weight, retain_nll)
     return LossOutput(total(terms), terms, detached(stats))
-
-
-register("npo", NPOConfig, npo_loss, "Negative preference optimisation against the frozen starting model.")

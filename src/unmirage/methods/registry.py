@@ -1,13 +1,16 @@
-"""The method registry: each method file calls `register(name, config_cls, loss_fn, description)`."""
+"""The method registry: each method file decorates its loss function with `@register(ConfigClass, description)`;
+the package imports every module in it, so a new file is all it takes to add a method."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from unmirage.errors import UnmirageError
 from unmirage.methods.base import LossOutput, MethodConfig
+
+F = TypeVar("F", bound=Callable[..., LossOutput])
 
 
 @dataclass(frozen=True)
@@ -30,20 +33,21 @@ class MethodSpec:
 _REGISTRY: dict[str, MethodSpec] = {}
 
 
-def register(
-    name: str, config_cls: type[MethodConfig], loss_fn: Callable[..., LossOutput], description: str
-) -> MethodSpec:
-    """Add a method; registering a name twice with a different config class is an error."""
-    existing = _REGISTRY.get(name)
-    if existing is not None and existing.config_cls is not config_cls:
-        raise ValueError(f"method '{name}' is already registered")
-    if config_cls.name != name:
-        raise ValueError(
-            f"config class {config_cls.__name__} declares name {config_cls.name!r}, not {name!r}"
-        )
-    spec = MethodSpec(name, config_cls, loss_fn, description)
-    _REGISTRY[name] = spec
-    return spec
+def register(config_cls: type[MethodConfig], description: str) -> Callable[[F], F]:
+    """Decorator of a method's loss function: registers it under `config_cls.name` with its config class
+    (registering a name twice with a different config class is an error) and returns the function unchanged."""
+    name = config_cls.name
+    if not name:
+        raise ValueError(f"config class {config_cls.__name__} declares no name")
+
+    def decorate(loss_fn: F) -> F:
+        existing = _REGISTRY.get(name)
+        if existing is not None and existing.config_cls is not config_cls:
+            raise ValueError(f"method '{name}' is already registered")
+        _REGISTRY[name] = MethodSpec(name, config_cls, loss_fn, description)
+        return loss_fn
+
+    return decorate
 
 
 def get_method(name: str) -> MethodSpec:

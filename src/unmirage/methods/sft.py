@@ -9,7 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from unmirage.methods.base import LossOutput, MethodConfig, SequenceNLL, check_positive, detached
+import torch
+
+from unmirage.methods.base import (
+    LossOutput,
+    MethodConfig,
+    Needs,
+    SequenceNLL,
+    SideNeeds,
+    add_retain_ce,
+    check_positive,
+    detached,
+    total,
+)
 from unmirage.methods.registry import register
 
 
@@ -23,15 +35,14 @@ class SFTConfig(MethodConfig):
     def validate(self) -> None:
         check_positive(self, "retain_ce_weight")
 
-    def requires(self) -> frozenset[str]:
-        return frozenset({"retain_nll"})
+    def needs(self) -> Needs:
+        return Needs(retain=SideNeeds(nll=True))
 
 
+@register(SFTConfig, "Supervised fine-tuning on the retain data (VLGuard refusals).")
 def sft_loss(config: SFTConfig, *, retain_nll: SequenceNLL) -> LossOutput:
     """Term `ce_retain`."""
-    nll = retain_nll.batch_mean()
-    term = config.retain_ce_weight * nll
-    return LossOutput(term, {"ce_retain": term}, detached({"nll_retain": nll}))
-
-
-register("sft", SFTConfig, sft_loss, "Supervised fine-tuning on the retain data (VLGuard refusals).")
+    terms: dict[str, torch.Tensor] = {}
+    stats: dict[str, torch.Tensor] = {}
+    add_retain_ce(terms, stats, config.retain_ce_weight, retain_nll)
+    return LossOutput(total(terms), terms, detached(stats))

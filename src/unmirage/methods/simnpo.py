@@ -17,7 +17,10 @@ import torch.nn.functional as F
 from unmirage.methods.base import (
     LossOutput,
     MethodConfig,
+    Needs,
     SequenceNLL,
+    SideNeeds,
+    add_retain_ce,
     check_any_weight,
     check_positive,
     check_weight,
@@ -44,13 +47,13 @@ class SimNPOConfig(MethodConfig):
         check_weight(self, "retain_ce_weight")
         check_any_weight(self, ("forget_weight", "retain_ce_weight"))
 
-    def requires(self) -> frozenset[str]:
-        needed = {"forget_nll"} if self.forget_weight else set()
-        if self.retain_ce_weight:
-            needed.add("retain_nll")
-        return frozenset(needed)
+    def needs(self) -> Needs:
+        return Needs(
+            forget=SideNeeds(nll=bool(self.forget_weight)), retain=SideNeeds(nll=bool(self.retain_ce_weight))
+        )
 
 
+@register(SimNPOConfig, "Reference-free, length-normalised NPO with a margin (SimNPO).")
 def simnpo_loss(
     config: SimNPOConfig, *, forget_nll: SequenceNLL | None = None, retain_nll: SequenceNLL | None = None
 ) -> LossOutput:
@@ -61,10 +64,5 @@ def simnpo_loss(
         margin = config.gamma - config.beta * forget_nll.per_example_mean()
         terms["forget_loss"] = config.forget_weight * (F.softplus(margin) * (2.0 / config.beta)).mean()
         stats["nll_forget"] = forget_nll.batch_mean()
-    if config.retain_ce_weight:
-        terms["ce_retain"] = config.retain_ce_weight * retain_nll.batch_mean()
-        stats["nll_retain"] = retain_nll.batch_mean()
+    add_retain_ce(terms, stats, config.retain_ce_weight, retain_nll)
     return LossOutput(total(terms), terms, detached(stats))
-
-
-register("simnpo", SimNPOConfig, simnpo_loss, "Reference-free, length-normalised NPO with a margin (SimNPO).")

@@ -59,8 +59,9 @@ def forward(
 def position_mask(
     batch: dict[str, Any], family: FamilyAdapter, model: nn.Module, mask: str
 ) -> torch.Tensor | None:
-    """RMU's positions: `all` -> None (every position, padding included: the reference's average),
-    `text` -> attended positions that are not image tokens, `answer` -> labelled answer positions."""
+    """The hidden-state positions that count (`Needs.mask`): `all` -> None (every position, padding included:
+    RMU's reference average), `text` -> attended positions that are not image tokens, `answer` -> labelled
+    answer positions."""
     if mask == "all":
         return None
     if mask == "text":

@@ -47,30 +47,14 @@ def select_parameters(names: Iterable[str], patterns: Sequence[str]) -> list[str
 
 
 def default_patterns(config: MethodConfig, family: FamilyAdapter, model: nn.Module) -> list[str]:
-    """Full-parameter defaults: RMU trains the projector plus the MLP down-projection weight of its
-    `layers_to_train()`; every other method trains everything except the vision tower (as LLaVA does)."""
-    if config.name == "rmu":
-        check_layers(config, family, model)
-        patterns = [re.escape(f"{family.mlp_down_proj(i)}.weight") for i in config.layers_to_train()]
-        if family.projector:
-            patterns.insert(0, re.escape(family.projector))
+    """Full-parameter defaults: the method's own (`MethodConfig.default_trainable`, e.g. RMU's projector and
+    MLP down-projections), else everything except the vision tower (as LLaVA does)."""
+    patterns = config.default_trainable(family, model)
+    if patterns is not None:
         return patterns
     if family.vision_tower:
         return [rf"(?!{re.escape(family.vision_tower)}\.).*"]
     return [".*"]
-
-
-def check_layers(config: MethodConfig, family: FamilyAdapter, model: nn.Module) -> None:
-    """RMU's hooked layer and trainable layers must exist in this model (an error before any compute)."""
-    if config.name != "rmu":
-        return
-    n = family.num_layers(model)
-    for field, values in (("layer", [config.layer]), ("trainable_layers", config.layers_to_train())):
-        bad = [v for v in values if v >= n]
-        if bad:
-            raise UnmirageError(
-                f"method.{field}: layer {bad[0]} is out of range: the language model has {n} layers (0..{n - 1})"
-            )
 
 
 def freeze_except(model: nn.Module, names: Iterable[str]) -> int:

@@ -33,24 +33,22 @@ import torch
 from torch import nn
 
 from unmirage.errors import UnmirageError
-from unmirage.methods.base import MethodConfig, SequenceNLL, sequence_nll
+from unmirage.methods.base import SIDES, MethodConfig, SequenceNLL, sequence_nll
 from unmirage.models.families import FamilyAdapter, unwrap
 from unmirage.train.forward import eval_mode, forward
 
 KINDS = ("auto", "precomputed", "adapter", "swap", "copy")
 STATS_FILE = "reference_stats.safetensors"
-SIDES = ("forget", "retain")
 
 
 def check_request(requested: str, config: MethodConfig, *, lora: bool) -> None:
     """Reject reference kinds that cannot work for this method/recipe (before any model is loaded)."""
     if requested not in KINDS:
         raise UnmirageError(f"reference: must be one of {', '.join(KINDS)} (got '{requested}')")
-    hidden = any(k.endswith("_ref_hidden") for k in config.requires())
-    if requested == "precomputed" and hidden:
+    if requested == "precomputed" and config.needs().reference_hidden:
         raise UnmirageError(
-            "reference: precomputed stores per-example NLL statistics only; RMU's activations need "
-            "'adapter' (LoRA), 'swap' or 'copy' (or 'auto')"
+            f"reference: precomputed stores per-example NLL statistics only; the activations method "
+            f"'{config.name}' needs come from 'adapter' (LoRA), 'swap' or 'copy' (or 'auto')"
         )
     if requested == "adapter" and not lora:
         raise UnmirageError("reference: adapter needs a LoRA run (set lora:)")
@@ -61,8 +59,8 @@ def choose_kind(
 ) -> str | None:
     """The reference kind for this run (None when the method needs no reference)."""
     check_request(requested, config, lora=lora)
-    needs = config.requires()
-    if not any("_ref_" in k for k in needs):
+    needs = config.needs()
+    if not needs.uses_reference:
         return None
     if requested != "auto":
         if requested == "swap" and zero3:
@@ -70,7 +68,7 @@ def choose_kind(
                 "reference: swap does not work on ZeRO-3 sharded parameters; use copy or auto"
             )
         return requested
-    if not any(k.endswith("_ref_hidden") for k in needs):
+    if not needs.reference_hidden:
         return "precomputed"
     if lora:
         return "adapter"
@@ -461,8 +459,8 @@ def build_reference(
     if kind is None:
         return None
     if kind == "precomputed":
-        needs = config.requires()
-        sides = [s for s in SIDES if f"{s}_ref_nll" in needs]
+        needs = config.needs()
+        sides = [s for s in SIDES if needs.side(s).ref_nll]
         return PrecomputedReference(
             family,
             sides=sides,

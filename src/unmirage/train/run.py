@@ -20,12 +20,11 @@ import torch
 from unmirage.config import dump_config
 from unmirage.data.collate import PairedCollator
 from unmirage.errors import UnmirageError
-from unmirage.methods import MethodConfig, get_method
+from unmirage.methods import MethodConfig, MethodContext, MethodInputs, get_method
 from unmirage.runs import normal_permissions, read_jsonl_resumable, sha256_file, write_manifest
 from unmirage.train.data import build_dataset, load_examples
 from unmirage.train.params import (
     apply_lora,
-    check_layers,
     default_patterns,
     freeze_except,
     select_parameters,
@@ -147,14 +146,14 @@ def run_identity(recipe: Recipe, config: MethodConfig) -> dict[str, Any]:
 
 
 def prepare_model(recipe: Recipe, config: MethodConfig, loaded: Any = None) -> tuple[Any, Any, int]:
-    """Load the model (unless `loaded` is given), check RMU layers, choose the trainable parameters (full)
-    or add LoRA adapters."""
+    """Load the model (unless `loaded` is given), run the method's model checks, choose the trainable
+    parameters (full) or add LoRA adapters."""
     from unmirage.models import load_model
 
     if loaded is None:
         loaded = load_model(recipe.model, dtype=recipe.dtype, tiny_sizes=recipe.tiny_sizes)
     model, family = loaded.model, loaded.family
-    check_layers(config, family, model)
+    config.check_model(family, model)
     model.config.use_cache = False
     if recipe.lora is not None:
         for param in model.parameters():
@@ -254,12 +253,7 @@ def run_unlearning(
         path=out / STATS_FILE,
         fingerprint=fingerprint,
     )
-    control = None
-    if "control" in config.requires():
-        from unmirage.methods.rmu import control_vector
-
-        control_seed = config.control_seed if config.control_seed is not None else seed
-        control = control_vector(family.hidden_size(loaded.model), config.steering_coeff, control_seed)
+    inputs = make_method_inputs(config, loaded, collator, args, forget=forget, seed=seed, zero3=zero3)
 
     trainer = UnlearningTrainer(
         model=loaded.model,
@@ -272,7 +266,7 @@ def run_unlearning(
         method_config=config,
         family=family,
         reference=reference,
-        control=control,
+        method_inputs=inputs.tensors,
     )
     MetricsCallback(trainer, out / METRICS_FILE).attach()
     tensorboard_into(trainer, out / TENSORBOARD_DIR)
@@ -320,9 +314,7 @@ def run_unlearning(
             total_parameters=n_total,
             lora=recipe.lora.model_dump() if recipe.lora else None,
             placeholder_images=data.placeholder_images,
-            control_seed=(config.control_seed if config.control_seed is not None else seed)
-            if control is not None
-            else None,
+            **inputs.record,
             global_step=trainer.state.global_step,
             train_metrics=result.metrics,
             **throughput,
@@ -331,6 +323,45 @@ def run_unlearning(
         normal_permissions(out)
     trainer.accelerator.wait_for_everyone()
     return RunResult(out, trainer.state.global_step, kind, n_trainable, rows, trainer)
+
+
+def make_method_inputs(
+    config: MethodConfig,
+    loaded: Any,
+    collator: Any,
+    args: Any,
+    *,
+    forget: list[Any] | None,
+    seed: int,
+    zero3: bool,
+) -> MethodInputs:
+    """The method's extra inputs (`MethodConfig.extra_inputs`), made from the starting model before the
+    Trainer (or a resumed checkpoint) changes it. The model is moved to the training device first, as the
+    Trainer would, so that calibrating forwards do not run on the CPU."""
+    if not config.needs().inputs:
+        return MethodInputs()
+    from unmirage.train.forward import eval_mode, forward
+
+    model, family = loaded.model, loaded.family
+    if not zero3 and getattr(model, "hf_device_map", None) is None:
+        model.to(args.device)
+    device = next(model.parameters()).device
+
+    def collate(examples: list[Any]) -> dict[str, Any]:
+        batch = collator(examples)
+        return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+
+    def hidden(batch: dict[str, Any], layer: int) -> torch.Tensor:
+        if zero3:
+            raise UnmirageError(
+                f"method '{config.name}' calibrates on the starting model before training, which ZeRO-3 "
+                "sharded parameters do not allow; give the calibrated value in the recipe"
+            )
+        with torch.no_grad(), eval_mode(model):
+            return forward(model, batch, family, layer)[1]
+
+    context = MethodContext(model, family, seed, forget, collate, hidden)
+    return config.extra_inputs(context)
 
 
 def tensorboard_into(trainer: Any, folder: Path) -> None:

@@ -1,8 +1,8 @@
 """`UnlearningTrainer`: a `transformers.Trainer` whose only override is `compute_loss`.
 
 Each step gets `{"forget": batch, "retain": batch}` (or `{"retain": batch}` for SFT). `compute_loss` runs the
-forward passes the method's config `requires()`, asks the reference for its side, calls the method's pure
-loss function and returns the loss. The loss is the method's value on the micro-batch; the Trainer divides
+forward passes the method's config `needs()`, asks the reference for its side, adds the method's extra inputs
+(made once before training), calls the method's pure loss function and returns the loss. The loss is the method's value on the micro-batch; the Trainer divides
 it by the number of accumulation steps (`loss_is_scaled_for_ga = False`), so with gradient accumulation the
 update is the mean over micro-batches, as in the reference. Named terms and diagnostics are accumulated per
 micro-batch and written, averaged over the logging window and over processes, by `MetricsCallback`.
@@ -18,12 +18,11 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 
 from unmirage.methods import LossOutput, MethodConfig, MethodSpec, sequence_nll
+from unmirage.methods.base import SIDES
 from unmirage.models.families import FamilyAdapter
 from unmirage.runs import JsonlAppender, read_jsonl_resumable
 from unmirage.train.forward import forward, position_mask
 from unmirage.train.reference import Reference
-
-SIDES = ("forget", "retain")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -42,7 +41,7 @@ class UnlearningTrainer(Trainer):
         method_config: MethodConfig,
         family: FamilyAdapter,
         reference: Reference | None = None,
-        control: torch.Tensor | None = None,
+        method_inputs: dict[str, torch.Tensor] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -50,10 +49,11 @@ class UnlearningTrainer(Trainer):
         self.method_config = method_config
         self.family = family
         self.reference = reference
-        self.control_vector = control
-        self.needs = method_config.requires()
-        self.layer = getattr(method_config, "layer", None)
-        self.mask_kind = getattr(method_config, "mask", "all")
+        self.method_inputs = dict(method_inputs or {})
+        self.needs = method_config.needs()
+        missing = set(self.needs.inputs) - set(self.method_inputs)
+        if missing:
+            raise ValueError(f"method {method_config.name}: extra inputs {sorted(missing)} were not made")
         self._metric_sums: dict[str, torch.Tensor] = {}
         self._metric_count = 0
         self.tokens_seen = 0  # non-padding tokens through the trained model's forward passes (this process)
@@ -75,27 +75,25 @@ class UnlearningTrainer(Trainer):
         """The method's loss on one micro-batch of paired forget/retain inputs."""
         if self.reference is not None:
             self.reference.prepare(self, model)
-        quantities: dict[str, Any] = {}
+        needs = self.needs
+        quantities: dict[str, Any] = {name: self.method_inputs[name] for name in needs.inputs}
         for side in SIDES:
-            want_nll = f"{side}_nll" in self.needs
-            want_hidden = f"{side}_hidden" in self.needs
+            want = needs.side(side)
             batch = inputs.get(side)
-            if want_nll or want_hidden:
+            if want.nll or want.hidden:
                 if model.training:
                     self.tokens_seen += int(batch["attention_mask"].sum())
-                logits, hidden = forward(model, batch, self.family, self.layer if want_hidden else None)
-                if want_nll:
+                logits, hidden = forward(model, batch, self.family, needs.layer if want.hidden else None)
+                if want.nll:
                     quantities[f"{side}_nll"] = sequence_nll(logits, batch["labels"])
-                if want_hidden:
+                if want.hidden:
                     quantities[f"{side}_hidden"] = hidden
-                    quantities[f"{side}_mask"] = position_mask(batch, self.family, model, self.mask_kind)
+                    quantities[f"{side}_mask"] = position_mask(batch, self.family, model, needs.mask)
                 del logits
-            if f"{side}_ref_nll" in self.needs:
+            if want.ref_nll:
                 quantities[f"{side}_ref_nll"] = self.reference.nll(model, batch, side)
-            if f"{side}_ref_hidden" in self.needs:
-                quantities[f"{side}_ref_hidden"] = self.reference.hidden(model, batch, self.layer)
-        if "control" in self.needs:
-            quantities["control"] = self.control_vector
+            if want.ref_hidden:
+                quantities[f"{side}_ref_hidden"] = self.reference.hidden(model, batch, needs.layer)
         out = self.method.loss_fn(self.method_config, **quantities)
         if model.training:
             if not bool(torch.isfinite(out.loss.detach()).all()):
