@@ -121,7 +121,8 @@ def build_llava(sizes: dict[str, dict], device: str, dtype: torch.dtype) -> Any:
     )
 
     from unmirage.models import LoadedModel, get_family
-    from unmirage.models.tiny import LLAVA_CHAT_TEMPLATE, build_tokenizer
+    from unmirage.models.families.llava import LLAVA_CHAT_TEMPLATE
+    from unmirage.models.tiny import build_tokenizer
 
     tokenizer = build_tokenizer("llava", 1024)
     vision = sizes["vision"]

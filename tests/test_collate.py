@@ -9,10 +9,10 @@ from unmirage.data.collate import IGNORE_INDEX, Collator, PairedCollator, Paired
 from unmirage.data.conversations import Example
 from unmirage.data.images import ImageLoader, placeholder_size
 from unmirage.errors import UnmirageError
-from unmirage.models import load_model
+from unmirage.models import load_model, tiny_families
 
 
-@pytest.fixture(scope="module", params=["llava", "qwen2_5_vl"])
+@pytest.fixture(scope="module", params=tiny_families())
 def tiny(request):
     return load_model(f"tiny-{request.param}")
 

@@ -7,7 +7,7 @@ from PIL import Image
 
 from unmirage.errors import UnmirageError
 from unmirage.generate import BatchedGenerator, GenerationConfig, GenItem, merge_shards, run_generation
-from unmirage.models import load_model
+from unmirage.models import load_model, tiny_families
 
 QUESTIONS = [
     "What is this?",
@@ -21,7 +21,7 @@ QUESTIONS = [
 ]
 
 
-@pytest.fixture(scope="module", params=["llava", "qwen2_5_vl"])
+@pytest.fixture(scope="module", params=tiny_families())
 def tiny(request):
     return load_model(f"tiny-{request.param}", tiny_sizes={"seed": 1})
 

@@ -65,3 +65,13 @@ def test_backend_choice_errors():
         load_for_generation("tiny-llava", backend="tgi")
     with pytest.raises(UnmirageError, match="merged weights"):
         load_for_generation("tiny-llava", backend="vllm", adapter="some/lora")
+
+
+def test_vllm_refuses_vision_families_it_does_not_serve(tmp_path):
+    from transformers import PaliGemmaConfig
+
+    PaliGemmaConfig().save_pretrained(tmp_path)
+    with pytest.raises(
+        UnmirageError, match="supports llava, qwen2_5_vl and text-only models, not 'paligemma'"
+    ):
+        load_for_vllm(str(tmp_path), llm=FakeLLM())

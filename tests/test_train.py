@@ -16,13 +16,13 @@ from unmirage.data.collate import Collator
 from unmirage.errors import UnmirageError
 from unmirage.methods import sequence_nll
 from unmirage.methods.rmu import control_vector
-from unmirage.models import load_model
+from unmirage.models import load_model, tiny_families
 from unmirage.train import load_recipe, run_unlearning
 from unmirage.train.data import load_examples
 from unmirage.train.forward import forward
 from unmirage.train.reference import STATS_FILE
 
-FAMILIES = ["tiny-llava", "tiny-qwen2_5_vl"]
+FAMILIES = [f"tiny-{name}" for name in tiny_families()]
 
 
 def write_data(folder: Path, n_forget: int = 6, n_retain: int = 8) -> tuple[Path, Path]:

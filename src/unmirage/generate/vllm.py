@@ -29,16 +29,15 @@ def load_for_vllm(
     """A `LoadedModel` whose `.model` is a `vllm.LLM` (or the given `llm`), with the HF processor and family."""
     from transformers import AutoConfig
 
-    from unmirage.models.families import family_for
+    from unmirage.models.families import FAMILIES, family_class, family_for
     from unmirage.models.load import load_processor
 
     config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
-    if getattr(config, "vision_config", None) is not None and config.model_type not in (
-        "llava",
-        "qwen2_5_vl",
-    ):
+    known = family_class(config.model_type)
+    if getattr(config, "vision_config", None) is not None and not (known and known.vllm):
+        served = [name for name, cls in FAMILIES.items() if cls.vllm and cls.multimodal]
         raise UnmirageError(
-            f"the vLLM backend supports llava, qwen2_5_vl and text-only models, not "
+            f"the vLLM backend supports {', '.join(served)} and text-only models, not "
             f"'{config.model_type}'; use --backend hf",
             file=source,
         )

@@ -2,11 +2,10 @@
 
 from unmirage.models.families import FAMILIES, FamilyAdapter, family_for, get_family, unwrap
 from unmirage.models.load import LoadedModel, load_model, resolve_device
-from unmirage.models.tiny import TINY_FAMILIES, TinySpec, build_tiny, save_tiny
+from unmirage.models.tiny import TinySpec, build_tiny, save_tiny, tiny_families
 
 __all__ = [
     "FAMILIES",
-    "TINY_FAMILIES",
     "FamilyAdapter",
     "LoadedModel",
     "TinySpec",
@@ -16,5 +15,6 @@ __all__ = [
     "load_model",
     "resolve_device",
     "save_tiny",
+    "tiny_families",
     "unwrap",
 ]

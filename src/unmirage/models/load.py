@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from unmirage.errors import UnmirageError
-from unmirage.models.families import FamilyAdapter, family_for, get_family, unwrap
+from unmirage.models.families import FamilyAdapter, family_class, family_for, get_family, unwrap
 
 DTYPES = {
     "float32": torch.float32,
@@ -226,32 +226,20 @@ def _load_pretrained(
 
 
 def load_processor(source: str, model_type: str, *, trust_remote_code: bool = False) -> Any:
-    """The model's processor (tokenizer for text-only models); Qwen2.5-VL gets the image-only processor."""
+    """The model's processor (tokenizer for text-only models): the family's own loader
+    (`FamilyAdapter.load_processor`, e.g. Qwen2.5-VL's image-only processor), else transformers' auto class."""
     from transformers import AutoProcessor, AutoTokenizer
 
-    if model_type == "qwen2_5_vl":
-        from transformers import Qwen2VLImageProcessorPil
-
-        from unmirage.models.processors import Qwen25VLImageProcessor
-
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-        image_processor = Qwen2VLImageProcessorPil.from_pretrained(source)
-        return Qwen25VLImageProcessor(
-            image_processor=image_processor,
-            tokenizer=tokenizer,
-            chat_template=getattr(tokenizer, "chat_template", None) or _saved_chat_template(source),
-        )
+    family = family_class(model_type)
+    processor = family.load_processor(source, trust_remote_code=trust_remote_code) if family else None
+    if processor is not None:
+        return processor
     if _is_image_text_model(type("C", (), {"model_type": model_type})):
         return AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
-
-
-def _saved_chat_template(source: str) -> str | None:
-    path = Path(source) / "chat_template.jinja"
-    return path.read_text(encoding="utf-8") if path.is_file() else None
 
 
 def _apply_adapter(model: Any, adapter: str | os.PathLike, trainable: bool) -> Any:

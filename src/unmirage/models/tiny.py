@@ -1,5 +1,7 @@
 """Tiny models of the real classes, with random weights, for tests and demos.
 
+Each family that has one declares its tiny model in its own file (`models/families/`): `tiny_tokenizer` (a
+`TinyTokenizer`: special tokens and chat template) and `build_tiny_model(spec, tokenizer)`.
 `build_tiny("llava")` gives a `LlavaForConditionalGeneration` (CLIP vision tower + Llama) and
 `build_tiny("qwen2_5_vl")` a `Qwen2_5_VLForConditionalGeneration`, each with a byte-level BPE tokenizer
 trained offline on a corpus shipped in this package, the image token, a chat template and the matching
@@ -10,50 +12,30 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from unmirage.errors import UnmirageError
 
-TINY_FAMILIES = ("llava", "qwen2_5_vl")
+if TYPE_CHECKING:
+    from unmirage.models.families import FamilyAdapter
 
-LLAVA_SPECIAL = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-QWEN_SPECIAL = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-]
 
-# llava-hf style: "USER: <image>\n{question} ASSISTANT: {answer}</s>"
-LLAVA_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{% for item in message['content'] %}{{ item['text'] }}{% endfor %}{{ ' ' }}"
-    "{% elif message['role'] == 'user' %}USER: "
-    "{% for item in message['content'] %}{% if item['type'] == 'image' %}{{ '<image>\n' }}"
-    "{% else %}{{ item['text'] }}{% endif %}{% endfor %}{{ ' ' }}"
-    "{% else %}ASSISTANT: {% for item in message['content'] %}{{ item['text'] }}{% endfor %}{{ '</s>' }}"
-    "{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
+@dataclass(frozen=True)
+class TinyTokenizer:
+    """How a family's tiny tokenizer is built: BPE special tokens, the unknown token, a start token the
+    post-processor prepends (Llama tokenizers), the `PreTrainedTokenizerFast` token arguments and the chat
+    template."""
 
-# Qwen2.5-VL style ChatML with a default system turn.
-QWEN_CHAT_TEMPLATE = (
-    "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for item in message['content'] %}"
-    "{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% else %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+    special: tuple[str, ...]
+    chat_template: str
+    tokens: dict[str, Any] = field(default_factory=dict)
+    unk: str | None = None
+    prepend_bos: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,10 +54,8 @@ class TinySpec:
     seed: int = 0
 
     def validate(self) -> None:
-        if self.family not in TINY_FAMILIES:
-            raise UnmirageError(
-                f"unknown tiny family '{self.family}' (choose from {', '.join(TINY_FAMILIES)})"
-            )
+        """General size checks, then the family's own (`FamilyAdapter.check_tiny`)."""
+        family = tiny_family(self.family)
         for name in (
             "layers",
             "hidden",
@@ -89,17 +69,24 @@ class TinySpec:
                 raise UnmirageError(f"tiny model: {name} must be positive (got {getattr(self, name)})")
         if self.hidden % self.heads:
             raise UnmirageError(f"tiny model: hidden {self.hidden} is not divisible by heads {self.heads}")
-        if (self.hidden // self.heads) % 8 and self.family == "qwen2_5_vl":
-            raise UnmirageError("tiny qwen2_5_vl: head_dim (hidden/heads) must be a multiple of 8 for M-RoPE")
-        if self.family == "llava" and self.vision_layers < 2:
-            raise UnmirageError(
-                "tiny llava: vision_layers must be >= 2 (LLaVA reads the second-to-last layer)"
-            )
-        step = self.patch_size * (2 if self.family == "qwen2_5_vl" else 1)
-        if self.image_size % step:
-            raise UnmirageError(
-                f"tiny {self.family}: image_size {self.image_size} must be a multiple of {step}"
-            )
+        family.check_tiny(self)
+
+
+def tiny_families() -> list[str]:
+    """Names of the registered families that have a tiny model, sorted."""
+    from unmirage.models.families import FAMILIES
+
+    return sorted(name for name, cls in FAMILIES.items() if cls.tiny_tokenizer is not None)
+
+
+def tiny_family(name: str) -> type[FamilyAdapter]:
+    """The family class of a tiny model, or a one-line error listing those that have one."""
+    from unmirage.models.families import FAMILIES
+
+    cls = FAMILIES.get(name)
+    if cls is None or cls.tiny_tokenizer is None:
+        raise UnmirageError(f"unknown tiny family '{name}' (choose from {', '.join(tiny_families())})")
+    return cls
 
 
 def corpus_path() -> Path:
@@ -111,21 +98,21 @@ def corpus_path() -> Path:
 def _train_tokenizer_json(family: str, vocab_size: int) -> str:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    special = LLAVA_SPECIAL if family == "llava" else QWEN_SPECIAL
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>" if family == "llava" else None))
+    spec = tiny_family(family).tiny_tokenizer
+    tokenizer = Tokenizer(models.BPE(unk_token=spec.unk))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=special,
+        special_tokens=list(spec.special),
         show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tokenizer.train([str(corpus_path())], trainer)
-    if family == "llava":  # Llama tokenizers prepend <s>
-        bos = tokenizer.token_to_id("<s>")
+    if spec.prepend_bos is not None:
+        bos, bos_id = spec.prepend_bos, tokenizer.token_to_id(spec.prepend_bos)
         tokenizer.post_processor = processors.TemplateProcessing(
-            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
         )
     return tokenizer.to_str()
 
@@ -135,35 +122,13 @@ def build_tokenizer(family: str = "llava", vocab_size: int = 1024) -> Any:
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
+    spec = tiny_family(family).tiny_tokenizer
     backend = Tokenizer.from_str(_train_tokenizer_json(family, vocab_size))
-    if family == "llava":
-        tokenizer = PreTrainedTokenizerFast(
-            tokenizer_object=backend,
-            bos_token="<s>",
-            eos_token="</s>",
-            unk_token="<unk>",
-            pad_token="<pad>",
-            extra_special_tokens={"image_token": "<image>"},
-            padding_side="left",
-            chat_template=LLAVA_CHAT_TEMPLATE,
-        )
-    else:
-        tokenizer = PreTrainedTokenizerFast(
-            tokenizer_object=backend,
-            eos_token="<|im_end|>",
-            pad_token="<|endoftext|>",
-            padding_side="left",
-            chat_template=QWEN_CHAT_TEMPLATE,
-        )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, padding_side="left", chat_template=spec.chat_template, **spec.tokens
+    )
     tokenizer.model_max_length = 4096
     return tokenizer
-
-
-def _mrope_section(head_dim: int) -> list[int]:
-    """Qwen2.5-VL's split of head_dim/2 rotary frequencies into (time, height, width), like 64 -> 16/24/24."""
-    half = head_dim // 2
-    spatial = 3 * half // 8
-    return [half - 2 * spatial, spatial, spatial]
 
 
 def build_tiny(family: str = "llava", **sizes: Any) -> tuple[Any, Any]:
@@ -172,12 +137,13 @@ def build_tiny(family: str = "llava", **sizes: Any) -> tuple[Any, Any]:
     spec.validate()
     tokenizer = build_tokenizer(family, spec.vocab_size)
     torch.manual_seed(spec.seed)
-    if family == "llava":
-        return _build_llava(spec, tokenizer)
-    return _build_qwen(spec, tokenizer)
+    model, processor = tiny_family(family).build_tiny_model(spec, tokenizer)
+    set_generation_defaults(model, tokenizer)
+    return model, processor
 
 
-def _text_kwargs(spec: TinySpec, tokenizer: Any) -> dict[str, Any]:
+def text_kwargs(spec: TinySpec, tokenizer: Any) -> dict[str, Any]:
+    """The language model's config arguments shared by every tiny family (Llama-style decoder)."""
     return dict(
         vocab_size=len(tokenizer),
         hidden_size=spec.hidden,
@@ -192,103 +158,7 @@ def _text_kwargs(spec: TinySpec, tokenizer: Any) -> dict[str, Any]:
     )
 
 
-def _build_llava(spec: TinySpec, tokenizer: Any) -> tuple[Any, Any]:
-    from transformers import (
-        CLIPImageProcessorPil,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
-
-    vision = CLIPVisionConfig(
-        hidden_size=spec.vision_hidden,
-        intermediate_size=spec.vision_hidden * 2,
-        num_hidden_layers=spec.vision_layers,
-        num_attention_heads=max(1, spec.vision_hidden // 32),
-        image_size=spec.image_size,
-        patch_size=spec.patch_size,
-        projection_dim=spec.vision_hidden,
-    )
-    text = LlamaConfig(bos_token_id=tokenizer.bos_token_id, **_text_kwargs(spec, tokenizer))
-    image_tokens = (spec.image_size // spec.patch_size) ** 2
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-        image_seq_length=image_tokens,
-        tie_word_embeddings=False,
-    )
-    model = LlavaForConditionalGeneration(config).eval()
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": spec.image_size},
-        crop_size={"height": spec.image_size, "width": spec.image_size},
-    )
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=spec.patch_size,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=LLAVA_CHAT_TEMPLATE,
-    )
-    _set_generation_defaults(model, tokenizer)
-    return model, processor
-
-
-def _build_qwen(spec: TinySpec, tokenizer: Any) -> tuple[Any, Any]:
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
-
-    from unmirage.models.processors import Qwen25VLImageProcessor
-
-    head_dim = spec.hidden // spec.heads
-    vision = dict(
-        depth=spec.vision_layers,
-        hidden_size=spec.vision_hidden,
-        intermediate_size=spec.vision_hidden * 2,
-        num_heads=max(1, spec.vision_hidden // 16),
-        patch_size=spec.patch_size,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-        window_size=spec.patch_size * 4,
-        out_hidden_size=spec.hidden,
-        fullatt_block_indexes=[spec.vision_layers - 1],
-    )
-    text = dict(
-        rope_parameters={
-            "rope_type": "default",
-            "rope_theta": 10000.0,
-            "mrope_section": _mrope_section(head_dim),
-        },
-        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-        **_text_kwargs(spec, tokenizer),
-    )
-    ids = {
-        name: tokenizer.convert_tokens_to_ids(tok)
-        for name, tok in (
-            ("image_token_id", "<|image_pad|>"),
-            ("video_token_id", "<|video_pad|>"),
-            ("vision_start_token_id", "<|vision_start|>"),
-            ("vision_end_token_id", "<|vision_end|>"),
-        )
-    }
-    config = Qwen2_5_VLConfig(vision_config=vision, text_config=text, tie_word_embeddings=False, **ids)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    pixels = spec.image_size * spec.image_size
-    image_processor = Qwen2VLImageProcessorPil(
-        min_pixels=pixels, max_pixels=pixels, patch_size=spec.patch_size, merge_size=2, temporal_patch_size=2
-    )
-    processor = Qwen25VLImageProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, chat_template=QWEN_CHAT_TEMPLATE
-    )
-    _set_generation_defaults(model, tokenizer)
-    return model, processor
-
-
-def _set_generation_defaults(model: Any, tokenizer: Any) -> None:
+def set_generation_defaults(model: Any, tokenizer: Any) -> None:
     config = model.generation_config
     config.pad_token_id = tokenizer.pad_token_id
     config.eos_token_id = tokenizer.eos_token_id

@@ -1,19 +1,22 @@
-"""Family adapters, found by name or by a model's `config.model_type`."""
+"""Family adapters, found by name or by a model's `config.model_type`.
+
+Every module of this package is imported here; each registers its adapter with `@register_family`.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any
 
 from unmirage.errors import UnmirageError
-from unmirage.models.families.base import V1_SYSTEM, FamilyAdapter, unwrap
-from unmirage.models.families.causal import CausalLMAdapter
-from unmirage.models.families.generic import GenericAdapter
-from unmirage.models.families.llava import LlavaAdapter
-from unmirage.models.families.qwen2_5_vl import Qwen25VLAdapter
+from unmirage.models.families.base import FAMILIES, V1_SYSTEM, FamilyAdapter, register_family, unwrap
 
-FAMILIES: dict[str, type[FamilyAdapter]] = {
-    cls.name: cls for cls in (LlavaAdapter, Qwen25VLAdapter, CausalLMAdapter, GenericAdapter)
-}
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+from unmirage.models.families.causal import CausalLMAdapter  # noqa: E402 (fallbacks of family_for)
+from unmirage.models.families.generic import GenericAdapter  # noqa: E402
 
 
 def get_family(name: str) -> FamilyAdapter:
@@ -23,14 +26,19 @@ def get_family(name: str) -> FamilyAdapter:
     return FAMILIES[name]()
 
 
+def family_class(model_type: str | None) -> type[FamilyAdapter] | None:
+    """The registered family that claims `model_type`, or None."""
+    return next((cls for cls in FAMILIES.values() if model_type in cls.model_types), None)
+
+
 def family_for(model: Any) -> FamilyAdapter:
     """The adapter for a loaded model (or its config): by `model_type`, else causal or generic."""
     base = unwrap(model) if hasattr(model, "config") else None
     config = base.config if base is not None else model
     model_type = getattr(config, "model_type", None)
-    for cls in FAMILIES.values():
-        if model_type in cls.model_types:
-            return cls()
+    cls = family_class(model_type)
+    if cls is not None:
+        return cls()
     if getattr(config, "vision_config", None) is None:
         return CausalLMAdapter()
     if base is None:
@@ -38,4 +46,13 @@ def family_for(model: Any) -> FamilyAdapter:
     return GenericAdapter(base)
 
 
-__all__ = ["FAMILIES", "V1_SYSTEM", "FamilyAdapter", "family_for", "get_family", "unwrap"]
+__all__ = [
+    "FAMILIES",
+    "V1_SYSTEM",
+    "FamilyAdapter",
+    "family_class",
+    "family_for",
+    "get_family",
+    "register_family",
+    "unwrap",
+]

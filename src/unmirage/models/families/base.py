@@ -2,19 +2,24 @@
 
 A family adapter knows how to build prompts (the reference's LLaVA "v1" template and the model's own chat
 template), where the decoder layers, the projector and the vision tower are (by module name), which token
-positions hold the image, and the LoRA target regex that touches only the language model.
-Adding a family = one file with a subclass that sets a few names (see llava.py).
+positions hold the image, and the LoRA target regex that touches only the language model; optionally how
+its processor loads, whether the vLLM backend serves it, and its tiny random model for tests.
+Adding a family = one file with a subclass decorated with `@register_family` (see llava.py); the package
+imports every file in it.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
 
 from unmirage.errors import UnmirageError
+
+if TYPE_CHECKING:
+    from unmirage.models.tiny import TinySpec, TinyTokenizer
 
 V1_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -55,6 +60,26 @@ class FamilyAdapter:
     vision_tower: ClassVar[str | None] = None
     image_placeholder: ClassVar[str] = "<image>"
     lm_linear: ClassVar[tuple[str, ...]] = LM_LINEAR
+    vllm: ClassVar[bool] = False
+    """Whether the vLLM generation backend serves this family (text-only models always are)."""
+    tiny_tokenizer: ClassVar[TinyTokenizer | None] = None
+    """The tiny model's tokenizer (`unmirage.models.tiny`); None = this family has no tiny model."""
+
+    # ----- loading and tiny models -----------------------------------------------------------------------------
+    @classmethod
+    def load_processor(cls, source: str, *, trust_remote_code: bool = False) -> Any:
+        """The processor of a saved model of this family; None = transformers' `AutoProcessor` (VLMs) or
+        `AutoTokenizer` (text-only models)."""
+        return None
+
+    @classmethod
+    def check_tiny(cls, spec: TinySpec) -> None:
+        """Raise `UnmirageError` on sizes this family's tiny model cannot have."""
+
+    @classmethod
+    def build_tiny_model(cls, spec: TinySpec, tokenizer: Any) -> tuple[Any, Any]:
+        """(model, processor) of the tiny random model (after `torch.manual_seed(spec.seed)`)."""
+        raise UnmirageError(f"family '{cls.name}' has no tiny model")
 
     # ----- module lookup -------------------------------------------------------------------------------------
     @property
@@ -227,3 +252,21 @@ class FamilyAdapter:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} '{self.name}'>"
+
+
+FAMILIES: dict[str, type[FamilyAdapter]] = {}
+A = TypeVar("A", bound=type[FamilyAdapter])
+
+
+def register_family(cls: A) -> A:
+    """Class decorator: register a family adapter under its `name` (a second class with that name, or one
+    claiming another family's `model_types`, is an error)."""
+    existing = FAMILIES.get(cls.name)
+    if existing is not None and existing is not cls:
+        raise ValueError(f"model family '{cls.name}' is already registered")
+    for other in FAMILIES.values():
+        shared = set(other.model_types) & set(cls.model_types)
+        if other is not cls and shared:
+            raise ValueError(f"model_type {sorted(shared)[0]!r} already belongs to family '{other.name}'")
+    FAMILIES[cls.name] = cls
+    return cls

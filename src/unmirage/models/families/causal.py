@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from unmirage.models.families.base import FamilyAdapter
+from unmirage.models.families.base import FamilyAdapter, register_family
 
 
+@register_family
 class CausalLMAdapter(FamilyAdapter):
     name: ClassVar[str] = "causal"
     multimodal: ClassVar[bool] = False
     language_model: ClassVar[str] = "model"
+    vllm: ClassVar[bool] = True

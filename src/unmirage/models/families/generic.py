@@ -7,7 +7,7 @@ from typing import ClassVar
 from torch import nn
 
 from unmirage.errors import UnmirageError
-from unmirage.models.families.base import FamilyAdapter, unwrap
+from unmirage.models.families.base import FamilyAdapter, register_family, unwrap
 
 _LM_NAMES = ("model.language_model", "language_model.model", "model.text_model", "language_model")
 _PROJECTOR_NAMES = (
@@ -30,6 +30,7 @@ def _first_existing(model: nn.Module, names: tuple[str, ...]) -> str | None:
     return None
 
 
+@register_family
 class GenericAdapter(FamilyAdapter):
     """Finds the language model, projector and vision tower under their usual names in transformers 5."""
 
