@@ -12,19 +12,19 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import math
 import re
 import types
 
 import pytest
 import torch
 
-from test_train import write_data
+from test_train import run, write_data
 from unmirage.data.collate import Collator
 from unmirage.methods import MethodConfig, Needs, available_methods, get_method
 from unmirage.methods.base import SIDES, LossOutput, SequenceNLL, SideNeeds, detached, masked_mse, total
 from unmirage.methods.registry import _REGISTRY, register
 from unmirage.models import load_model
-from unmirage.train import load_recipe, run_unlearning
 from unmirage.train.data import load_examples
 from unmirage.train.run import make_method_inputs
 
@@ -102,38 +102,16 @@ def test_loss_is_the_sum_of_its_terms_on_what_it_needs(tmp_path, name, tiny):
 
 @pytest.mark.parametrize("name", available_methods())
 def test_every_method_trains_with_its_defaults_on_a_tiny_model(tmp_path, name, tiny):
-    forget, retain = write_data(tmp_path)
-    recipe, config = load_recipe(
-        None,
-        [
-            "model=tiny-llava",
-            f"tiny_sizes={json.dumps(TINY)}",
-            f"data.forget={forget}",
-            f"data.retain={retain}",
-            "data.placeholder_images=true",
-            f"method.name={name}",
-            f"output_dir={tmp_path / 'out'}",
-            "train.per_device_train_batch_size=2",
-            "train.max_steps=2",
-            "train.logging_steps=1",
-            "train.learning_rate=1e-3",
-            "train.report_to=none",
-            "train.save_strategy='no'",
-            "plot=false",
-        ],
-    )
+    data = write_data(tmp_path)
+    extra = (f"tiny_sizes={json.dumps(TINY)}", "train.logging_steps=1")
     initial = {n: p.detach().clone() for n, p in tiny.model.named_parameters()}
-    result = run_unlearning(recipe, config)
+    result = run(tmp_path, data, "tiny-llava", name, "out", 2, *extra)
     model = result.trainer.model
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), initial[n])}
     assert changed and changed <= trainable
     assert len(result.metrics) == 2
-    for row in result.metrics:
-        terms = [
-            v for k, v in row.items() if k in {"forget_loss", "retain_npo_loss", "retain_loss", "ce_retain"}
-        ]
-        assert terms and row["loss"] == pytest.approx(sum(terms), rel=1e-5)
+    assert all(math.isfinite(row["loss"]) for row in result.metrics)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["method"] == name and manifest["trainable_parameters"] == sum(
         p.numel() for p in model.parameters() if p.requires_grad
@@ -188,27 +166,8 @@ def steer_to_zero():
 
 
 def test_a_new_representation_method_needs_only_its_own_definition(tmp_path, steer_to_zero):
-    forget, retain = write_data(tmp_path)
-    recipe, config = load_recipe(
-        None,
-        [
-            "model=tiny-llava",
-            f"data.forget={forget}",
-            f"data.retain={retain}",
-            "data.placeholder_images=true",
-            "method.name=steer_to_zero",
-            "method.layer=1",
-            f"output_dir={tmp_path / 'out'}",
-            "train.per_device_train_batch_size=2",
-            "train.max_steps=3",
-            "train.logging_steps=1",
-            "train.learning_rate=1e-2",
-            "train.report_to=none",
-            "train.save_strategy='no'",
-            "plot=false",
-        ],
-    )
-    result = run_unlearning(recipe, config)
+    extra = ("method.layer=1", "train.logging_steps=1", "train.learning_rate=1e-2")
+    result = run(tmp_path, write_data(tmp_path), "tiny-llava", "steer_to_zero", "out", 3, *extra)
     model = result.trainer.model
     assert [n for n, p in model.named_parameters() if p.requires_grad] == [
         "model.language_model.layers.1.mlp.down_proj.weight"
