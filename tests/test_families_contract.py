@@ -60,14 +60,19 @@ def test_adapter_is_found_from_the_model_and_sizes_are_honoured(tiny):
     assert tiny.family.num_layers(model) == 3 and tiny.family.hidden_size(model) == 32
 
 
-def test_module_names_exist(tiny):
-    for name in (
-        tiny.family.projector,
-        tiny.family.vision_tower,
-        tiny.family.language_model,
-        tiny.family.mlp_down_proj(0),
-    ):
-        tiny.model.get_submodule(name)
+def test_module_names_point_at_the_right_modules(tiny):
+    family, model = tiny.family, tiny.model
+    down = model.get_submodule(family.mlp_down_proj(0))
+    assert isinstance(down, torch.nn.Linear) and down.out_features == family.hidden_size(model)
+    assert family.decoder_layers(model) is model.get_submodule(family.language_model).layers
+
+    def parameters(module: str) -> set[str]:
+        return {f"{module}.{n}" for n, _ in model.get_submodule(module).named_parameters()}
+
+    projector, vision = parameters(family.projector), parameters(family.vision_tower)
+    language = parameters(family.language_model)
+    assert projector and vision and language
+    assert not (projector | vision) & language, "projector and vision tower lie outside the language model"
 
 
 def test_forward_backward_generate(tiny):
