@@ -336,27 +336,27 @@ def make_method_inputs(
     zero3: bool,
 ) -> MethodInputs:
     """The method's extra inputs (`MethodConfig.extra_inputs`), made from the starting model before the
-    Trainer (or a resumed checkpoint) changes it. The model is moved to the training device first, as the
-    Trainer would, so that calibrating forwards do not run on the CPU."""
+    Trainer (or a resumed checkpoint) changes it. A method that runs the model on a batch (a calibration)
+    first moves it to the training device, as the Trainer would, so that the forward does not run on the
+    CPU."""
     if not config.needs().inputs:
         return MethodInputs()
     from unmirage.train.forward import eval_mode, forward
 
     model, family = loaded.model, loaded.family
-    if not zero3 and getattr(model, "hf_device_map", None) is None:
-        model.to(args.device)
-    device = next(model.parameters()).device
 
     def collate(examples: list[Any]) -> dict[str, Any]:
-        batch = collator(examples)
-        return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
-
-    def hidden(batch: dict[str, Any], layer: int) -> torch.Tensor:
         if zero3:
             raise UnmirageError(
                 f"method '{config.name}' calibrates on the starting model before training, which ZeRO-3 "
                 "sharded parameters do not allow; give the calibrated value in the recipe"
             )
+        if getattr(model, "hf_device_map", None) is None:
+            model.to(args.device)
+        device = next(model.parameters()).device
+        return {k: v.to(device) if hasattr(v, "to") else v for k, v in collator(examples).items()}
+
+    def hidden(batch: dict[str, Any], layer: int) -> torch.Tensor:
         with torch.no_grad(), eval_mode(model):
             return forward(model, batch, family, layer)[1]
 

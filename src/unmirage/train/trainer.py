@@ -1,11 +1,12 @@
 """`UnlearningTrainer`: a `transformers.Trainer` whose only override is `compute_loss`.
 
 Each step gets `{"forget": batch, "retain": batch}` (or `{"retain": batch}` for SFT). `compute_loss` runs the
-forward passes the method's config `needs()`, asks the reference for its side, adds the method's extra inputs
-(made once before training), calls the method's pure loss function and returns the loss. The loss is the method's value on the micro-batch; the Trainer divides
-it by the number of accumulation steps (`loss_is_scaled_for_ga = False`), so with gradient accumulation the
-update is the mean over micro-batches, as in the reference. Named terms and diagnostics are accumulated per
-micro-batch and written, averaged over the logging window and over processes, by `MetricsCallback`.
+forward passes the method's config `needs()`, asks the reference for its side, adds the method's extra
+inputs (made once before training), calls the method's pure loss function and returns the loss. The loss is
+the method's value on the micro-batch; the Trainer divides it by the number of accumulation steps
+(`loss_is_scaled_for_ga = False`), so with gradient accumulation the update is the mean over micro-batches,
+as in the reference. Named terms and diagnostics are accumulated per micro-batch and written, averaged over
+the logging window and over processes, by `MetricsCallback`.
 """
 
 from __future__ import annotations
