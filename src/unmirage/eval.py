@@ -140,13 +140,13 @@ class EvalSettings(StrictModel):
     @model_validator(mode="after")
     def _something_to_run(self) -> EvalSettings:
         if self.vlguard_test is None:
+            for name in ("share", "what", "prefill", "gcg", "gcg_build"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} belongs to the VLGuard shorthand: give --vlguard-test too")
             if not (self.benchmarks or self.cases):
                 raise ValueError(
                     "give --benchmark NAME (or --case NAME.CASE), or the VLGuard files with --vlguard-test"
                 )
-            for name in ("share", "what", "prefill", "gcg", "gcg_build"):
-                if getattr(self, name) is not None:
-                    raise ValueError(f"{name} belongs to the VLGuard shorthand: give --vlguard-test too")
         elif VLGUARD in self.benchmarks or any(c.startswith(f"{VLGUARD}.") for c in self.cases):
             raise ValueError(
                 "give either --benchmark vlguard (files from the data root) or --vlguard-test, not both"
