@@ -783,6 +783,7 @@ def benchmark_metrics(
             "label": case.spec.label,
             "transform": _transform_json(case),
             "pairs_with": case.spec.pairs_with,
+            "by_category": case.spec.by_category,
             "judges": case.methods if case.kind != "refusal" else [settings.refusal_judge],
             "images": case.images,
             "skipped": len(case.skipped),

@@ -61,6 +61,8 @@ class CaseSpec(StrictModel):
     judges: list[str] = Field(min_length=1)
     label: str
     pairs_with: str | None = None
+    by_category: bool = False
+    """Report the rate of each category (e.g. MOSSBench's over-sensitivity types) next to the case's."""
 
 
 class BenchmarkSpec(StrictModel):
