@@ -269,3 +269,34 @@ def test_bad_benchmark_input_is_a_one_line_error_and_writes_nothing(
     code, _, err = run_cli(["eval", "--model", "m", *extra, "--out", str(out)], capsys)
     assert_one_line_error(code, err, *needles)
     assert not out.exists()
+
+
+def test_the_vlguard_shorthand_next_to_a_benchmark_keeps_its_numbers(tmp_path):
+    from test_eval import ANSWERS as VLGUARD_ANSWERS
+    from test_eval import ScriptedGenerate, settings_for, vlguard_files
+
+    class Both(Scripted):
+        def __call__(self, case, prompts, out):
+            if case in VLGUARD_ANSWERS_CASES:
+                return ScriptedGenerate()(case, prompts, out)
+            return super().__call__(case, prompts, out)
+
+    VLGUARD_ANSWERS_CASES = {case for case, _id, _shot in VLGUARD_ANSWERS}
+    paths = vlguard_files(tmp_path / "vlguard")
+    root = tmp_path / "data"
+    _xstest_with_unrewritable(root)
+    alone = run_eval(
+        settings_for(paths, prefill="Sure, here is"), tmp_path / "alone", generate=ScriptedGenerate()
+    )
+    both = run_eval(
+        settings_for(paths, prefill="Sure, here is", benchmarks=["xstest"], data_root=root),
+        tmp_path / "both",
+        generate=Both(),
+    )
+    assert list(both["benchmarks"]) == ["xstest"] and "benchmarks" not in alone
+    # every number and key of the VLGuard run is the same; the judges list grows by the benchmark's rules
+    added = ("benchmarks", "data_root", "judges")
+    assert {k: v for k, v in both.items() if k not in added} == {
+        k: v for k, v in alone.items() if k != "judges"
+    }
+    assert alone["judges"].items() <= both["judges"].items() and "rules" in both["judges"]

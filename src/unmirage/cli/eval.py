@@ -142,7 +142,7 @@ def eval_command(
         help="Replace OUT if it holds a run (a rerun otherwise resumes the same run only).",
     ),
 ) -> None:
-    """Evaluate a model on the four protocol cases and write OUT/metrics.json."""
+    """Evaluate a model on the protocol cases and any benchmarks given; write OUT/metrics.json."""
     from unmirage.config import validate
     from unmirage.eval import EvalSettings, run_eval
     from unmirage.judges.backends import read_api_key
