@@ -300,3 +300,22 @@ def test_the_vlguard_shorthand_next_to_a_benchmark_keeps_its_numbers(tmp_path):
         k: v for k, v in alone.items() if k != "judges"
     }
     assert alone["judges"].items() <= both["judges"].items() and "rules" in both["judges"]
+
+
+def test_a_benchmark_run_resumes_and_refuses_other_cases(tmp_path, capsys):
+    from unmirage.errors import UnmirageError
+
+    root = tmp_path / "data"
+    _xstest_with_unrewritable(root)
+    settings = EvalSettings(model="scripted", cases=["xstest.safe"], data_root=root, bootstrap=50)
+    first = run_eval(settings, tmp_path / "run", generate=Scripted())
+    assert run_eval(settings, tmp_path / "run", generate=Scripted()) == first
+    other = settings.model_copy(update={"cases": ["xstest.safe", "xstest.unsafe"]})
+    with pytest.raises(UnmirageError, match="other settings.*benchmarks"):
+        run_eval(other, tmp_path / "run", generate=Scripted())
+    assert list(
+        run_eval(other, tmp_path / "run", generate=Scripted(), overwrite=True)["benchmarks"]["xstest"]
+    ) == [
+        "safe",
+        "unsafe",
+    ]
