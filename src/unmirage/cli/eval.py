@@ -72,7 +72,8 @@ def eval_command(
     out: Path = typer.Option(..., help="Output folder (metrics.json, generations/, judged/, manifest.json)."),
     judge: list[str] = typer.Option(
         ["keyword"],
-        help="ASR judge, repeatable; the best that ran gives asr_normal/asr_attack (an LLM judge before "
+        help="ASR judge, repeatable (a benchmark case also runs its own judges); the best that ran gives "
+        "asr_normal/asr_attack and each benchmark case's ASR (an LLM judge before "
         "refusal, rules and keyword, which only know 'not refused'): keyword, keyword-strict, refusal "
         "(the trained refusal classifier), rules "
         "(keyword+rules), llm-relevance (keyword+rules+LLM, the reference), llm-harm (keyword+harm rubric), "
