@@ -14,7 +14,8 @@ cached LLM verdicts are reused, and judge requests that failed are retried.
 
 Benchmarks as data (`unmirage.benchmarks`): `--benchmark NAME` / `--case NAME.CASE` run any registered
 benchmark's cases from a data root (`--data-root` or `UNMIRAGE_DATA_DIR`) in the same run, through the same
-model load and generator, and add `benchmarks.<name>.<case>` to metrics.json. The VLGuard options
+model load and generator (with `--gcg-build`, a GCG case after each attack case asked as is), and add
+`benchmarks.<name>.<case>` to metrics.json. The VLGuard options
 (`--vlguard-test/--share/--what`) are a shorthand for the packaged VLGuard spec with the files given.
 
 Generation is a function call (`GenerateFn`), so tests and other back ends can stand in for the model.
@@ -140,7 +141,7 @@ class EvalSettings(StrictModel):
     @model_validator(mode="after")
     def _something_to_run(self) -> EvalSettings:
         if self.vlguard_test is None:
-            for name in ("share", "what", "prefill", "gcg", "gcg_build"):
+            for name in ("share", "what", "prefill", "gcg"):
                 if getattr(self, name) is not None:
                     raise ValueError(f"{name} belongs to the VLGuard shorthand: give --vlguard-test too")
             if not (self.benchmarks or self.cases):
@@ -198,6 +199,7 @@ class EvalCase:
     pairs_with: str | None = None
     skipped: list[dict[str, str]] = field(default_factory=list)
     root_relative: bool = False
+    transform: dict[str, Any] | None = None
 
 
 # (case, prompts, output JSONL path) -> one answer row per prompt with at least id, variant (= shot), answer.
@@ -301,8 +303,9 @@ def _images_seen(with_images: bool, placeholder: bool) -> str:
 
 
 def benchmark_selection(settings: EvalSettings) -> list[tuple[Any, list[str]]]:
-    """The benchmark specs of `--benchmark`/`--case` (validated, data files checked under the data root)
-    and the cases to run of each, in the order given; a one-line error names the spec file and field."""
+    """The benchmark specs of `--benchmark`/`--case` (validated, data files checked under the data root),
+    in the order given, and the cases to run of each, in spec order; a one-line error names the spec file
+    and field."""
     from unmirage.benchmarks import data_root, resolve_benchmark
 
     chosen: dict[str, list[str]] = {name: [] for name in settings.benchmarks}
@@ -330,7 +333,7 @@ def benchmark_selection(settings: EvalSettings) -> list[tuple[Any, list[str]]]:
                     file=spec.source,
                     field="cases",
                 )
-        selection.append((spec, list(dict.fromkeys(cases)) or list(spec.cases)))
+        selection.append((spec, [c for c in spec.cases if c in cases] or list(spec.cases)))
     return selection
 
 
@@ -528,10 +531,11 @@ class HFGenerate:
 
 
 def gcg_case(
-    settings: EvalSettings, prompts: Sequence[EvalPrompt], out: Path, generate: GenerateFn
-) -> tuple[list[EvalPrompt], dict[str, Any]]:
-    """The `unsafe_gcg` prompts: a GCG suffix per unsafe question, optimised against the evaluated model into
-    `out` (one JSON line per question, resumable), and a summary for metrics.json."""
+    settings: EvalSettings, case: EvalCase, key: str, out: Path, generate: GenerateFn
+) -> tuple[EvalCase, dict[str, Any]]:
+    """Case `key`: `case`'s questions, each with a GCG suffix optimised against the evaluated model into
+    `out` (one JSON line per question, resumable; images as `case` shows them), and a summary for
+    metrics.json."""
     from unmirage.attacks_gcg import GCGAttack, GCGTask, run_gcg, summarise
     from unmirage.data.images import ImageLoader
 
@@ -546,20 +550,48 @@ def gcg_case(
         loaded = load_model(
             settings.model, dtype=settings.dtype, device_map=resolve_device(), adapter=settings.adapter
         )
-    root = None if settings.placeholder_images else settings.image_root
+    root = case.image_root
     attack = GCGAttack(
         loaded,
         settings.gcg_build,
         image_loader=ImageLoader(root=root) if root is not None else ImageLoader(),
         placeholder_images=settings.placeholder_images,
     )
-    tasks = [GCGTask(p.id, p.question, p.image if root is not None else None) for p in prompts]
+    tasks = [GCGTask(p.id, p.question, p.image if case.with_images else None) for p in case.prompts]
     results = run_gcg(attack, tasks, out)
     attacked = [
-        dataclasses.replace(p, case="unsafe_gcg", question=r.attacked_question)
-        for p, r in zip(prompts, results, strict=True)
+        dataclasses.replace(p, case=key, question=r.attacked_question)
+        for p, r in zip(case.prompts, results, strict=True)
     ]
-    return attacked, {"log": str(out), **settings.gcg_build.model_dump(mode="json"), **summarise(results)}
+    info = {"log": str(out), **settings.gcg_build.model_dump(mode="json"), **summarise(results)}
+    return dataclasses.replace(case, key=key, prompts=attacked, pairs_with=case.key), info
+
+
+def gcg_cases(
+    settings: EvalSettings, cases: dict[str, EvalCase], out: Path, generate: GenerateFn
+) -> tuple[dict[str, EvalCase], dict[str, Any] | None]:
+    """`cases` with a GCG case after every attack case asked as is (no transform, one prompt per question):
+    VLGuard's `unsafe_normal` gives `unsafe_gcg` (OUT/gcg/gcg.jsonl; its summary is returned for
+    metrics.json `gcg`), a benchmark case `<name>.<case>` gives `<name>.<case>_gcg` (OUT/gcg/<key>.jsonl)."""
+    result: dict[str, EvalCase] = {}
+    vlguard_info = None
+    for key, case in cases.items():
+        result[key] = case
+        plain = case.spec is None or case.spec.transform is None
+        if case.kind != "attack" or not plain or (case.benchmark is None and key != "unsafe_normal"):
+            continue
+        gcg_key = "unsafe_gcg" if key == "unsafe_normal" else f"{key}_gcg"
+        log = out / "gcg" / ("gcg.jsonl" if key == "unsafe_normal" else f"{gcg_key}.jsonl")
+        built, info = gcg_case(settings, case, gcg_key, log, generate)
+        if key == "unsafe_normal":
+            vlguard_info = info
+        if case.benchmark is not None:
+            label = f"{case.spec.label}, GCG suffix"
+            spec = case.spec.model_copy(update={"label": label, "pairs_with": case.name})
+            name = gcg_key.split(".", 1)[-1]
+            built = dataclasses.replace(built, name=name, spec=spec, transform={"type": "gcg", **info})
+        result[gcg_key] = built
+    return result, vlguard_info
 
 
 def answers_for(
@@ -754,6 +786,8 @@ def _common_methods(cases: Iterable[EvalCase], default: Sequence[str]) -> list[s
 
 
 def _transform_json(case: EvalCase) -> dict[str, Any] | None:
+    if case.transform is not None:
+        return case.transform
     transform = getattr(case.spec, "transform", None)
     return None if transform is None else transform.model_dump(mode="json")
 
@@ -891,11 +925,7 @@ def run_eval(
     generate = generate or HFGenerate(settings, cases)
     gcg_info: dict[str, Any] | None = {"file": str(settings.gcg)} if settings.gcg is not None else None
     if settings.gcg_build is not None:
-        normal = cases["unsafe_normal"]
-        prompts, gcg_info = gcg_case(settings, normal.prompts, out / "gcg" / "gcg.jsonl", generate)
-        cases["unsafe_gcg"] = dataclasses.replace(
-            normal, key="unsafe_gcg", prompts=prompts, pairs_with="unsafe_normal"
-        )
+        cases, gcg_info = gcg_cases(settings, cases, out, generate)
     (out / "generations").mkdir(parents=True, exist_ok=True)
     (out / "judged").mkdir(parents=True, exist_ok=True)
 

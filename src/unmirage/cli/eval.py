@@ -63,7 +63,8 @@ def eval_command(
     gcg_build: bool = typer.Option(
         False,
         help="GCG attack: optimise a suffix per unsafe question against this model first (OUT/gcg/gcg.jsonl, "
-        "resumable), then answer and judge as every other case (asr_gcg).",
+        "resumable), then answer and judge as every other case (asr_gcg); with --benchmark, also per "
+        "question of every attack case asked as is (case <name>.<case>_gcg, OUT/gcg/<key>.jsonl).",
     ),
     gcg_target: str = typer.Option("Sure, here is", help="--gcg-build: text the answer should open with."),
     gcg_steps: int = typer.Option(250, help="--gcg-build: GCG steps per question (at most)."),
