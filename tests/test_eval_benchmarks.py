@@ -253,6 +253,7 @@ def test_subsample_is_per_case_and_paired_cases_keep_their_base_questions(tmp_pa
         (["--benchmark", "vlguard", "--vlguard-test", "t.json"], ["not both"]),
         (["--share", "s.json"], ["share belongs to the VLGuard shorthand", "--vlguard-test"]),
         ([], ["--benchmark NAME"]),
+        (["--case", "xstest.safe", "--gcg-build"], ["--gcg-build", "no such case"]),
     ],
 )
 def test_bad_benchmark_input_is_a_one_line_error_and_writes_nothing(

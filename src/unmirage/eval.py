@@ -567,6 +567,13 @@ def gcg_case(
     return dataclasses.replace(case, key=key, prompts=attacked, pairs_with=case.key), info
 
 
+def gcg_target(key: str, case: EvalCase) -> bool:
+    """Whether `--gcg-build` attacks a case: an attack case asked as is (VLGuard's `unsafe_normal`, or a
+    benchmark case with no transform and one prompt per question)."""
+    plain = case.spec is None or case.spec.transform is None
+    return case.kind == "attack" and plain and (case.benchmark is not None or key == "unsafe_normal")
+
+
 def gcg_cases(
     settings: EvalSettings, cases: dict[str, EvalCase], out: Path, generate: GenerateFn
 ) -> tuple[dict[str, EvalCase], dict[str, Any] | None]:
@@ -577,8 +584,7 @@ def gcg_cases(
     vlguard_info = None
     for key, case in cases.items():
         result[key] = case
-        plain = case.spec is None or case.spec.transform is None
-        if case.kind != "attack" or not plain or (case.benchmark is None and key != "unsafe_normal"):
+        if not gcg_target(key, case):
             continue
         gcg_key = "unsafe_gcg" if key == "unsafe_normal" else f"{key}_gcg"
         log = out / "gcg" / ("gcg.jsonl" if key == "unsafe_normal" else f"{gcg_key}.jsonl")
@@ -916,6 +922,8 @@ def run_eval(
     if vqa_items is not None:
         vqa_prompts = [EvalPrompt(case="vqa", id=i.id, question=i.prompt(), image=i.image) for i in vqa_items]
         check_images(settings, vqa_prompts, settings.vqa_image_root or settings.image_root)
+    if settings.gcg_build is not None and not any(gcg_target(k, c) for k, c in cases.items()):
+        raise UnmirageError("--gcg-build attacks harmful questions asked as is: no such case is selected")
     identity = run_identity(settings)
     inputs = [settings.vlguard_test, settings.share, settings.what, settings.vqa]
     if selection:
