@@ -12,6 +12,12 @@ OUT/metrics.json (schema: docs/metrics.md), next to OUT/generations/*.jsonl, OUT
 OUT/judge_cache.jsonl and OUT/manifest.json. A rerun of the same command resumes: finished generations and
 cached LLM verdicts are reused, and judge requests that failed are retried.
 
+Benchmarks as data (`unmirage.benchmarks`): `--benchmark NAME` / `--case NAME.CASE` run any registered
+benchmark's cases from a data root (`--data-root` or `UNMIRAGE_DATA_DIR`) in the same run, through the same
+model load and generator (with `--gcg-build`, a GCG case after each attack case asked as is), and add
+`benchmarks.<name>.<case>` to metrics.json. The VLGuard options
+(`--vlguard-test/--share/--what`) are a shorthand for the packaged VLGuard spec with the files given.
+
 Generation is a function call (`GenerateFn`), so tests and other back ends can stand in for the model.
 """
 
@@ -20,12 +26,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from unmirage.attacks_gcg import GCGConfig
 from unmirage.config import StrictModel
@@ -33,28 +40,30 @@ from unmirage.errors import UnmirageError
 from unmirage.metrics import (
     ANSWERED_METHODS,
     ASR_METHODS,
+    CASES,
     REFUSAL_JUDGES,
     Bootstrap,
+    benchmark_case_metrics,
     build_metrics,
     judges_needed,
 )
 
-CASE_SOURCES = {
-    # case: (settings field holding the file, VLGuard subset)
-    "safe_normal": ("vlguard_test", "safe_safes"),
-    "safe_share": ("share", "safe_safes"),
-    "unsafe_normal": ("vlguard_test", "unsafes"),
-    "unsafe_attack": ("what", "unsafes"),
-    "unsafe_prefill": ("vlguard_test", "unsafes"),  # only with --prefill
-    "unsafe_gcg": ("gcg", "unsafes"),  # a prebuilt GCG attack file (or built here: `gcg_build`)
-}
+VLGUARD = "vlguard"
+"""The packaged benchmark the VLGuard shorthand stands for; its cases keep their bare names as keys."""
+VLGUARD_FILES = {"test": "vlguard_test", "share": "share", "what": "what"}
+"""The VLGuard spec's data keys -> the settings fields of the shorthand that give those files."""
+GCG_SOURCE = {"file": "gcg", "subset": "unsafes"}
+"""`unsafe_gcg`: the unsafe questions of a prebuilt GCG attack file (or built here: `gcg_build`)."""
 
 
 class EvalSettings(StrictModel):
     """Everything `unmirage eval` needs (and records in the manifest)."""
 
     model: str
-    vlguard_test: Path
+    vlguard_test: Path | None = None
+    benchmarks: list[str] = Field(default_factory=list)
+    cases: list[str] = Field(default_factory=list)
+    data_root: Path | None = None
     share: Path | None = None
     what: Path | None = None
     image_root: Path | None = None
@@ -120,6 +129,31 @@ class EvalSettings(StrictModel):
             raise ValueError("the prefill text is empty")
         return value
 
+    @field_validator("cases")
+    @classmethod
+    def _dotted_cases(cls, value: list[str]) -> list[str]:
+        for item in value:
+            name, _, case = item.partition(".")
+            if not name or not case:
+                raise ValueError(f"'{item}' is not NAME.CASE (e.g. xstest.safe)")
+        return list(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _something_to_run(self) -> EvalSettings:
+        if self.vlguard_test is None:
+            for name in ("share", "what", "prefill", "gcg"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} belongs to the VLGuard shorthand: give --vlguard-test too")
+            if not (self.benchmarks or self.cases):
+                raise ValueError(
+                    "give --benchmark NAME (or --case NAME.CASE), or the VLGuard files with --vlguard-test"
+                )
+        elif VLGUARD in self.benchmarks or any(c.startswith(f"{VLGUARD}.") for c in self.cases):
+            raise ValueError(
+                "give either --benchmark vlguard (files from the data root) or --vlguard-test, not both"
+            )
+        return self
+
     @field_validator("subsample", "bootstrap")
     @classmethod
     def _positive(cls, value: int | None) -> int | None:
@@ -139,6 +173,33 @@ class EvalPrompt:
     shot: int = 0
     category: str | None = None
     subcategory: str | None = None
+    prefill: str | None = None
+
+
+@dataclass
+class EvalCase:
+    """One case of a run: its prompts, and how they are generated, judged and reported.
+
+    `key` names its files (`generations/<key>.jsonl`) and its metrics: VLGuard's cases keep their bare
+    names (`safe_normal`, ...), other benchmarks' are `<benchmark>.<case>`. `kind` is the metrics kind
+    (`refusal`, `attack`, or `kshot` for an attack with several rewrites per question). `image_root` and
+    `with_images` say how images reach the model; `images` records it (`files`, `placeholder` or `none`).
+    """
+
+    key: str
+    kind: str
+    prompts: list[EvalPrompt]
+    methods: list[str]
+    image_root: Path | None = None
+    with_images: bool = False
+    images: str = "none"
+    benchmark: str | None = None
+    name: str | None = None
+    spec: Any = None
+    pairs_with: str | None = None
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    root_relative: bool = False
+    transform: dict[str, Any] | None = None
 
 
 # (case, prompts, output JSONL path) -> one answer row per prompt with at least id, variant (= shot), answer.
@@ -148,42 +209,219 @@ GenerateFn = Callable[[str, Sequence[EvalPrompt], Path], list[dict[str, Any]]]
 # ----- the questions ---------------------------------------------------------------------------------------------
 
 
-def load_cases(settings: EvalSettings) -> dict[str, list[EvalPrompt]]:
-    """The prompts of every case whose file was given, subsampled (same ids across paired cases)."""
-    from unmirage.data.vlguard import load_samples
+def _draw(ids: set[str], seed: str, n: int) -> set[str]:
+    """The ids a subsample of `n` keeps: a seeded draw from the sorted ids (the same for every case that
+    draws from the same base case)."""
+    pool = sorted(ids)
+    return set(random.Random(seed).sample(pool, min(n, len(pool))))
 
-    cases: dict[str, list[EvalPrompt]] = {}
-    for case, (field, subset) in CASE_SOURCES.items():
-        path = getattr(settings, field)
-        if path is None or (case == "unsafe_prefill" and settings.prefill is None):
+
+def _eval_prompt(key: str, p: Any) -> EvalPrompt:
+    """An `EvalPrompt` of case `key` from a `benchmarks.BenchmarkPrompt`."""
+    return EvalPrompt(
+        case=key,
+        id=p.id,
+        question=p.question,
+        image=p.image,
+        shot=p.shot,
+        category=p.category,
+        subcategory=p.extra.get("subcategory"),
+        prefill=p.prefill,
+    )
+
+
+def _case_key(benchmark: str, case: str) -> str:
+    """A case's key: VLGuard's protocol cases keep their bare names (the headline keys), others are dotted."""
+    return case if benchmark == VLGUARD and case in CASES else f"{benchmark}.{case}"
+
+
+def _base_case(spec: Any, case: str) -> str:
+    """The case a case's questions are drawn from in a subsample: the end of its `pairs_with` chain."""
+    seen = {case}
+    while spec.cases[case].pairs_with is not None and spec.cases[case].pairs_with not in seen:
+        case = spec.cases[case].pairs_with
+        seen.add(case)
+    return case
+
+
+def _vlguard_shorthand(settings: EvalSettings) -> dict[str, EvalCase]:
+    """The cases of the VLGuard shorthand: the packaged VLGuard spec read from the files given
+    (`--vlguard-test`, `--share`, `--what`), its prefill case only with `--prefill` (that text), plus
+    `unsafe_gcg` from a `--gcg` attack file."""
+    from unmirage.benchmarks import LOADERS, get_benchmark
+    from unmirage.benchmarks.loaders import read_case
+    from unmirage.benchmarks.spec import PrefillTransform
+
+    spec = get_benchmark(VLGUARD)
+    paths = {k: Path(getattr(settings, f)) for k, f in VLGUARD_FILES.items() if getattr(settings, f)}
+    root = None if settings.placeholder_images else settings.image_root
+    cases: dict[str, EvalCase] = {}
+
+    def add(name: str, prompts: list[Any], pairs_with: str | None) -> None:
+        cases[name] = EvalCase(
+            key=name,
+            kind=CASES[name][1],
+            prompts=[_eval_prompt(name, p) for p in prompts],
+            methods=list(settings.asr_methods),
+            image_root=root,
+            with_images=root is not None,
+            images=_images_seen(root is not None, settings.placeholder_images),
+            pairs_with=pairs_with,
+            root_relative=True,
+        )
+
+    for name, cs in spec.cases.items():
+        if cs.records.get("file") not in paths:
             continue
-        kind = "kshot" if case == "unsafe_attack" else "plain"
-        samples = load_samples(path, subset, kind=kind)
-        cases[case] = [
-            EvalPrompt(
-                case=case,
-                id=s.id,
-                question=s.question,
-                image=s.image,
-                shot=s.shot,
-                category=s.category,
-                subcategory=s.subcategory,
+        if isinstance(cs.transform, PrefillTransform):
+            if settings.prefill is None:
+                continue
+            prefill = cs.model_copy(
+                update={"transform": PrefillTransform(type="prefill", text=settings.prefill)}
             )
-            for s in samples
-        ]
+            spec = spec.model_copy(update={"cases": {**spec.cases, name: prefill}})
+        add(name, read_case(spec, name, paths, allow_empty=True).prompts, cs.pairs_with)
+    if settings.gcg is not None:
+        add(
+            "unsafe_gcg",
+            LOADERS[spec.loader].function({"gcg": settings.gcg}, GCG_SOURCE, "unsafe_gcg"),
+            "unsafe_normal",
+        )
     if settings.subsample is not None:
-        for normal, *paired in (
-            ("safe_normal", "safe_share"),
-            ("unsafe_normal", "unsafe_attack", "unsafe_prefill", "unsafe_gcg"),
-        ):
-            ids = sorted({p.id for p in cases[normal]})
-            keep = set(
-                random.Random(f"{settings.seed}/{normal}").sample(ids, min(settings.subsample, len(ids)))
-            )
-            for case in (normal, *paired):
-                if case in cases:
-                    cases[case] = [p for p in cases[case] if p.id in keep]
+        bases = {case.pairs_with or case.key for case in cases.values()}
+        keep = {
+            base: _draw({p.id for p in cases[base].prompts}, f"{settings.seed}/{base}", settings.subsample)
+            for base in bases
+        }
+        for case in cases.values():
+            case.prompts = [p for p in case.prompts if p.id in keep[case.pairs_with or case.key]]
     return cases
+
+
+def _images_seen(with_images: bool, placeholder: bool) -> str:
+    return "files" if with_images else "placeholder" if placeholder else "none"
+
+
+def benchmark_selection(settings: EvalSettings) -> list[tuple[Any, list[str]]]:
+    """The benchmark specs of `--benchmark`/`--case` (validated, data files checked under the data root),
+    in the order given, and the cases to run of each, in spec order; a one-line error names the spec file
+    and field."""
+    from unmirage.benchmarks import data_root, resolve_benchmark
+
+    chosen: dict[str, list[str]] = {name: [] for name in settings.benchmarks}
+    for item in settings.cases:
+        name, _, case = item.rpartition(".")
+        chosen.setdefault(name, []).append(case)
+    if not chosen:
+        return []
+    root = data_root(settings.data_root)
+    if root is None:
+        raise UnmirageError(
+            "the benchmarks read their files from a data root: give --data-root DIR or set "
+            "UNMIRAGE_DATA_DIR (one sub-folder per benchmark, e.g. DIR/xstest/)"
+        )
+    selection, names = [], set()
+    for name, cases in chosen.items():
+        spec = resolve_benchmark(name, root)
+        if spec.name in names:
+            raise UnmirageError(f"benchmark '{spec.name}' is given twice", file=spec.source, field="name")
+        names.add(spec.name)
+        for case in cases:
+            if case not in spec.cases:
+                raise UnmirageError(
+                    f"unknown case '{case}' (choose from {', '.join(spec.cases)})",
+                    file=spec.source,
+                    field="cases",
+                )
+        selection.append((spec, [c for c in spec.cases if c in cases] or list(spec.cases)))
+    return selection
+
+
+def _benchmark_cases(
+    settings: EvalSettings, selection: Sequence[tuple[Any, list[str]]]
+) -> dict[str, EvalCase]:
+    """The selected cases of every benchmark, read from the data root, subsampled per case (paired cases
+    keep the questions of their base case), FigStep images drawn for the prompts kept."""
+    from unmirage.benchmarks import LOADERS, data_root, load_case
+    from unmirage.benchmarks.loaders import draw_images
+    from unmirage.models.load import source_is_multimodal
+
+    root = data_root(settings.data_root)
+    multimodal: list[bool] = []  # read the model's config once, and only when a case has images
+
+    def is_multimodal() -> bool:
+        if not multimodal:
+            multimodal.append(source_is_multimodal(settings.model))
+        return multimodal[0]
+
+    cases: dict[str, EvalCase] = {}
+    for spec, names in selection:
+        loaded = {name: load_case(spec, name, root, render=False) for name in names}
+        for name in names:
+            data, cs = loaded[name], spec.cases[name]
+            prompts, skipped = data.prompts, data.skipped
+            base = _base_case(spec, name)
+            key = _case_key(spec.name, name)
+            if settings.subsample is not None:
+                if base not in loaded:
+                    loaded[base] = load_case(spec, base, root, render=False)
+                seed = f"{settings.seed}/{_case_key(spec.name, base)}"
+                keep = _draw(loaded[base].ids, seed, settings.subsample)
+                prompts = [p for p in prompts if p.id in keep]
+                skipped = [s for s in skipped if s["id"] in keep]
+            draw_images(spec, name, prompts)
+            relative = LOADERS[spec.loader].image_root
+            if relative:
+                image_root = None if settings.placeholder_images else settings.image_root
+                with_images = image_root is not None
+            else:
+                image_root = None
+                has_images = any(p.image is not None for p in prompts)
+                with_images = has_images and not settings.placeholder_images and is_multimodal()
+            seen = _images_seen(with_images, settings.placeholder_images and is_multimodal())
+            extra = [
+                j
+                for j in cs.judges
+                if j in ASR_METHODS
+                and j not in settings.asr_methods
+                and (settings.judge_model or not any(x.startswith("llm-") for x in ASR_METHODS[j]))
+            ]
+            kind = CASES[key][1] if key in CASES else cs.kind
+            if kind == "attack" and any(p.shot > 0 for p in prompts):
+                kind = "kshot"
+            cases[key] = EvalCase(
+                key=key,
+                kind=kind,
+                prompts=[_eval_prompt(key, p) for p in prompts],
+                methods=[*settings.asr_methods, *extra],
+                image_root=image_root,
+                with_images=with_images,
+                images=seen,
+                benchmark=spec.name,
+                name=name,
+                spec=cs,
+                pairs_with=None if base == name else _case_key(spec.name, base),
+                skipped=skipped,
+                root_relative=relative,
+            )
+    return cases
+
+
+def eval_cases(
+    settings: EvalSettings, selection: Sequence[tuple[Any, list[str]]] | None = None
+) -> dict[str, EvalCase]:
+    """Every case of the run: the VLGuard shorthand's (when `vlguard_test` is given), then the benchmarks'
+    (`selection`: `benchmark_selection(settings)` unless given)."""
+    cases = _vlguard_shorthand(settings) if settings.vlguard_test is not None else {}
+    cases.update(
+        _benchmark_cases(settings, benchmark_selection(settings) if selection is None else selection)
+    )
+    return cases
+
+
+def load_cases(settings: EvalSettings) -> dict[str, list[EvalPrompt]]:
+    """The prompts of every case the settings select, subsampled (same ids across paired cases)."""
+    return {key: case.prompts for key, case in eval_cases(settings).items()}
 
 
 def check_images(settings: EvalSettings, prompts: Sequence[EvalPrompt], root: Path | None) -> None:
@@ -204,9 +442,12 @@ def check_images(settings: EvalSettings, prompts: Sequence[EvalPrompt], root: Pa
 
 
 def image_file(root: Path | None, prompt: EvalPrompt) -> str | None:
-    """Absolute path of a prompt's image (None for placeholder runs or image-less questions)."""
-    if root is None or prompt.image is None:
+    """The path of a prompt's image: resolved under `root`, as given without one (a benchmark's own image
+    paths), None for image-less questions."""
+    if prompt.image is None:
         return None
+    if root is None:
+        return prompt.image
     from unmirage.data.images import resolve_image_path
 
     return str(resolve_image_path(root, prompt.image, prompt.id))
@@ -218,14 +459,17 @@ def image_file(root: Path | None, prompt: EvalPrompt) -> str | None:
 class HFGenerate:
     """The default `GenerateFn`: batched, resumable greedy generation with a Hugging Face model.
 
-    The model is loaded once; each image root (the VLGuard one, the VQA one) and assistant prefix (the
-    prefill case) gets its own generator; its image loader resolves the prompts' relative paths under the root.
+    The model is loaded once for the whole run (every case of every benchmark); each image root (the
+    VLGuard one, the VQA one, none for benchmarks whose image paths are usable as given) and assistant
+    prefix (a prefill case) gets its own generator; `cases` say how each case's images reach the model.
     """
 
-    def __init__(self, settings: EvalSettings) -> None:
+    def __init__(self, settings: EvalSettings, cases: dict[str, EvalCase] | None = None) -> None:
         self.settings = settings
+        self.cases = cases or {}
         self._loaded: Any = None
         self._generators: dict[tuple[Path | None, str | None], Any] = {}
+        self.loads = 0
 
     def loaded(self) -> Any:
         """The evaluated model, loaded on first use."""
@@ -237,6 +481,7 @@ class HFGenerate:
             self._loaded = load_for_generation(
                 s.model, backend=s.backend, dtype=s.dtype, device_map=resolve_device(), adapter=s.adapter
             )
+            self.loads += 1
         return self._loaded
 
     def generator(self, root: Path | None, prefix: str | None = None) -> Any:
@@ -270,19 +515,27 @@ class HFGenerate:
         from unmirage.generate.vlguard import items_from_samples
         from unmirage.runs import read_jsonl_resumable
 
-        root = self.settings.vqa_image_root if case == "vqa" else self.settings.image_root
-        root = None if self.settings.placeholder_images else (root or self.settings.image_root)
-        items = items_from_samples(prompts, case=case, with_images=root is not None)
-        prefix = self.settings.prefill if case == "unsafe_prefill" else None
+        if case in self.cases:
+            root, with_images = self.cases[case].image_root, self.cases[case].with_images
+        else:
+            root = self.settings.vqa_image_root if case == "vqa" else self.settings.image_root
+            root = None if self.settings.placeholder_images else (root or self.settings.image_root)
+            with_images = root is not None
+        items = items_from_samples(prompts, case=case, with_images=with_images)
+        prefixes = {p.prefill for p in prompts}
+        if len(prefixes) > 1:
+            raise UnmirageError(f"case {case} mixes prefill texts {sorted(map(str, prefixes))}")
+        prefix = prefixes.pop() if prefixes else None
         run_generation(self.generator(root, prefix), items, out, progress=True, desc=f"generating {case}")
         return read_jsonl_resumable(out)
 
 
 def gcg_case(
-    settings: EvalSettings, prompts: Sequence[EvalPrompt], out: Path, generate: GenerateFn
-) -> tuple[list[EvalPrompt], dict[str, Any]]:
-    """The `unsafe_gcg` prompts: a GCG suffix per unsafe question, optimised against the evaluated model into
-    `out` (one JSON line per question, resumable), and a summary for metrics.json."""
+    settings: EvalSettings, case: EvalCase, key: str, out: Path, generate: GenerateFn
+) -> tuple[EvalCase, dict[str, Any]]:
+    """Case `key`: `case`'s questions, each with a GCG suffix optimised against the evaluated model into
+    `out` (one JSON line per question, resumable; images as `case` shows them), and a summary for
+    metrics.json."""
     from unmirage.attacks_gcg import GCGAttack, GCGTask, run_gcg, summarise
     from unmirage.data.images import ImageLoader
 
@@ -297,20 +550,54 @@ def gcg_case(
         loaded = load_model(
             settings.model, dtype=settings.dtype, device_map=resolve_device(), adapter=settings.adapter
         )
-    root = None if settings.placeholder_images else settings.image_root
+    root = case.image_root
     attack = GCGAttack(
         loaded,
         settings.gcg_build,
         image_loader=ImageLoader(root=root) if root is not None else ImageLoader(),
         placeholder_images=settings.placeholder_images,
     )
-    tasks = [GCGTask(p.id, p.question, p.image if root is not None else None) for p in prompts]
+    tasks = [GCGTask(p.id, p.question, p.image if case.with_images else None) for p in case.prompts]
     results = run_gcg(attack, tasks, out)
     attacked = [
-        dataclasses.replace(p, case="unsafe_gcg", question=r.attacked_question)
-        for p, r in zip(prompts, results, strict=True)
+        dataclasses.replace(p, case=key, question=r.attacked_question)
+        for p, r in zip(case.prompts, results, strict=True)
     ]
-    return attacked, {"log": str(out), **settings.gcg_build.model_dump(mode="json"), **summarise(results)}
+    info = {"log": str(out), **settings.gcg_build.model_dump(mode="json"), **summarise(results)}
+    return dataclasses.replace(case, key=key, prompts=attacked, pairs_with=case.key), info
+
+
+def gcg_target(key: str, case: EvalCase) -> bool:
+    """Whether `--gcg-build` attacks a case: an attack case asked as is (VLGuard's `unsafe_normal`, or a
+    benchmark case with no transform and one prompt per question)."""
+    plain = case.spec is None or case.spec.transform is None
+    return case.kind == "attack" and plain and (case.benchmark is not None or key == "unsafe_normal")
+
+
+def gcg_cases(
+    settings: EvalSettings, cases: dict[str, EvalCase], out: Path, generate: GenerateFn
+) -> tuple[dict[str, EvalCase], dict[str, Any] | None]:
+    """`cases` with a GCG case after every attack case asked as is (no transform, one prompt per question):
+    VLGuard's `unsafe_normal` gives `unsafe_gcg` (OUT/gcg/gcg.jsonl; its summary is returned for
+    metrics.json `gcg`), a benchmark case `<name>.<case>` gives `<name>.<case>_gcg` (OUT/gcg/<key>.jsonl)."""
+    result: dict[str, EvalCase] = {}
+    vlguard_info = None
+    for key, case in cases.items():
+        result[key] = case
+        if not gcg_target(key, case):
+            continue
+        gcg_key = "unsafe_gcg" if key == "unsafe_normal" else f"{key}_gcg"
+        log = out / "gcg" / ("gcg.jsonl" if key == "unsafe_normal" else f"{gcg_key}.jsonl")
+        built, info = gcg_case(settings, case, gcg_key, log, generate)
+        if key == "unsafe_normal":
+            vlguard_info = info
+        if case.benchmark is not None:
+            label = f"{case.spec.label}, GCG suffix"
+            spec = case.spec.model_copy(update={"label": label, "pairs_with": case.name})
+            name = gcg_key.split(".", 1)[-1]
+            built = dataclasses.replace(built, name=name, spec=spec, transform={"type": "gcg", **info})
+        result[gcg_key] = built
+    return result, vlguard_info
 
 
 def answers_for(
@@ -350,12 +637,9 @@ def answers_for(
 class CaseJudging:
     """Runs the refusal judge and the ASR cascades over one case's answers, with one cache for LLM judges."""
 
-    def __init__(
-        self, settings: EvalSettings, cache: Any, image_root: Path | None, backend: Any = None
-    ) -> None:
+    def __init__(self, settings: EvalSettings, cache: Any, backend: Any = None) -> None:
         self.settings = settings
         self.cache = cache
-        self.image_root = image_root
         self._backend: Any = backend
         self._judges: dict[tuple[str, bool], Any] = {}
 
@@ -377,11 +661,11 @@ class CaseJudging:
                 raise UnmirageError("the LLM judges need --judge-model (and --judge-url for a server)")
         return self._backend
 
-    def judge(self, name: str, case: str) -> Any:
-        """The judge object for `name` in `case` (the 3-shot rule list for the K-shot attack)."""
+    def judge(self, name: str, kind: str) -> Any:
+        """The judge object for `name` in a case of `kind` (the 3-shot rule list for K-shot attacks)."""
         from unmirage.judges import JUDGES, get_judge
 
-        extended = name == "rules" and case == "unsafe_attack"
+        extended = name == "rules" and kind == "kshot"
         key = (name, extended)
         if key not in self._judges:
             options: dict[str, Any] = {}
@@ -402,21 +686,21 @@ class CaseJudging:
             self._judges[key] = get_judge(name, **options)
         return self._judges[key]
 
-    def run(self, name: str, case: str, records: list[dict[str, Any]]) -> None:
-        """Judge `records` with `name` and merge the verdicts into them (in place)."""
+    def run(self, name: str, case: EvalCase, records: list[dict[str, Any]]) -> None:
+        """Judge `records` of `case` with `name` and merge the verdicts into them (in place)."""
         from unmirage.judges import JudgeItem, merge_verdict, run_judge
 
         if not records:
             return
-        judge = self.judge(name, case)
-        with_images = judge.cacheable and getattr(judge, "use_images", False)
+        judge = self.judge(name, case.kind)
+        with_images = judge.cacheable and getattr(judge, "use_images", False) and case.with_images
         items = [
             JudgeItem(
                 id=r["id"],
                 answer=r["answer"],
                 question=r["question"],
                 key=f"{r['id']}#{r['shot']}",
-                image=image_file(self.image_root, _prompt_of(r)) if with_images else None,
+                image=image_file(case.image_root, _prompt_of(r)) if with_images else None,
             )
             for r in records
         ]
@@ -426,19 +710,17 @@ class CaseJudging:
             cache=self.cache,
             batch_size=self.settings.judge_batch_size,
             progress=judge.cacheable,
-            desc=f"{name} on {case}",
+            desc=f"{name} on {case.key}",
         )
         for record, verdict in zip(records, verdicts, strict=True):
             record.update(merge_verdict(record, name, verdict))
 
-    def case(self, case: str, records: list[dict[str, Any]]) -> None:
-        """All judgements one case needs: the refusal judge; on harmful cases every ASR cascade; on safe
-        cases the `llm-topic` cascade too when it is an ASR method (is the safe question really answered?)."""
+    def case(self, case: EvalCase, records: list[dict[str, Any]]) -> None:
+        """All judgements one case needs: the refusal judge; on harmful cases every ASR cascade of the case;
+        on safe cases the `llm-topic` cascade too when it is one (is the safe question really answered?)."""
         self.run(self.settings.refusal_judge, case, records)
         methods = (
-            self.settings.asr_methods
-            if case.startswith("unsafe")
-            else [m for m in self.settings.asr_methods if m in ANSWERED_METHODS]
+            case.methods if case.kind != "refusal" else [m for m in case.methods if m in ANSWERED_METHODS]
         )
         for method in methods:
             while True:
@@ -480,6 +762,79 @@ def judge_errors(records: Sequence[dict[str, Any]]) -> int:
 # ----- the whole run ---------------------------------------------------------------------------------------------
 
 
+def check_benchmark_images(cases: Iterable[EvalCase]) -> None:
+    """Fail before any generation if an image a benchmark case shows the model (a path as given) is
+    missing or unreadable (cases whose paths are relative to `--image-root` go through `check_images`)."""
+    from unmirage.data.images import ImageLoader
+
+    images = [(p.id, p.image) for c in cases if c.with_images and not c.root_relative for p in c.prompts]
+    if images:
+        ImageLoader().verify([(i, image) for i, image in images if image is not None], progress=True)
+
+
+def _shorthand_files(settings: EvalSettings) -> dict[str, str]:
+    """metrics.json `files`: the file of every VLGuard case the shorthand's files give (case -> path)."""
+    from unmirage.benchmarks import get_benchmark
+
+    fields = {
+        name: VLGUARD_FILES[str(cs.records["file"])] for name, cs in get_benchmark(VLGUARD).cases.items()
+    }
+    fields["unsafe_gcg"] = "gcg"
+    return {case: str(getattr(settings, f)) for case, f in fields.items() if getattr(settings, f)}
+
+
+def _common_methods(cases: Iterable[EvalCase], default: Sequence[str]) -> list[str]:
+    """The ASR methods every harmful case of `cases` ran (in order), `default` when there is none."""
+    harmful = [c.methods for c in cases if c.kind != "refusal"]
+    if not harmful:
+        return list(default)
+    return [m for m in harmful[0] if all(m in methods for methods in harmful)]
+
+
+def _transform_json(case: EvalCase) -> dict[str, Any] | None:
+    if case.transform is not None:
+        return case.transform
+    transform = getattr(case.spec, "transform", None)
+    return None if transform is None else transform.model_dump(mode="json")
+
+
+def benchmark_metrics(
+    cases: dict[str, EvalCase],
+    judged: dict[str, list[dict[str, Any]]],
+    settings: EvalSettings,
+    confidence: float,
+) -> dict[str, dict[str, Any]]:
+    """metrics.json `benchmarks`: `<name>.<case>` -> `metrics.benchmark_case_metrics` plus what the case
+    is (label, transform, pairing, judges run) and what it lost (rewrites skipped, questions short of K)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, case in cases.items():
+        if case.benchmark is None:
+            continue
+        entry = benchmark_case_metrics(
+            case.kind,
+            judged[key],
+            refusal_judge=settings.refusal_judge,
+            asr_methods=case.methods,
+            confidence=confidence,
+        )
+        k = getattr(case.spec.transform, "k", None)
+        shots = Counter(p.id for p in case.prompts)
+        entry |= {
+            "label": case.spec.label,
+            "transform": _transform_json(case),
+            "pairs_with": case.spec.pairs_with,
+            "by_category": case.spec.by_category,
+            "judges": case.methods if case.kind != "refusal" else [settings.refusal_judge],
+            "images": case.images,
+            "skipped": len(case.skipped),
+            "skipped_ids": [s["id"] for s in case.skipped],
+            "short_of_k": sum(n < k for n in shots.values()) if k else 0,
+            "file": key,
+        }
+        out.setdefault(case.benchmark, {})[case.name] = entry
+    return out
+
+
 def run_identity(settings: EvalSettings) -> dict[str, Any]:
     """What decides an eval folder's answers (a resume must match it; judges are cached by their own keys)."""
     from unmirage.outputs import file_identity, folder_path, model_identity
@@ -498,6 +853,23 @@ def run_identity(settings: EvalSettings) -> dict[str, Any]:
         "template": s.template,
         "max_new_tokens": s.max_new_tokens,
     }
+
+
+def benchmark_identity(selection: Sequence[tuple[Any, list[str]]], settings: EvalSettings) -> dict[str, Any]:
+    """The benchmark part of a run's identity: each spec file and data file, the cases and the subsample."""
+    from unmirage.benchmarks import data_root
+    from unmirage.outputs import file_identity
+
+    root = data_root(settings.data_root)
+    benchmarks = {
+        spec.name: {
+            "spec": file_identity(spec.source),
+            "files": {k: file_identity(p) for k, p in spec.paths(root).items()},
+            "cases": names,
+        }
+        for spec, names in selection
+    }
+    return {"benchmarks": benchmarks, "subsample": settings.subsample, "seed": settings.seed}
 
 
 def run_eval(
@@ -536,53 +908,51 @@ def run_eval(
         raise UnmirageError("give either --gcg FILE or --gcg-build, not both")
     if settings.gcg_build is not None and settings.gcg_build.template != settings.template:
         raise UnmirageError("the GCG suffixes must be optimised with the prompt template of the evaluation")
-    cases = load_cases(settings)
+    selection = benchmark_selection(settings)
+    cases = eval_cases(settings, selection)
     vqa_items = None
     if settings.vqa is not None:
         from unmirage.utility import load_vqa
 
         vqa_items = load_vqa(settings.vqa)
-    all_prompts = [p for prompts in cases.values() for p in prompts]
-    check_images(settings, all_prompts, settings.image_root)
+    rooted = [p for case in cases.values() if case.root_relative for p in case.prompts]
+    if rooted or settings.vlguard_test is not None:
+        check_images(settings, rooted, settings.image_root)
+    check_benchmark_images(cases.values())
     if vqa_items is not None:
         vqa_prompts = [EvalPrompt(case="vqa", id=i.id, question=i.prompt(), image=i.image) for i in vqa_items]
         check_images(settings, vqa_prompts, settings.vqa_image_root or settings.image_root)
+    if settings.gcg_build is not None and not any(gcg_target(k, c) for k, c in cases.items()):
+        raise UnmirageError("--gcg-build attacks harmful questions asked as is: no such case is selected")
     identity = run_identity(settings)
-    claim_folder(
-        out,
-        command="eval",
-        identity=identity,
-        overwrite=overwrite,
-        inputs=[settings.vlguard_test, settings.share, settings.what, settings.vqa],
-    )
-    generate = generate or HFGenerate(settings)
+    inputs = [settings.vlguard_test, settings.share, settings.what, settings.vqa]
+    if selection:
+        identity |= benchmark_identity(selection, settings)
+        inputs += [spec.source for spec, _names in selection]
+    claim_folder(out, command="eval", identity=identity, overwrite=overwrite, inputs=inputs)
+    generate = generate or HFGenerate(settings, cases)
     gcg_info: dict[str, Any] | None = {"file": str(settings.gcg)} if settings.gcg is not None else None
     if settings.gcg_build is not None:
-        cases["unsafe_gcg"], gcg_info = gcg_case(
-            settings, cases["unsafe_normal"], out / "gcg" / "gcg.jsonl", generate
-        )
+        cases, gcg_info = gcg_cases(settings, cases, out, generate)
     (out / "generations").mkdir(parents=True, exist_ok=True)
     (out / "judged").mkdir(parents=True, exist_ok=True)
 
     judged: dict[str, list[dict[str, Any]]] = {}
-    image_root = None if settings.placeholder_images else settings.image_root
     with JudgeCache(out / "judge_cache.jsonl") as cache:
-        judging = CaseJudging(settings, cache, image_root, judge_backend)
-        for case, prompts in cases.items():
-            rows = generate(case, prompts, out / "generations" / f"{case}.jsonl")
-            records = answers_for(case, prompts, rows)
+        judging = CaseJudging(settings, cache, judge_backend)
+        for key, case in cases.items():
+            rows = generate(key, case.prompts, out / "generations" / f"{key}.jsonl")
+            records = answers_for(key, case.prompts, rows)
             judging.case(case, records)
-            with atomic_open(out / "judged" / f"{case}.jsonl") as handle:
+            with atomic_open(out / "judged" / f"{key}.jsonl") as handle:
                 handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-            judged[case] = records
+            judged[key] = records
         judge_info = judging.describe()
     boot = Bootstrap(samples=settings.bootstrap, seed=settings.seed)
     info = {
         "model": settings.model,
         "label": settings.label,
-        "files": {
-            c: str(getattr(settings, f)) for c, (f, _s) in CASE_SOURCES.items() if getattr(settings, f)
-        },
+        "files": _shorthand_files(settings),
         "subsample": settings.subsample,
         "seed": settings.seed,
         "prefill": settings.prefill,
@@ -596,13 +966,19 @@ def run_eval(
         "judges": judge_info,
         "bootstrap": boot.to_json(),
     }
+    protocol = {k: c for k, c in cases.items() if k in CASES and c.benchmark in (None, VLGUARD)}
     metrics = build_metrics(
-        judged,
+        {k: judged[k] for k in protocol},
         refusal_judge=settings.refusal_judge,
-        asr_methods=settings.asr_methods,
+        asr_methods=_common_methods(protocol.values(), settings.asr_methods),
         confidence=boot.confidence,
         **info,
     )
+    if selection:
+        from unmirage.benchmarks import data_root
+
+        metrics["data_root"] = str(data_root(settings.data_root))
+        metrics["benchmarks"] = benchmark_metrics(cases, judged, settings, boot.confidence)
     if vqa_items is not None:
         from unmirage.utility import score_vqa
 
@@ -618,11 +994,7 @@ def run_eval(
     if hasattr(generate, "throughput"):
         metrics.update(generate.throughput())
     atomic_write_json(out / "metrics.json", metrics)
-    inputs = [
-        p
-        for p in (settings.vlguard_test, settings.share, settings.what, settings.gcg, settings.vqa)
-        if p is not None
-    ]
+    inputs = [p for p in (*inputs, settings.gcg) if p is not None]
     outputs = [
         out / "metrics.json",
         *sorted((out / "gcg").glob("*.jsonl")),
@@ -643,7 +1015,7 @@ def run_eval(
         outputs=outputs,
         seed=settings.seed,
         placeholder_images=settings.placeholder_images,
-        prompts={c: len(p) for c, p in cases.items()},
+        prompts={k: len(c.prompts) for k, c in cases.items()},
     )
     errors = sum(judge_errors(records) for records in judged.values())
     if errors:

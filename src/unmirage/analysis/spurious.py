@@ -290,6 +290,75 @@ def analyze_file(
     return result
 
 
+def benchmark_texts(
+    benchmarks: Sequence[str], data_root: str | os.PathLike | None
+) -> tuple[list[LabelledText], list[dict[str, Any]]]:
+    """The prompts of registered benchmarks (names or spec files) as labelled texts: every case without a
+    transform, as the benchmark asks it; attack cases are unsafe (label A), refusal cases safe. A question
+    in several cases of the same kind counts once. Also returns, per benchmark, the spec and data files
+    read (for a run's identity)."""
+    from unmirage.benchmarks import data_root as resolve_root
+    from unmirage.benchmarks import load_case, resolve_benchmark
+
+    root = resolve_root(data_root)
+    if root is None:
+        raise UnmirageError("give --data-root DIR or set UNMIRAGE_DATA_DIR (one sub-folder per benchmark)")
+    texts: list[LabelledText] = []
+    seen: set[tuple[str, str, bool]] = set()
+    sources = []
+    for name in benchmarks:
+        spec = resolve_benchmark(name, root)
+        plain = [case for case, cs in spec.cases.items() if cs.transform is None]
+        for case in plain:
+            positive = spec.cases[case].kind == "attack"
+            for prompt in load_case(spec, case, root, render=False).prompts:
+                key = (f"{spec.name}/{prompt.id}#{prompt.shot}", prompt.question, positive)
+                if key not in seen:
+                    seen.add(key)
+                    texts.append(LabelledText(prompt.question, positive, key[0]))
+        sources.append({"spec": spec.source, "files": spec.paths(root), "cases": plain})
+    return texts, sources
+
+
+def analyze_benchmarks(
+    benchmarks: Sequence[str],
+    data_root: str | os.PathLike | None = None,
+    *,
+    ngram: int = 1,
+    position: str = "first",
+    prior_mass: float | None = None,
+    min_count: int = 1,
+) -> SpuriousResult:
+    """Rank the tokens that separate the unsafe prompts (attack cases) from the safe ones (refusal cases)
+    of one or more benchmarks (`benchmark_texts`); a benchmark of harmful questions alone (FigStep) needs
+    one with safe prompts next to it."""
+    texts, sources = benchmark_texts(benchmarks, data_root)
+    for label, positive in (("unsafe (attack cases)", True), ("safe (refusal cases)", False)):
+        if not any(t.positive == positive for t in texts):
+            raise UnmirageError(
+                f"{', '.join(benchmarks)}: no {label} prompts; add a benchmark that has them "
+                "(e.g. --benchmark xstest)"
+            )
+    result = token_table(
+        texts,
+        ngram=ngram,
+        position=position,
+        prior_mass=prior_mass,
+        min_count=min_count,
+        labels=("unsafe", "safe"),
+    )
+    result.settings = {
+        "source": "benchmarks " + ", ".join(benchmarks),
+        "format": "benchmark",
+        "field": "question",
+        "label_by": "case kind (attack: unsafe, refusal: safe)",
+        "cases": {str(s["spec"]): s["cases"] for s in sources},
+        "inputs": [str(p) for s in sources for p in (s["spec"], *s["files"].values())],
+        **result.settings,
+    }
+    return result
+
+
 def plot_top_tokens(result: SpuriousResult, path: str | os.PathLike, k: int = 15) -> None:
     """Diverging horizontal bar chart of the `k` strongest tokens each way (z-score; label A to the right)."""
     from unmirage.analysis.plotting import pyplot, save_png

@@ -194,9 +194,10 @@ def load_mossbench(paths: dict[str, Path], records: dict[str, Any], case: str) -
     return prompts
 
 
-@register_loader("vlguard", selectors={"file", "subset", "kind"}, file_selectors={"file"})
+@register_loader("vlguard", selectors={"file", "subset", "kind"}, file_selectors={"file"}, image_root=True)
 def load_vlguard_case(paths: dict[str, Path], records: dict[str, Any], case: str) -> list[BenchmarkPrompt]:
-    """VLGuard-schema files (test and attack files) through `unmirage.data.vlguard.load_samples`."""
+    """VLGuard-schema files (test and attack files) through `unmirage.data.vlguard.load_samples`; image
+    paths stay relative to the image root the user gives."""
     path = _selected_file(paths, records, "file")
     samples = load_samples(path, str(records.get("subset", "unsafes")), kind=records.get("kind", "plain"))
     return [
@@ -258,26 +259,54 @@ def _apply(case: str, prompts: list[BenchmarkPrompt], transform: Any, render: bo
     return data
 
 
+def read_case(
+    spec: BenchmarkSpec,
+    case: str,
+    paths: dict[str, Path],
+    *,
+    render: bool = True,
+    allow_empty: bool = False,
+) -> CaseData:
+    """The prompts of `spec`'s case `case` read from the data files `paths` (data key -> file), transform
+    applied; errors name the data file, not the spec (`load_case` adds the spec file and case). A case
+    that selects no records is an error unless `allow_empty`."""
+    from unmirage.benchmarks.spec import LOADERS
+
+    cs = spec.cases[case]
+    prompts = LOADERS[spec.loader].function(paths, dict(cs.records), case)
+    if not prompts and not allow_empty:
+        raise UnmirageError("selects no records", field="records")
+    return _apply(case, prompts, cs.transform, render)
+
+
+def draw_images(spec: BenchmarkSpec, case: str, prompts: list[BenchmarkPrompt]) -> None:
+    """Draw (or find in the cache) the typographic images of `prompts` read with `render=False`."""
+    transform = spec.cases[case].transform
+    if isinstance(transform, TypographyTransform):
+        try:
+            for p in tqdm(prompts, desc=f"{case}: drawing images", leave=False):
+                typography.render_cached(str(p.extra[transform.field]))
+        except UnmirageError as err:
+            raise UnmirageError(f"{spec.source}: case '{case}': {err}") from None
+
+
 def load_case(
     spec: BenchmarkSpec, case: str, data_root: str | os.PathLike, *, render: bool = True
 ) -> CaseData:
     """The prompts of `spec`'s case `case` read from `<data_root>/<spec.name>/`, transform applied.
 
-    `render=False` gives typographic prompts their cache paths without drawing the images.
+    `render=False` gives typographic prompts their cache paths without drawing the images (`draw_images`
+    draws them later, e.g. only for a subsample).
     """
     if case not in spec.cases:
         raise UnmirageError(
-            f"unknown case '{case}' of benchmark {spec.name} (choose from {', '.join(spec.cases)})"
+            f"unknown case '{case}' of benchmark {spec.name} (choose from {', '.join(spec.cases)})",
+            file=spec.source,
+            field="cases",
         )
-    from unmirage.benchmarks.spec import LOADERS
-
     check_data(spec, data_root)
-    cs = spec.cases[case]
     try:
-        prompts = LOADERS[spec.loader].function(spec.paths(data_root), dict(cs.records), case)
-        if not prompts:
-            raise UnmirageError("selects no records", field="records")
-        return _apply(case, prompts, cs.transform, render)
+        return read_case(spec, case, spec.paths(data_root), render=render)
     except UnmirageError as err:
         raise UnmirageError(f"{spec.source}: case '{case}': {err}") from None
 

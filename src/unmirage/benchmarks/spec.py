@@ -61,6 +61,8 @@ class CaseSpec(StrictModel):
     judges: list[str] = Field(min_length=1)
     label: str
     pairs_with: str | None = None
+    by_category: bool = False
+    """Report the rate of each category (e.g. MOSSBench's over-sensitivity types) next to the case's."""
 
 
 class BenchmarkSpec(StrictModel):
@@ -106,6 +108,9 @@ class Loader:
     selectors: frozenset[str]
     files: frozenset[str]
     file_selectors: frozenset[str]
+    image_root: bool = False
+    """True when the prompts' image paths are relative to an image root the user gives (`--image-root`);
+    otherwise they are usable paths as given (or None: text only)."""
 
 
 LOADERS: dict[str, Loader] = {}
@@ -117,16 +122,18 @@ def register_loader(
     *,
     files: Iterable[str] = (),
     file_selectors: Iterable[str] = (),
+    image_root: bool = False,
 ) -> Callable:
     """Decorator: register `function(paths, records, case) -> prompts` as loader `name`.
 
     `selectors` are the keys a case's `records` may use; `files` the `data` keys every spec of this loader
     must name; `file_selectors` the selectors whose value must be a `data` key. Anything else is a spec error.
+    `image_root`: the prompts' image paths are relative to an image root given at evaluation time.
     """
 
     def wrap(function: Callable) -> Callable:
         LOADERS[name] = Loader(
-            name, function, frozenset(selectors), frozenset(files), frozenset(file_selectors)
+            name, function, frozenset(selectors), frozenset(files), frozenset(file_selectors), image_root
         )
         return function
 

@@ -16,10 +16,25 @@ def register(app: typer.Typer) -> None:
 
 
 @analyze_app.command(
-    "spurious", help="Rank the words that separate unsafe from safe (or refusal from compliant)."
+    "spurious",
+    help="Rank the words that separate unsafe from safe (or refusal from compliant), in a data file or in "
+    "the prompts of registered benchmarks (--benchmark).",
 )
 def spurious(
-    file: Path = typer.Argument(..., help="VLGuard JSON, LLaVA conversation JSON/JSONL, or JSONL rows."),
+    file: Path | None = typer.Argument(
+        None, help="VLGuard JSON, LLaVA conversation JSON/JSONL, or JSONL rows (or use --benchmark)."
+    ),
+    benchmark: list[str] = typer.Option(
+        None,
+        "--benchmark",
+        help="Instead of FILE: a benchmark's prompts (repeatable; a name or a spec .yaml): attack cases are "
+        "unsafe, refusal cases safe, every case as asked (no rewrite).",
+    ),
+    data_root: Path | None = typer.Option(
+        None,
+        "--data-root",
+        help="--benchmark: folder with one sub-folder per benchmark ($UNMIRAGE_DATA_DIR).",
+    ),
     out: Path = typer.Option(
         ..., "--out", help="Output folder (spurious.json, spurious.png, manifest.json)."
     ),
@@ -52,32 +67,46 @@ def spurious(
 
     if position not in ("first", "any"):
         raise UnmirageError(f"--position must be first or any, not '{position}'")
-    judge = None
-    if label_by in ("keyword", "keyword-strict", "refusal"):
-        judge, label_by = refusal_judge(label_by), "judge"
-    result = analyze_file(
-        file,
-        fmt=fmt,
-        text_field=field,
-        label_by=label_by,
-        judge=judge,
-        label_field=label_field,
-        positive_values=positive or None,
-        include_safe_unsafes=with_safe_unsafes,
-        ngram=ngram,
-        position=position,
-        prior_mass=prior_mass,
-        min_count=min_count,
+    if (file is None) == (not benchmark):
+        raise UnmirageError("give either a data FILE or --benchmark NAME")
+    if benchmark:
+        from unmirage.analysis.spurious import analyze_benchmarks
+
+        result = analyze_benchmarks(
+            benchmark, data_root, ngram=ngram, position=position, prior_mass=prior_mass, min_count=min_count
+        )
+        inputs = [Path(p) for p in result.settings["inputs"]]
+    else:
+        judge = None
+        if label_by in ("keyword", "keyword-strict", "refusal"):
+            judge, label_by = refusal_judge(label_by), "judge"
+        result = analyze_file(
+            file,
+            fmt=fmt,
+            text_field=field,
+            label_by=label_by,
+            judge=judge,
+            label_field=label_field,
+            positive_values=positive or None,
+            include_safe_unsafes=with_safe_unsafes,
+            ngram=ngram,
+            position=position,
+            prior_mass=prior_mass,
+            min_count=min_count,
+        )
+        inputs = [file]
+    read = (
+        {"file": file_identity(file)} if file is not None else {"files": [file_identity(p) for p in inputs]}
     )
-    identity = {"file": file_identity(file), "settings": result.settings, "top": top}
-    claim_folder(out, command="analyze spurious", identity=identity, overwrite=overwrite, inputs=[file])
+    identity = {**read, "settings": result.settings, "top": top}
+    claim_folder(out, command="analyze spurious", identity=identity, overwrite=overwrite, inputs=inputs)
     table, chart = write_report(result, out, top)
     write_manifest(
         out,
         command="analyze spurious",
         identity=identity,
         config=result.settings,
-        inputs=[file],
+        inputs=inputs,
         outputs=[table, chart],
     )
     console = Console()

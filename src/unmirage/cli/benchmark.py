@@ -75,6 +75,8 @@ def show(
         typer.echo(f"  records: {records}   transform: {_transform(cs)}   judges: {', '.join(cs.judges)}")
         if cs.pairs_with:
             typer.echo(f"  pairs with: {cs.pairs_with}")
+        if cs.by_category:
+            typer.echo("  reported per category too")
         if root is not None:
             data = load_case(spec, case, root, render=False)
             skipped = f"   skipped rewrites: {len(data.skipped)}" if _rewrites(cs) else ""

@@ -1,4 +1,5 @@
-"""`unmirage eval`: the four protocol cases (and optional VQA utility) through generation, judges and metrics."""
+"""`unmirage eval`: the protocol cases, any registered benchmark's cases and optional VQA utility through
+generation, judges and metrics."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ def register(app: typer.Typer) -> None:
         "eval",
         short_help="Run the safety-mirage protocol on a model: RR, ASR, utility.",
         help="Run the safety-mirage protocol on a model: RR on safe questions (normal, Share rewrite), ASR on "
-        "harmful ones (normal, K-shot What rewrite), optional VQA utility; writes OUT/metrics.json.",
+        "harmful ones (normal, K-shot What rewrite), optional VQA utility; any registered safety benchmark "
+        "with --benchmark NAME (one model load for all); writes OUT/metrics.json.",
     )(eval_command)
 
 
@@ -20,7 +22,27 @@ def eval_command(
     model: str = typer.Option(
         ..., help="Model to evaluate: local folder or hub id (tiny-llava for a smoke test)."
     ),
-    vlguard_test: Path = typer.Option(..., help="VLGuard test.json (safe_safes -> RR, unsafes -> ASR)."),
+    vlguard_test: Path | None = typer.Option(
+        None,
+        help="VLGuard test.json (safe_safes -> RR, unsafes -> ASR): the shorthand for the VLGuard benchmark "
+        "with its files given (with --share, --what).",
+    ),
+    benchmark: list[str] = typer.Option(
+        None,
+        "--benchmark",
+        help="A benchmark to run, repeatable: a registered name (`unmirage benchmark list`) or a spec .yaml; "
+        "its files are read from --data-root. All its cases run unless --case names some.",
+    ),
+    case: list[str] = typer.Option(
+        None,
+        "--case",
+        help="Run only this case of a benchmark, repeatable: NAME.CASE (e.g. xstest.safe_share).",
+    ),
+    data_root: Path | None = typer.Option(
+        None,
+        "--data-root",
+        help="Folder with one sub-folder per benchmark (xstest/, figstep/, ...); default $UNMIRAGE_DATA_DIR.",
+    ),
     share: Path | None = typer.Option(
         None, help="1-shot 'Share' rewrite file (test_share_1shot.json) -> RR Share."
     ),
@@ -41,7 +63,8 @@ def eval_command(
     gcg_build: bool = typer.Option(
         False,
         help="GCG attack: optimise a suffix per unsafe question against this model first (OUT/gcg/gcg.jsonl, "
-        "resumable), then answer and judge as every other case (asr_gcg).",
+        "resumable), then answer and judge as every other case (asr_gcg); with --benchmark, also per "
+        "question of every attack case asked as is (case <name>.<case>_gcg, OUT/gcg/<key>.jsonl).",
     ),
     gcg_target: str = typer.Option("Sure, here is", help="--gcg-build: text the answer should open with."),
     gcg_steps: int = typer.Option(250, help="--gcg-build: GCG steps per question (at most)."),
@@ -50,7 +73,8 @@ def eval_command(
     out: Path = typer.Option(..., help="Output folder (metrics.json, generations/, judged/, manifest.json)."),
     judge: list[str] = typer.Option(
         ["keyword"],
-        help="ASR judge, repeatable; the best that ran gives asr_normal/asr_attack (an LLM judge before "
+        help="ASR judge, repeatable (a benchmark case also runs its own judges); the best that ran gives "
+        "asr_normal/asr_attack and each benchmark case's ASR (an LLM judge before "
         "refusal, rules and keyword, which only know 'not refused'): keyword, keyword-strict, refusal "
         "(the trained refusal classifier), rules "
         "(keyword+rules), llm-relevance (keyword+rules+LLM, the reference), llm-harm (keyword+harm rubric), "
@@ -89,7 +113,11 @@ def eval_command(
         None,
         help="llm-topic: nats per token at or above which an answer is on topic (default 0.2, calibrated: docs/judges.md).",
     ),
-    subsample: int | None = typer.Option(None, help="Evaluate N random questions per pair of cases."),
+    subsample: int | None = typer.Option(
+        None,
+        help="Evaluate N random questions per case (seeded by --seed; a paired case, e.g. a rewrite, keeps "
+        "the questions drawn for its base case).",
+    ),
     seed: int = typer.Option(0, help="Seed for the subsample and the utility's bootstrap interval."),
     placeholder_images: bool = typer.Option(
         False, help="Use grey placeholder images (text-only run; recorded)."
@@ -116,7 +144,7 @@ def eval_command(
         help="Replace OUT if it holds a run (a rerun otherwise resumes the same run only).",
     ),
 ) -> None:
-    """Evaluate a model on the four protocol cases and write OUT/metrics.json."""
+    """Evaluate a model on the protocol cases and any benchmarks given; write OUT/metrics.json."""
     from unmirage.config import validate
     from unmirage.eval import EvalSettings, run_eval
     from unmirage.judges.backends import read_api_key
@@ -127,6 +155,9 @@ def eval_command(
         {
             "model": model,
             "vlguard_test": vlguard_test,
+            "benchmarks": benchmark or [],
+            "cases": case or [],
+            "data_root": data_root,
             "share": share,
             "what": what,
             "image_root": image_root,
@@ -179,7 +210,23 @@ def eval_command(
             low, high = metrics[f"{key}_ci"]
             name = f"{key} (not refused)" if not_refused and key.startswith("asr_") else key
             parts.append(f"{name} {100 * metrics[key]:.2f}% [{100 * low:.2f}, {100 * high:.2f}]")
+    for name, cases in (metrics.get("benchmarks") or {}).items():
+        for case_name, entry in cases.items():
+            parts.append(_benchmark_line(name, case_name, entry))
     utility = (metrics.get("utility") or {}).get("vqa")
     if utility:
         parts.append(f"vqa {100 * utility['accuracy']['value']:.2f}%")
     typer.echo("; ".join(parts) + f" -> {out / 'metrics.json'}")
+
+
+def _benchmark_line(name: str, case: str, entry: dict) -> str:
+    """`xstest.safe RR 12.00% [8.51, 16.64] (30/250, keyword)` for one benchmark case."""
+    measure = "RR" if entry["measure"] == "rr" else "ASR" if entry["tells_irrelevant"] else "not refused"
+    if entry["rate"] is None:
+        return f"{name}.{case} {measure} n/a (0 prompts, {entry['skipped']} skipped)"
+    low, high = entry["ci"]
+    skipped = f", {entry['skipped']} skipped" if entry["skipped"] else ""
+    return (
+        f"{name}.{case} {measure} {100 * entry['rate']:.2f}% [{100 * low:.2f}, {100 * high:.2f}] "
+        f"({entry['k']}/{entry['n']}, {entry['judge']}{skipped})"
+    )

@@ -62,8 +62,8 @@ VLG = "data/vlguard"
 EXAMPLES = {
     "info": "unmirage info",
     "eval": f"unmirage eval --model runs/tiny/npo --vlguard-test {VLG}/test.json --share "
-    f"{VLG}/test_share_1shot.json --what {VLG}/test_what_3shot.json --placeholder-images --subsample 40 "
-    "--out runs/tiny/eval-npo",
+    f"{VLG}/test_share_1shot.json --what {VLG}/test_what_3shot.json --benchmark xstest --case figstep.what3 "
+    "--data-root data --placeholder-images --subsample 40 --out runs/tiny/eval-npo",
     "generate": f"unmirage generate --model tiny-llava --data {VLG}/test.json --subset unsafes "
     "--placeholder-images --limit 10 --out gens.jsonl",
     "judge validate": "unmirage judge validate --judge refusal --labels data/labels/refusal_example.jsonl "

@@ -2,7 +2,8 @@
 
 The headline of every run is its metrics.json `headline` block: per harmful case the split of the best judge
 that ran (ASR / IR / RR / errors; only "not refused" when no judge that tells irrelevant answers ran), per
-safe case the refusal judge's RR, each with its Wilson interval and n.
+safe case the refusal judge's RR, each with its Wilson interval and n. Runs that measured benchmarks
+(`benchmarks.<name>.<case>`) also get one table and chart per benchmark and a cross-benchmark summary.
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ class RunSummary:
     def value(self, key: str) -> float | None:
         """A fraction by key, or None when the run does not have it: a headline (`rr_normal`, ..., `utility`),
         a class of the headline split (`success@unsafe_attack`, `not_refused@unsafe_normal`), an ASR under
-        one judge method (`asr_attack@llm-topic`) or `answered_normal` / `answered_share` (safe questions
-        answered on topic)."""
+        one judge method (`asr_attack@llm-topic`), `answered_normal` / `answered_share` (safe questions
+        answered on topic), a benchmark case `bench:xstest.safe` (or one category of it,
+        `bench:mossbench.benign/type 1`) or the mean over benchmark cases `mean:rr` / `mean:asr`."""
         return self._rate(key)[0]
 
     def interval(self, key: str) -> tuple[float | None, float | None]:
@@ -59,6 +61,11 @@ class RunSummary:
         return self._rate(key)[1:]
 
     def _rate(self, key: str) -> tuple[float | None, float | None, float | None]:
+        if key.startswith(("bench:", "mean:")):
+            kind, name = key.split(":", 1)
+            rate = (self.benchmark_rate(name) if kind == "bench" else self.benchmark_means().get(name)) or {}
+            low, high = rate.get("ci") or [None, None]
+            return rate.get("value"), low, high
         if key == "utility":
             block = self.utility() or {}
             low, high = block.get("ci") or [None, None]
@@ -132,6 +139,42 @@ class RunSummary:
     def split(self, case: str) -> dict[str, Any] | None:
         """The headline split of one case (None when the case was not run)."""
         return (self.headline().get("cases") or {}).get(case)
+
+    def benchmarks(self) -> dict[str, dict[str, Any]]:
+        """metrics.json `benchmarks`: name -> case -> entry (empty for a run of the VLGuard protocol alone)."""
+        return self.metrics.get("benchmarks") or {}
+
+    def benchmark_rate(self, name: str) -> dict[str, Any] | None:
+        """The rate of `<benchmark>.<case>` (value, ci, k, n), or of one category of it with
+        `<benchmark>.<case>/<category>`; None when the run did not measure it."""
+        dotted, _, category = name.partition("/")
+        bench, _, case = dotted.partition(".")
+        entry = self.benchmarks().get(bench, {}).get(case)
+        if entry is None:
+            return None
+        if category:
+            return (entry.get("per_category") or {}).get(category)
+        return {key: entry.get(key) for key in ("value", "ci", "k", "n")} | {"value": entry.get("rate")}
+
+    def benchmark_means(self) -> dict[str, dict[str, Any]]:
+        """Across every benchmark case the run measured: `rr` (mean RR of the refusal cases) and `asr`
+        (mean ASR of the attack cases), each the unweighted mean of the case rates with the cases it
+        averages and the judges that gave them."""
+        groups: dict[str, list[tuple[str, dict[str, Any]]]] = {"rr": [], "asr": []}
+        for bench, cases in self.benchmarks().items():
+            for case, entry in cases.items():
+                if entry.get("rate") is not None:
+                    groups[entry["measure"]].append((f"{bench}.{case}", entry))
+        means = {}
+        for measure, items in groups.items():
+            if items:
+                means[measure] = {
+                    "value": sum(e["rate"] for _n, e in items) / len(items),
+                    "cases": [n for n, _e in items],
+                    "judges": sorted({str(e["judge"]) for _n, e in items}),
+                    "tells_irrelevant": all(e.get("tells_irrelevant") for _n, e in items),
+                }
+        return means
 
     def utility(self) -> dict[str, Any] | None:
         """The VQA accuracy block of the run (value, ci, n), if it measured one."""
@@ -409,10 +452,17 @@ CSV_COLUMNS = ("model", "run", "case", "measure", "judge", "unit", "value", "ci_
 
 def csv_rows(runs: Sequence[RunSummary]) -> list[dict[str, Any]]:
     """The headline tables of all runs as flat rows (fractions in 0..1), one per run, case and measure
-    (`success`, `irrelevant`, `not_refused`, `refusal`, `error`; `accuracy` for utility)."""
+    (`success`, `irrelevant`, `not_refused`, `refusal`, `error`; `accuracy` for utility); benchmark cases
+    follow the protocol's as `<benchmark>.<case>`, with the split of the judge that gave their rate."""
     rows = []
     for run in runs:
-        for case, split in (run.headline().get("cases") or {}).items():
+        splits = [*(run.headline().get("cases") or {}).items()]
+        splits += [
+            (f"{bench}.{case}", entry["split"])
+            for bench, cases in run.benchmarks().items()
+            for case, entry in cases.items()
+        ]
+        for case, split in splits:
             for measure in ("success", "irrelevant", "not_refused", "refusal", "error"):
                 rate = split.get(measure)
                 if rate is None:
@@ -483,6 +533,130 @@ def notes(runs: Sequence[RunSummary]) -> list[str]:
     return out
 
 
+# ----- benchmarks ------------------------------------------------------------------------------------------
+
+
+def benchmark_names(runs: Sequence[RunSummary]) -> list[str]:
+    """The benchmarks any of the runs measured, in the order they first appear."""
+    return list(dict.fromkeys(name for run in runs for name in run.benchmarks()))
+
+
+def _benchmark_columns(runs: Sequence[RunSummary], name: str) -> list[tuple[str, str, str]]:
+    """(rate key, column header, measure) of one benchmark's table: each case any run measured, followed
+    by its categories when the case reports them (`by_category`, e.g. MOSSBench's over-sensitivity types)."""
+    entries: dict[str, dict[str, Any]] = {}
+    categories: dict[str, dict[str, None]] = {}
+    for run in runs:
+        for case, entry in run.benchmarks().get(name, {}).items():
+            entries.setdefault(case, entry)
+            if entry.get("by_category"):
+                categories.setdefault(case, {}).update(dict.fromkeys(entry.get("per_category") or {}))
+    columns = []
+    for case, entry in entries.items():
+        measure = "RR" if entry["measure"] == "rr" else "ASR"
+        columns.append((f"{name}.{case}", f"{case}: {entry.get('label') or case} ↓", measure))
+        columns += [
+            (f"{name}.{case}/{c}", f"{case}, {c} ({measure}) ↓", measure)
+            for c in sorted(categories.get(case, {}))
+        ]
+    return columns
+
+
+def benchmark_rows(runs: Sequence[RunSummary], name: str) -> list[list[str]]:
+    """One benchmark's table: one row per run, one column per case (and per category where the case
+    reports them): rate [95% Wilson interval] (k/n), the judge, and the rewrites skipped."""
+    columns = _benchmark_columns(runs, name)
+    rows = [["Model", *[header for _key, header, _m in columns]]]
+    for run in runs:
+        row = [run.label]
+        for key, _header, _measure in columns:
+            rate = run.benchmark_rate(key)
+            case = key.split("/", 1)[0].split(".", 1)[1]
+            entry = run.benchmarks().get(name, {}).get(case)
+            if rate is None or entry is None:
+                row.append("n/a")
+                continue
+            text = f"{_cell(rate)} {entry['judge']}"
+            if entry.get("skipped") and "/" not in key:
+                text += f", {entry['skipped']} skipped"
+            row.append(text)
+        rows.append(row)
+    return rows
+
+
+def benchmark_summary_rows(runs: Sequence[RunSummary]) -> list[list[str]]:
+    """The cross-benchmark summary: one row per run, the mean RR of its refusal (safe) cases and the mean
+    ASR of its attack cases (unweighted means of the case rates), each with the cases and judges it averages."""
+    rows = [["Model", "mean RR ↓ (safe cases)", "RR averages", "mean ASR ↓ (attack cases)", "ASR averages"]]
+    for run in runs:
+        means = run.benchmark_means()
+        row = [run.label]
+        for measure in ("rr", "asr"):
+            block = means.get(measure)
+            if block is None:
+                row += ["n/a", "-"]
+                continue
+            blind = measure == "asr" and not block["tells_irrelevant"]
+            row.append(_pct(block["value"]) + (" (not refused)" if blind else ""))
+            row.append(
+                f"{len(block['cases'])} cases: {', '.join(block['cases'])} ({', '.join(block['judges'])})"
+            )
+        rows.append(row)
+    return rows
+
+
+def benchmark_chart_metrics(runs: Sequence[RunSummary], name: str) -> list[tuple[str, str]]:
+    """(key, label) of one benchmark's chart: its cases (and reported categories), RR or ASR, lower is better."""
+    return [
+        (f"bench:{key}", f"{measure} ↓\n{key.split('.', 1)[1].replace('/', chr(10))}")
+        for key, _header, measure in _benchmark_columns(runs, name)
+    ]
+
+
+def benchmark_chart_title(runs: Sequence[RunSummary], name: str) -> str:
+    """A benchmark chart's title: the benchmark and the judges of its rates."""
+    judges = sorted({str(e["judge"]) for r in runs for e in r.benchmarks().get(name, {}).values()})
+    return (
+        f"{name}: RR on safe cases, ASR on attack cases (judges: {', '.join(judges)}); 95% Wilson intervals"
+    )
+
+
+SUMMARY_CHART = [("mean:rr", "mean RR ↓\nsafe cases"), ("mean:asr", "mean ASR ↓\nattack cases")]
+BENCHMARK_INTRO = (
+    "One table per benchmark: per case the rate (RR on safe prompts: over-refusal; ASR on harmful ones, by "
+    "the best judge that ran, per question for K-shot rewrites), its 95% Wilson interval, k/n and the "
+    "judge; rewrites the rules could not make are skipped and counted. Percent; ↓ lower is better."
+)
+
+
+def benchmark_notes(runs: Sequence[RunSummary], name: str) -> list[str]:
+    """What a reader of one benchmark's table must know: images the model did not see, judges that cannot
+    tell irrelevant answers, questions short of K rewrites."""
+    out = []
+    for run in runs:
+        cases = run.benchmarks().get(name, {})
+        seen = {c: e.get("images") for c, e in cases.items()}
+        placeholder = [c for c, images in seen.items() if images == "placeholder"]
+        if placeholder:
+            out.append(f"{run.label}: grey placeholder images in {', '.join(placeholder)}.")
+        if "files" in seen.values():
+            text_only = [c for c, images in seen.items() if images == "none"]
+            if text_only:
+                out.append(f"{run.label}: no image in {', '.join(text_only)} (text only).")
+        blind = sorted(
+            {str(e["judge"]) for e in cases.values() if e["measure"] == "asr" and not e["tells_irrelevant"]}
+        )
+        if blind:
+            out.append(
+                f'{run.label}: the ASR of {", ".join(blind)} is "not refused" (no judge that tells irrelevant '
+                "answers ran)."
+            )
+        short = [f"{c} ({e['short_of_k']})" for c, e in cases.items() if e.get("short_of_k")]
+        if short:
+            out.append(f"{run.label}: questions with fewer than K rewrites: {', '.join(short)}.")
+    return out
+
+
 def _markdown_table(rows: list[list[str]]) -> str:
     escape = [[c.replace("|", "\\|") for c in row] for row in rows]
     lines = ["| " + " | ".join(escape[0]) + " |", "|" + "---|" * len(escape[0])]
@@ -527,6 +701,7 @@ def markdown_report(
 ) -> str:
     """report.md: the headline table of every run, the chart, the paper-style table, the by-judge table
     and chart when the runs used several judge methods, extra figures, notes."""
+    protocol = protocol_runs(runs)
     parts = [
         "# unmirage evaluation report",
         "",
@@ -535,18 +710,27 @@ def markdown_report(
         f"![ASR, RR and utility per run]({chart_name})",
         "",
     ]
-    parts += ["## Headline", ""]
-    cases = _reported_cases(runs)
-    for run in runs:
-        heading, rows, under = _run_section(run, cases)
-        parts += [f"### {heading}", "", _markdown_table(rows), ""]
-        parts += [*under, *([""] if under else [])]
-    parts += [
-        "## Paper-style table",
-        "",
-        _markdown_table(table_rows(runs)),
-        "",
-    ]
+    if protocol:
+        parts += ["## Headline", ""]
+        cases = _reported_cases(protocol)
+        for run in protocol:
+            heading, rows, under = _run_section(run, cases)
+            parts += [f"### {heading}", "", _markdown_table(rows), ""]
+            parts += [*under, *([""] if under else [])]
+        parts += [
+            "## Paper-style table",
+            "",
+            _markdown_table(table_rows(protocol)),
+            "",
+        ]
+    for title, rows, chart, under in benchmark_sections(runs):
+        level = "##" if title == "Benchmarks" else "###"
+        parts += [f"{level} {title}", "", *([rows, ""] if isinstance(rows, str) else [])]
+        if isinstance(rows, list):
+            parts += [_markdown_table(rows), ""]
+        if chart:
+            parts += [f"![{title}]({chart})", ""]
+        parts += [*[f"- {line}" for line in under], *([""] if under else [])]
     for title, rows in (
         ("ASR by judge", judge_rows(runs)),
         ("Utility (lm-evaluation-harness)", lm_eval_rows(runs)),
@@ -571,6 +755,31 @@ def markdown_report(
     return "\n".join(parts)
 
 
+def protocol_runs(runs: Sequence[RunSummary]) -> list[RunSummary]:
+    """The runs that measured cases of the VLGuard protocol (the headline and paper-style tables)."""
+    return [run for run in runs if run.headline().get("cases")]
+
+
+def benchmark_sections(
+    runs: Sequence[RunSummary],
+) -> list[tuple[str, str | list[list[str]], str | None, list[str]]]:
+    """The benchmark part of a report as (title, text or table rows, chart file or None, notes): the
+    introduction, the cross-benchmark summary, then one table and chart per benchmark; empty when no run
+    measured a benchmark."""
+    names = benchmark_names(runs)
+    if not names:
+        return []
+    sections: list[tuple[str, str | list[list[str]], str | None, list[str]]] = [
+        ("Benchmarks", BENCHMARK_INTRO, None, []),
+        ("Summary across benchmarks", benchmark_summary_rows(runs), None, []),
+    ]
+    for name in names:
+        sections.append(
+            (name, benchmark_rows(runs, name), f"benchmark_{name}.png", benchmark_notes(runs, name))
+        )
+    return sections
+
+
 def _html_table(rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows[1:])
@@ -588,15 +797,28 @@ def html_report(
     chart_png: bytes,
     judge_png: bytes | None = None,
     figures: Sequence[tuple[str, bytes]] = (),
+    charts: dict[str, bytes] | None = None,
 ) -> str:
-    """report.html: self-contained (the charts and figures are embedded as data URLs)."""
-    cases = _reported_cases(runs)
-    sections = [_run_section(run, cases) for run in runs]
+    """report.html: self-contained (the charts and figures are embedded as data URLs); `charts`: the
+    benchmark charts by file name."""
+    charts = charts or {}
+    protocol = protocol_runs(runs)
+    cases = _reported_cases(protocol)
+    sections = [_run_section(run, cases) for run in protocol]
     headline = "".join(
         f"<h3>{html.escape(heading)}</h3>{_html_table(rows)}"
         + "".join(f"<p>{html.escape(line)}</p>" for line in under)
         for heading, rows, under in sections
     )
+    if protocol:
+        headline = f"<h2>Headline</h2>{headline}<h2>Paper-style table</h2>{_html_table(table_rows(protocol))}"
+    for title, rows, chart, under in benchmark_sections(runs):
+        tag = "h2" if title == "Benchmarks" else "h3"
+        headline += f"<{tag}>{html.escape(title)}</{tag}>"
+        headline += f"<p>{html.escape(rows)}</p>" if isinstance(rows, str) else _html_table(rows)
+        if chart and chart in charts:
+            headline += _html_image(charts[chart], title)
+        headline += "".join(f"<p>{html.escape(line)}</p>" for line in under)
     judge_image = _html_image(judge_png, "ASR by judge") if judge_png else ""
     extra = "".join(
         f"<h2>{html.escape(title)}</h2>{_html_table(rows)}" + (judge_image if title == "ASR by judge" else "")
@@ -622,8 +844,7 @@ def html_report(
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>unmirage evaluation report</title>'
         f"<style>{style}</style></head><body><h1>unmirage evaluation report</h1><p>{html.escape(INTRO)}</p>"
         + _html_image(chart_png, "ASR, RR and utility per run")
-        + f"<h2>Headline</h2>{headline}"
-        + f"<h2>Paper-style table</h2>{_html_table(table_rows(runs))}"
+        + headline
         + extra
         + (f"<h2>Notes</h2><ul>{caveats}</ul>" if caveats else "")
         + f"<h2>Runs</h2><ul>{run_list}</ul></body></html>\n"
@@ -637,8 +858,10 @@ def build_report(
     overwrite: bool = False,
 ) -> dict[str, Path]:
     """Write OUT/table.md, OUT/headline.csv, OUT/chart.png, OUT/report.md, OUT/report.html and
-    OUT/summary.json (OUT/chart_judges.png when the runs used several judge methods); `figures` (PNG files,
-    e.g. a spurious-word chart) are copied into OUT and shown in both pages.
+    OUT/summary.json (OUT/chart_judges.png when the runs used several judge methods; OUT/benchmark_<name>.png
+    per benchmark the runs measured, with one table per benchmark and a cross-benchmark summary; chart.png
+    shows the cross-benchmark means when no run measured the VLGuard protocol); `figures` (PNG files, e.g.
+    a spurious-word chart) are copied into OUT and shown in both pages.
 
     OUT is claimed like every output (`unmirage.outputs.claim_folder`): a report of the same runs and
     figures is rebuilt in place, a report of other runs is replaced only with `overwrite`, and a folder of
@@ -656,7 +879,8 @@ def build_report(
         if not figure.is_file() or figure.suffix.lower() != ".png":
             raise UnmirageError("a figure must be an existing PNG file", file=figure)
     names = ("table.md", "headline.csv", "chart.png", "report.md", "report.html", "summary.json")
-    taken = {*names, "chart_judges.png"}
+    bench_charts = {f"benchmark_{name}.png": name for name in benchmark_names(runs)}
+    taken = {*names, "chart_judges.png", *bench_charts}
     for figure in extra:
         if figure.name in taken:
             raise UnmirageError(
@@ -677,8 +901,18 @@ def build_report(
         resume_hint="the same runs and figures rebuild it; ",
     )
     paths = {name: out / name for name in names}
+    protocol = protocol_runs(runs)
     with atomic_open(paths["chart.png"], "wb") as handle:
-        bar_chart(runs, handle)
+        if protocol or not bench_charts:
+            bar_chart(runs, handle)
+        else:  # benchmarks only: the cross-benchmark means
+            title = "Mean RR (safe cases) and mean ASR (attack cases) over the benchmarks"
+            bar_chart(runs, handle, metrics=SUMMARY_CHART, title=title)
+    for file, name in bench_charts.items():
+        paths[file] = out / file
+        with atomic_open(paths[file], "wb") as handle:
+            metrics = benchmark_chart_metrics(runs, name)
+            bar_chart(runs, handle, metrics=metrics, title=benchmark_chart_title(runs, name))
     judge_metrics = judge_chart_metrics(runs)
     if judge_metrics:
         paths["chart_judges.png"] = out / "chart_judges.png"
@@ -696,13 +930,22 @@ def build_report(
         paths[figure.name] = out / figure.name
     judge_name = "chart_judges.png" if judge_metrics else None
     figure_names = [f.name for f in extra]
-    atomic_write_text(paths["table.md"], _markdown_table(table_rows(runs)) + "\n")
+    tables = [_markdown_table(table_rows(protocol))] if protocol else []
+    tables += [f"{name}\n\n{_markdown_table(benchmark_rows(runs, name))}" for name in bench_charts.values()]
+    atomic_write_text(paths["table.md"], "\n\n".join(tables) + "\n")
     atomic_write_text(paths["headline.csv"], csv_text(runs))
     atomic_write_text(paths["report.md"], markdown_report(runs, "chart.png", judge_name, figure_names))
     judge_png = paths["chart_judges.png"].read_bytes() if judge_metrics else None
     figure_pngs = [(name, (out / name).read_bytes()) for name in figure_names]
     atomic_write_text(
-        paths["report.html"], html_report(runs, paths["chart.png"].read_bytes(), judge_png, figure_pngs)
+        paths["report.html"],
+        html_report(
+            runs,
+            paths["chart.png"].read_bytes(),
+            judge_png,
+            figure_pngs,
+            {file: paths[file].read_bytes() for file in bench_charts},
+        ),
     )
     summary = [
         {
@@ -710,6 +953,7 @@ def build_report(
             "path": str(r.path),
             **{k: r.value(k) for k in (*HEADLINE_KEYS, "utility")},
             "headline": r.headline(),
+            **({"benchmark_means": r.benchmark_means()} if r.benchmarks() else {}),
         }
         for r in runs
     ]
