@@ -121,14 +121,20 @@ def unlearn(
     )
 
 
-def evaluate(model: PathLike, vlguard_test: PathLike, out: PathLike, **settings: Any) -> dict[str, Any]:
-    """Run the four-case protocol on a model, like `unmirage eval`, and return its metrics (also written to
-    `OUT/metrics.json` with generations, judgements and a manifest).
+def evaluate(
+    model: PathLike, vlguard_test: PathLike | None, out: PathLike, **settings: Any
+) -> dict[str, Any]:
+    """Evaluate a model, like `unmirage eval`, and return its metrics (also written to `OUT/metrics.json` with
+    generations, judgements and a manifest).
 
+    Give the VLGuard test file (`vlguard_test`, the four-case protocol; None for none), registered benchmarks
+    (`benchmarks=["xstest", "figstep"]`, optionally `cases=["xstest.safe"]` and `data_root=DIR`, else
+    `UNMIRAGE_DATA_DIR`), or both: one model load answers every case.
     `settings` are `unmirage.eval.EvalSettings` fields: `share` and `what` (the attack files), `image_root` or
-    `placeholder_images=True`, `subsample` (N random questions per pair of cases), `max_new_tokens`,
+    `placeholder_images=True`, `subsample` (N random questions per case), `max_new_tokens`,
     `asr_methods` (the judges, e.g. `["keyword"]`), `label`, `prefill`, `template`, `seed`, ...
-    The headline values are `metrics["rr_normal"]`, `["rr_share"]`, `["asr_normal"]`, `["asr_attack"]`.
+    The VLGuard headline values are `metrics["rr_normal"]`, `["rr_share"]`, `["asr_normal"]`,
+    `["asr_attack"]`; a benchmark's are under `metrics["benchmarks"][NAME][CASE]["rate"]`.
     """
     from unmirage.config import validate
     from unmirage.eval import EvalSettings, run_eval
