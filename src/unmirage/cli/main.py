@@ -75,6 +75,8 @@ EXAMPLES = {
     "analyze spurious": f"unmirage analyze spurious {VLG}/train.json --out runs/spurious",
     "analyze triggers": f"unmirage analyze triggers --model runs/tiny/npo --data {VLG}/test.json "
     "--placeholder-images --out runs/triggers",
+    "analyze probe": "unmirage analyze probe --model runs/smollm2 --forget runs/unlearn/forget.json --retain "
+    f"runs/unlearn/retain.json --data {VLG}/test.json --layers 0-29 --subsample 100 --out runs/probe",
     "attack build": f"unmirage attack build --data {VLG}/test.json --trigger What --k 3 --out what_3shot.json",
     "data check": f"unmirage data check {VLG}/train.json --allow-duplicate-ids --image-root {VLG}/train",
     "data build-unlearn": f"unmirage data build-unlearn --vlguard {VLG}/train.json --harmful "

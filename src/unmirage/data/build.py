@@ -29,7 +29,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from unmirage.analysis.tokens import first_word
 from unmirage.data.conversations import GPT, HUMAN, Conversation, Turn, read_conversations, single_turn
@@ -109,10 +109,21 @@ def rmu_form(conversation: Conversation) -> Conversation:
 REWRITE_PICKS = ("first", "random")
 
 
+class Asked(Protocol):
+    """What `with_rewrites` reads of a question: a `data.vlguard.Sample` or a `data.conversations.Example`."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def image(self) -> str | None: ...
+    @property
+    def question(self) -> str: ...
+
+
 def with_rewrites(
-    pairs: Sequence[tuple[Sample, str]], words: Sequence[str], pick: str = "first", seed: int = 42
+    pairs: Sequence[tuple[Asked, str]], words: Sequence[str], pick: str = "first", seed: int = 42
 ) -> tuple[list[Conversation], dict[str, int]]:
-    """Each (sample, answer) as a conversation, then per word the rewrites of its question that start with it
+    """Each (question, answer) as a conversation, then per word the rewrites of its question that start with it
     (the first valid rule rewrite, or with `pick="random"` one drawn by `random.Random(seed)`).
 
     Also returns, per word, how many questions were added, already started with it or had no valid rewrite."""
