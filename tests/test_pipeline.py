@@ -119,7 +119,7 @@ def test_smol_vlguard_plan_renders(monkeypatch):
     plan = load_plan(RECIPES / "pipeline.yaml")
     steps, out = plan_steps(plan)
     labels = [s.label for s in steps]
-    assert labels[:2] == ["convert", "compose"] and labels[-1] == "report-all"
+    assert labels[:2] == ["convert", "compose"] and labels[-2:] == ["report-all", "report-experiments"]
     for variant in ("text", "vlm"):
         for stage in ("eval-base", "sft", "eval-sft", "npo", "eval-npo", "rmu", "eval-rmu", "triggers"):
             assert f"{stage}.{variant}" in labels
@@ -133,7 +133,7 @@ def test_smol_vlguard_plan_renders(monkeypatch):
     assert all("--placeholder-images" in s.argv for s in vlm_evals if s.stage != "unlearn-data")
     assert not any("--placeholder-images" in s.argv for s in steps if s.variant == "text")
     evals = [s for s in steps if s.argv[0] == "eval"]
-    assert len(evals) == 11 and all(
+    assert len(evals) == 24 and all(
         "/data/vlguard/test.json" in s.argv and "--prefill" in s.argv for s in evals
     )
     # form-balanced unlearning: the text model on rewritten sets, compared with the text base and SFT
@@ -151,6 +151,84 @@ def test_smol_vlguard_plan_renders(monkeypatch):
     for step in steps:
         if step.argv[0] == "unlearn":
             assert Path(step.argv[1]).name and (RECIPES / Path(step.argv[1]).name).is_file()
+    # stages of several variants may share an output (the mined answers, the text sets) only as one command
+    by_output: dict[str, list[str]] = {}
+    for step in steps:
+        if step.creates:
+            assert by_output.setdefault(step.creates, step.argv) == step.argv, step.label
+    # every variant renders alone and brings the shared data stages it needs (the vlm form uses the text
+    # form's mined sets, as asserted above)
+    for variant in set(plan.variants) - {"vlm"}:
+        alone = {s.stage: s for s in plan_steps(plan, variants=[variant])[0] if s.variant == variant}
+        needs = [a.split("=", 1)[1] for s in alone.values() for a in s.argv if a.startswith("data.forget=")]
+        made = {s.creates.rsplit("/", 1)[0] for s in alone.values() if s.stage.startswith("unlearn-data")}
+        assert all(path.rsplit("/", 1)[0] in made for path in needs), variant
+
+
+def test_smol_vlguard_plan_experiments(monkeypatch):
+    """The experiment variants: hazard pictures with and without the image, mixed-form retain sets and RMU's
+    alpha 1, form-balanced RMU at a deep layer with an automatic control norm, per-example NPO; the probe."""
+    monkeypatch.setenv("UNMIRAGE_VLGUARD_DIR", "/data/vlguard")
+    plan = load_plan(RECIPES / "pipeline.yaml")
+    steps, _ = plan_steps(plan)
+    by = {(s.stage, s.variant): s for s in steps}
+    hazard = "runs/smol-vlguard/data/hazard"
+    assert by[("hazard-data", "hazard")].argv == [
+        "data",
+        "hazard-images",
+        "--vlguard",
+        "/data/vlguard",
+        "--out",
+        hazard,
+    ]
+    projector = by[("projector", "hazard")].argv
+    assert (
+        projector[1].endswith("projector_sft.yaml")
+        and f"data.retain={hazard}/captions_train.json" in projector
+    )
+    labels = [s.label for s in steps]
+    assert labels.index("hazard-captions-before.hazard") < labels.index("projector.hazard")
+    assert labels.index("hazard-captions.hazard") < labels.index("eval-base.hazard")
+    for stage in ("sft", "npo", "rmu"):  # trained on hazard pictures, from the projector-trained VLM
+        argv = by[(stage, "hazard")].argv
+        assert f"data.image_root={hazard}/images/train" in argv
+        assert "model=runs/smol-vlguard/models/smollm2-vlm-hazard" in argv
+        assert (stage, "hazard-grey") not in by  # hazard-grey trains nothing
+    for stage, model in (("eval-sft", "sft/merged"), ("eval-npo", "npo/merged"), ("eval-rmu", "rmu")):
+        with_image, grey = by[(stage, "hazard")].argv, by[(stage, "hazard-grey")].argv
+        assert with_image[with_image.index("--model") + 1] == f"runs/smol-vlguard/hazard/{model}"
+        assert grey[grey.index("--model") + 1] == f"runs/smol-vlguard/hazard/{model}"
+        assert (
+            with_image[-2:] == ["--image-root", f"{hazard}/images/test"]
+            and grey[-1] == "--placeholder-images"
+        )
+        assert grey[grey.index("--out") + 1].startswith("runs/smol-vlguard/hazard-grey/")
+    mixed = by[("unlearn-data-retain-mixed", "retain-mixed")].argv
+    assert mixed[mixed.index("--rewrite-side") + 1] == "retain" and mixed.count("--rewrite-word") == 5
+    assert (
+        "method.alpha=1.0" in by[("rmu", "retain-mixed")].argv
+        and "method.alpha=1.0" in by[("rmu", "alpha1")].argv
+    )
+    assert "method.alpha=1.0" not in by[("rmu", "text")].argv
+    assert (
+        "data.forget=runs/smol-vlguard/data/text/unlearn-retain-mixed/forget.json"
+        in by[("npo", "retain-mixed")].argv
+    )
+    deep = by[("rmu", "balanced-deep")].argv
+    assert {"method.layer=29", "method.steering_coeff=auto"} <= set(deep)
+    assert "data.forget=runs/smol-vlguard/data/text/unlearn-balanced/forget_rmu.json" in deep
+    assert ("npo", "balanced-deep") not in by
+    paper = by[("npo", "npo-paper")].argv
+    assert {"method.reduction=mean", "data.epoch_over=forget", "train.max_steps=-1"} <= set(paper)
+    assert "data.forget=runs/smol-vlguard/data/text/unlearn-balanced/forget.json" in paper
+    assert by[("report", "npo-paper")].argv[3:5] == ["runs/smol-vlguard/npo-paper/eval-npo", "--out"]
+    probe = by[("probe", "text")].argv
+    assert (
+        probe[:2] == ["analyze", "probe"]
+        and probe[probe.index("--model") + 1] == "runs/smol-vlguard/models/smollm2"
+    )
+    assert probe[probe.index("--forget") + 1] == "runs/smol-vlguard/data/text/unlearn/forget.json"
+    assert labels.index("unlearn-data.text") < labels.index("probe.text")
 
 
 @pytest.mark.slow
@@ -220,7 +298,12 @@ def test_smol_plan_sft_stages_on_a_tiny_stand_in(tmp_path, monkeypatch):
             "vars.unlearn_overrides=[train.max_steps=2,train.per_device_train_batch_size=2,lora.r=4,data.max_length=96]",
         ],
     )
-    run_plan(plan, only=["convert", "compose", "sft-data", "sft", "eval-sft"], echo=lambda _line: None)
+    run_plan(
+        plan,
+        only=["convert", "compose", "sft-data", "sft", "eval-sft"],
+        variants=["text", "vlm"],
+        echo=lambda _line: None,
+    )
     for variant, family in (("text", "causal"), ("vlm", "llava")):
         merged = load_model(runs / variant / "sft" / "merged")
         assert merged.family.name == family
