@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from unmirage.errors import UnmirageError
@@ -320,6 +321,63 @@ def test_smol_plan_sft_stages_on_a_tiny_stand_in(tmp_path, monkeypatch):
     assert all(r["status"] == "ok" and r["wall_s"] > 0 for r in rows)
     assert all(r["train_tokens_per_s"] > 0 for r in rows if r["stage"] == "sft")
     assert all(r["generation_tokens_per_s"] > 0 for r in rows if r["stage"] == "eval-sft")
+
+
+def test_smol_plan_hazard_stages_on_a_tiny_stand_in(tmp_path, monkeypatch):
+    """The real plan file, experiment 1's first stages on a tiny ChatML LM: hazard pictures, caption checks
+    around projector pretraining (the LM frozen), and the base evaluations with and without the pictures."""
+    import unmirage.pipeline
+
+    monkeypatch.setattr(unmirage.pipeline, "run_child", in_process_child)
+    from helpers import safe_record, unsafe_record, write_json
+    from test_smol import _stand_in_lm
+
+    runs = tmp_path / "runs"
+    model, tok = _stand_in_lm()
+    lm = runs / "models" / "smollm2"
+    model.save_pretrained(lm)
+    tok.save_pretrained(lm)
+    (lm / "manifest.json").write_text("{}")
+    vlguard = tmp_path / "vlguard"
+    records = [safe_record(f"s{i}", f"a/{i}.png") for i in range(3)]
+    records += [unsafe_record(f"u{i}", f"b/{i}.jpg") for i in range(3)]
+    for name in ("train.json", "test.json", "test_share_1shot.json"):
+        write_json(vlguard / name, records)
+    write_json(
+        vlguard / "test_what_3shot.json", [unsafe_record("u0", "b/0.jpg", q=f"What {k}?") for k in range(3)]
+    )
+    plan = load_plan(
+        RECIPES / "pipeline.yaml",
+        [
+            f"vars.vlguard={vlguard}",
+            f"vars.runs={runs}",
+            f"vars.recipes={RECIPES}",
+            "vars.subsample=2",
+            "vars.eval_tokens=4",
+            "vars.batch_size=4",
+            "vars.unlearn_overrides=[train.max_steps=2,train.per_device_train_batch_size=2]",
+        ],
+    )
+    stages = ["convert", "compose", "hazard-data", "hazard-captions-before", "projector", "hazard-captions"]
+    run_plan(plan, only=[*stages, "eval-base"], variants=["hazard", "hazard-grey"], echo=lambda _line: None)
+    rows = [json.loads(line) for line in (runs / "stages.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == [*stages[1:], "eval-base", "eval-base"]
+    manifest = json.loads((runs / "models" / "smollm2-vlm-hazard" / "manifest.json").read_text())
+    assert manifest["global_step"] == 2 and manifest["trainable_parameters"] > 0
+    from safetensors.torch import load_file
+
+    before = load_file(runs / "models" / "smollm2-vlm" / "model.safetensors")
+    after = load_file(runs / "models" / "smollm2-vlm-hazard" / "model.safetensors")
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed and all("projector" in k or "vision" in k for k in changed), changed
+    assert any("language_model" in k for k in before)  # ... which stays SmolLM2, weight for weight
+    for folder in ("captions-before", "captions"):
+        captions = json.loads((runs / "hazard" / folder / "hazard_captions.json").read_text())
+        assert captions["all"]["n"] == 200 and captions["hazard"]["n"] == captions["benign"]["n"] == 100
+    with_image = json.loads((runs / "hazard" / "eval-base" / "metrics.json").read_text())
+    grey = json.loads((runs / "hazard-grey" / "eval-base" / "metrics.json").read_text())
+    assert with_image["placeholder_images"] is False and grey["placeholder_images"] is True
+    assert with_image["asr_normal_n"] == grey["asr_normal_n"] == 2
 
 
 def test_a_stage_killed_part_way_runs_again(tmp_path):
