@@ -262,42 +262,46 @@ def in_process_child(argv: list[str], env: dict[str, str], log: Path) -> tuple[i
     return code, time.perf_counter() - start, 0.0
 
 
-def test_smol_plan_sft_stages_on_a_tiny_stand_in(tmp_path, monkeypatch):
-    """The real plan file, stages compose -> sft-data -> sft -> eval-sft, both forms, on a tiny ChatML LM."""
+def tiny_smol_plan(tmp_path: Path, monkeypatch, train_overrides: str, image_ext: str = "png"):
+    """The real plan file on a tiny ChatML stand-in for the converted SmolLM2 (the convert stage counts as done)
+    and a six-record VLGuard folder, run in process; returns (plan, runs folder)."""
     import unmirage.pipeline
-
-    monkeypatch.setattr(unmirage.pipeline, "run_child", in_process_child)
-    pytest.importorskip("unmirage.train.recipe", reason="the unlearn command has not landed")
     from helpers import safe_record, unsafe_record, write_json
     from test_smol import _stand_in_lm
-    from unmirage.models import load_model
 
+    monkeypatch.setattr(unmirage.pipeline, "run_child", in_process_child)
     runs = tmp_path / "runs"
     model, tok = _stand_in_lm()
     lm = runs / "models" / "smollm2"
     model.save_pretrained(lm)
     tok.save_pretrained(lm)
-    (lm / "manifest.json").write_text("{}")  # stands in for the converted SmolLM2: the convert stage is done
+    (lm / "manifest.json").write_text("{}")
     vlguard = tmp_path / "vlguard"
-    records = [safe_record(f"s{i}", f"a/{i}.png") for i in range(3)] + [
-        unsafe_record(f"u{i}", f"b/{i}.png") for i in range(3)
-    ]
+    records = [safe_record(f"s{i}", f"a/{i}.png") for i in range(3)]
+    records += [unsafe_record(f"u{i}", f"b/{i}.{image_ext}") for i in range(3)]
     for name in ("train.json", "test.json", "test_share_1shot.json"):
         write_json(vlguard / name, records)
-    write_json(
-        vlguard / "test_what_3shot.json", [unsafe_record("u0", "b/0.png", q=f"What {k}?") for k in range(3)]
-    )
-    plan = load_plan(
-        RECIPES / "pipeline.yaml",
-        [
-            f"vars.vlguard={vlguard}",
-            f"vars.runs={runs}",
-            f"vars.recipes={RECIPES}",
-            "vars.subsample=2",
-            "vars.eval_tokens=4",
-            "vars.batch_size=4",
-            "vars.unlearn_overrides=[train.max_steps=2,train.per_device_train_batch_size=2,lora.r=4,data.max_length=96]",
-        ],
+    what = [unsafe_record("u0", f"b/0.{image_ext}", q=f"What {k}?") for k in range(3)]
+    write_json(vlguard / "test_what_3shot.json", what)
+    overrides = [
+        f"vars.vlguard={vlguard}",
+        f"vars.runs={runs}",
+        f"vars.recipes={RECIPES}",
+        "vars.subsample=2",
+    ]
+    overrides += ["vars.eval_tokens=4", "vars.batch_size=4", f"vars.unlearn_overrides=[{train_overrides}]"]
+    return load_plan(RECIPES / "pipeline.yaml", overrides), runs
+
+
+def test_smol_plan_sft_stages_on_a_tiny_stand_in(tmp_path, monkeypatch):
+    """The real plan file, stages compose -> sft-data -> sft -> eval-sft, both forms, on a tiny ChatML LM."""
+    pytest.importorskip("unmirage.train.recipe", reason="the unlearn command has not landed")
+    from unmirage.models import load_model
+
+    plan, runs = tiny_smol_plan(
+        tmp_path,
+        monkeypatch,
+        "train.max_steps=2,train.per_device_train_batch_size=2,lora.r=4,data.max_length=96",
     )
     run_plan(
         plan,
@@ -326,37 +330,8 @@ def test_smol_plan_sft_stages_on_a_tiny_stand_in(tmp_path, monkeypatch):
 def test_smol_plan_hazard_stages_on_a_tiny_stand_in(tmp_path, monkeypatch):
     """The real plan file, experiment 1's first stages on a tiny ChatML LM: hazard pictures, caption checks
     around projector pretraining (the LM frozen), and the base evaluations with and without the pictures."""
-    import unmirage.pipeline
-
-    monkeypatch.setattr(unmirage.pipeline, "run_child", in_process_child)
-    from helpers import safe_record, unsafe_record, write_json
-    from test_smol import _stand_in_lm
-
-    runs = tmp_path / "runs"
-    model, tok = _stand_in_lm()
-    lm = runs / "models" / "smollm2"
-    model.save_pretrained(lm)
-    tok.save_pretrained(lm)
-    (lm / "manifest.json").write_text("{}")
-    vlguard = tmp_path / "vlguard"
-    records = [safe_record(f"s{i}", f"a/{i}.png") for i in range(3)]
-    records += [unsafe_record(f"u{i}", f"b/{i}.jpg") for i in range(3)]
-    for name in ("train.json", "test.json", "test_share_1shot.json"):
-        write_json(vlguard / name, records)
-    write_json(
-        vlguard / "test_what_3shot.json", [unsafe_record("u0", "b/0.jpg", q=f"What {k}?") for k in range(3)]
-    )
-    plan = load_plan(
-        RECIPES / "pipeline.yaml",
-        [
-            f"vars.vlguard={vlguard}",
-            f"vars.runs={runs}",
-            f"vars.recipes={RECIPES}",
-            "vars.subsample=2",
-            "vars.eval_tokens=4",
-            "vars.batch_size=4",
-            "vars.unlearn_overrides=[train.max_steps=2,train.per_device_train_batch_size=2]",
-        ],
+    plan, runs = tiny_smol_plan(
+        tmp_path, monkeypatch, "train.max_steps=2,train.per_device_train_batch_size=2", image_ext="jpg"
     )
     stages = ["convert", "compose", "hazard-data", "hazard-captions-before", "projector", "hazard-captions"]
     run_plan(plan, only=[*stages, "eval-base"], variants=["hazard", "hazard-grey"], echo=lambda _line: None)
