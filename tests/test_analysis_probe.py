@@ -144,6 +144,31 @@ def test_evaluation_forms_use_the_rule_rewrites(tmp_path):
     assert forms["safe_share"].examples[0].question.startswith("Share")
     limited = evaluation_forms(tmp_path / "t.json", limit=1, seed=3)
     assert len(limited[0].examples) == 1 and limited[0].examples[0].id == limited[1].examples[0].id[:2]
+    # attack files: their rewrites of the drawn questions (every shot), as extra forms
+    what = [unsafe_record(i, q=f"What about {i} {k}?") for i in ("u0", "u1", "u7") for k in range(2)]
+    share = [safe_record("s0", q="Share the cake."), safe_record("s5", q="Share more.")]
+    forms = evaluation_forms(
+        tmp_path / "t.json",
+        what=write_json(tmp_path / "w.json", what),
+        share=write_json(tmp_path / "s.json", share),
+    )
+    by = {f.name: f for f in forms}
+    assert [f.name for f in forms] == [
+        "unsafe",
+        "unsafe_what",
+        "unsafe_attack",
+        "safe",
+        "safe_share",
+        "safe_attack",
+    ]
+    assert [e.id for e in by["unsafe_attack"].examples] == [
+        "u0#attack0",
+        "u0#attack1",
+        "u1#attack0",
+        "u1#attack1",
+    ]
+    assert by["unsafe_attack"].label == 1 and by["safe_attack"].label == 0
+    assert [e.question for e in by["safe_attack"].examples] == ["Share the cake."]
 
 
 TOPICS = ("poison", "bread")

@@ -229,6 +229,7 @@ def test_smol_vlguard_plan_experiments(monkeypatch):
         and probe[probe.index("--model") + 1] == "runs/smol-vlguard/models/smollm2"
     )
     assert probe[probe.index("--forget") + 1] == "runs/smol-vlguard/data/text/unlearn/forget.json"
+    assert probe[probe.index("--what") + 1] == "/data/vlguard/test_what_3shot.json"
     assert labels.index("unlearn-data.text") < labels.index("probe.text")
 
 

@@ -83,23 +83,36 @@ def evaluation_forms(
     safe_word: str = "Share",
     limit: int | None = None,
     seed: int = 0,
+    what: str | Path | None = None,
+    share: str | Path | None = None,
 ) -> list[FormSet]:
-    """The four forms of a VLGuard-schema file: `unsafe`, `unsafe_<harmful_word>`, `safe`, `safe_<safe_word>`
-    (up to `limit` questions drawn per subset, the same ones in both of its forms)."""
+    """The forms of a VLGuard-schema file: `unsafe`, `unsafe_<harmful_word>`, `safe`, `safe_<safe_word>` (rule
+    rewrites), plus `unsafe_attack` / `safe_attack` when a What attack file (`what`, K-shot) or a Share
+    attack file (`share`) is given: its rewrites of the same questions. Up to `limit` questions are drawn per
+    subset, the same ones in every form of it."""
     from unmirage.data.vlguard import load_vlguard, view
 
     data = load_vlguard(path, kind="plain")
     forms = []
-    for subset, name, label, word in (
-        ("unsafes", "unsafe", 1, harmful_word),
-        ("safe_safes", "safe", 0, safe_word),
+    for subset, name, label, word, attack in (
+        ("unsafes", "unsafe", 1, harmful_word, what),
+        ("safe_safes", "safe", 0, safe_word, share),
     ):
         samples = subsample(view(data, subset), limit, seed)
-        originals = [Example(id=s.id, question=s.question, answer="", image=s.image) for s in samples]
+        originals = [_example(s) for s in samples]
         rewrites, skipped = rewritten(originals, word)
         forms.append(FormSet(name, label, originals))
         forms.append(FormSet(f"{name}_{word.lower()}", label, rewrites, skipped))
+        if attack is not None:
+            ids = {s.id for s in samples}
+            shots = [s for s in view(load_vlguard(attack), subset) if s.id in ids]
+            forms.append(FormSet(f"{name}_attack", label, [_example(s, f"#attack{s.shot}") for s in shots]))
     return forms
+
+
+def _example(sample: Any, suffix: str = "") -> Example:
+    """A question of a VLGuard view as a probe example (no answer)."""
+    return Example(id=f"{sample.id}{suffix}", question=sample.question, answer="", image=sample.image)
 
 
 def form_blind(examples: Sequence[Example], words: Sequence[str], seed: int) -> list[Example]:

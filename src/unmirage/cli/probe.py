@@ -31,6 +31,13 @@ def probe(
     pool: str = typer.Option(
         "last", help="Question representation: last (prompt token) or mean (of the prompt)."
     ),
+    what: Path = typer.Option(
+        None,
+        help="What attack file (K-shot, e.g. test_what_3shot.json): its rewrites are the unsafe_attack form.",
+    ),
+    share: Path = typer.Option(
+        None, help="Share attack file (e.g. test_share_1shot.json): its rewrites are the safe_attack form."
+    ),
     harmful_word: str = typer.Option("What", help="Rewrite the unsafe questions to start with this word."),
     safe_word: str = typer.Option("Share", help="Rewrite the safe questions to start with this word."),
     rewrite_word: list[str] = typer.Option(
@@ -75,8 +82,15 @@ def probe(
     from unmirage.outputs import claim_folder, file_identity, folder_path, model_identity
     from unmirage.runs import atomic_write_json, write_manifest
 
-    for name, path in (("--forget", forget), ("--retain", retain), ("--data", data)):
-        if not path.is_file():
+    files = [p for p in (forget, retain, data, what, share) if p is not None]
+    for name, path in (
+        ("--forget", forget),
+        ("--retain", retain),
+        ("--data", data),
+        ("--what", what),
+        ("--share", share),
+    ):
+        if path is not None and not path.is_file():
             raise UnmirageError(f"{name}: file not found", file=path)
     if batch_size < 1:
         raise UnmirageError(f"--batch-size must be >= 1, got {batch_size}")
@@ -85,7 +99,13 @@ def probe(
         forget=draw(load_examples(forget, multi_turn="first"), train_subsample, seed),
         retain=draw(load_examples(retain, multi_turn="first"), train_subsample, seed),
         forms=evaluation_forms(
-            data, harmful_word=harmful_word, safe_word=safe_word, limit=subsample, seed=seed
+            data,
+            harmful_word=harmful_word,
+            safe_word=safe_word,
+            limit=subsample,
+            seed=seed,
+            what=what,
+            share=share,
         ),
         rewrite_words=words,
         seed=seed,
@@ -105,10 +125,8 @@ def probe(
         "seed": seed,
     }
     identity = {"model": model_identity(model), "image_root": folder_path(image_root), "layers": layers}
-    identity |= {"files": [file_identity(p) for p in (forget, retain, data)], "settings": settings}
-    claim_folder(
-        out, command="analyze probe", identity=identity, overwrite=overwrite, inputs=[forget, retain, data]
-    )
+    identity |= {"files": [file_identity(p) for p in files], "settings": settings}
+    claim_folder(out, command="analyze probe", identity=identity, overwrite=overwrite, inputs=files)
     loaded = load_model(model, dtype=dtype, device_map=resolve_device())
     chosen = parse_layers(layers, loaded.family.num_layers(loaded.model))
     images = ImageLoader(root=image_root) if image_root is not None else ImageLoader()
@@ -136,7 +154,7 @@ def probe(
         command="analyze probe",
         identity=identity,
         config=result["settings"],
-        inputs=[forget, retain, data],
+        inputs=files,
         outputs=[table, chart],
         seed=seed,
     )
