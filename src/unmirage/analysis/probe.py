@@ -380,7 +380,7 @@ def plot_probe(result: dict[str, Any], path: str | Path) -> None:
         ax.set_xlabel("decoder layer (0-based)")
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower left")
+        ax.legend(fontsize=8, loc="best")
     axes[0][0].set_ylabel("probe accuracy, % (95% Wilson band)")
     settings = result.get("settings", {})
     fig.suptitle(
