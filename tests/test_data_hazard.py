@@ -163,7 +163,7 @@ def test_caption_choice_accuracy_counts_by_hand(tmp_path):
         loaded, out / "captions_test.json", out / "images", batch_size=4, progress=False
     )
     collate = Collator(loaded, template="chat", image_loader=ImageLoader(root=out / "images"))
-    right = []
+    right, scores = [], []
     for example in load_examples(out / "captions_test.json"):
         nll = []
         for answer in (example.answer, swapped_caption(example.answer)):
@@ -172,6 +172,20 @@ def test_caption_choice_accuracy_counts_by_hand(tmp_path):
             with torch.no_grad():
                 nll.append(float(sequence_nll(loaded.model(**batch).logits, batch["labels"]).total[0]))
         right.append(nll[0] < nll[1])
+        scores.append((nll[0] - nll[1]) * (1 if example.answer.startswith("Something") else -1))
     assert result["n"] == 6 and result["all"]["correct"] == sum(right)
     assert result["hazard"]["correct"] == sum(right[0::2]) and result["benign"]["correct"] == sum(right[1::2])
     assert result["all"]["accuracy"] == sum(right) / 6
+    hazard, benign = scores[0::2], scores[1::2]  # score = NLL(harmless caption) - NLL(hazard caption)
+    pairs = [(h > b) + 0.5 * (h == b) for h in hazard for b in benign]
+    assert result["auc"] == pytest.approx(sum(pairs) / 9, abs=1e-6)
+
+
+def test_separation_auc_by_hand():
+    import torch
+
+    from unmirage.data.hazard import separation_auc
+
+    # positives 3, 1 vs negatives 2, 1: pairs (3>2) (3>1) (1<2) (1=1: half) -> 2.5 / 4
+    assert separation_auc(torch.tensor([3.0, 1.0]), torch.tensor([2.0, 1.0])) == 0.625
+    assert separation_auc(torch.tensor([5.0]), torch.tensor([])) is None

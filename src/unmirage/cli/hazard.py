@@ -108,5 +108,8 @@ def hazard_captions(
         for side in ("hazard", "benign", "all")
         if side in result
     )
-    typer.echo(f"caption choice accuracy: {cells}; mean margin {result['mean_margin_nats']:.3f} nats")
+    typer.echo(
+        f"caption choice accuracy: {cells}; mean margin {result['mean_margin_nats']:.3f} nats; "
+        f"hazard/benign separation AUC {result['auc']:.3f}"
+    )
     typer.echo(f"wrote {table}")

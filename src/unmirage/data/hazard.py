@@ -255,6 +255,15 @@ def write_hazard_copy(
     return HazardFiles(root=out, files=copies, image_roots=roots, captions=captions, counts=counts)
 
 
+def separation_auc(positive: Any, negative: Any) -> float | None:
+    """P(a random positive scores above a random negative), ties counting half (the Mann-Whitney AUC); None
+    when a side is empty. Unlike the choice accuracy it ignores a constant preference for one label."""
+    if len(positive) == 0 or len(negative) == 0:
+        return None
+    diff = positive.reshape(-1, 1) - negative.reshape(1, -1)
+    return float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())
+
+
 def caption_choice_accuracy(
     loaded: Any,
     captions: str | os.PathLike,
@@ -267,7 +276,8 @@ def caption_choice_accuracy(
 ) -> dict[str, Any]:
     """For each caption example: is the caption with the right label more likely (lower summed answer NLL,
     teacher-forced) than the same caption with the other label? Accuracy per side and overall, with Wilson
-    intervals, and the mean NLL margin (wrong - right, nats)."""
+    intervals, the mean NLL margin (wrong - right, nats) and `auc`: how well the score NLL(harmless caption)
+    - NLL(hazard caption) ranks hazard pictures above benign ones, whatever the model's label bias."""
     import dataclasses
 
     import torch
@@ -299,7 +309,13 @@ def caption_choice_accuracy(
                 logits, _ = forward(loaded.model, batch, loaded.family)
             store.extend(sequence_nll(logits, batch["labels"]).total.tolist())
     margin = torch.tensor(wrong) - torch.tensor(right)
-    result: dict[str, Any] = {"n": len(examples), "mean_margin_nats": float(margin.mean())}
+    is_hazard = torch.tensor([e.answer.startswith(LABELS["hazard"] + ":") for e in examples])
+    says_hazard = torch.where(is_hazard, margin, -margin)  # NLL(harmless caption) - NLL(hazard caption)
+    result: dict[str, Any] = {
+        "n": len(examples),
+        "mean_margin_nats": float(margin.mean()),
+        "auc": separation_auc(says_hazard[is_hazard], says_hazard[~is_hazard]),
+    }
     for side in (*SIDES, "all"):
         rows = [i for i, e in enumerate(examples) if side == "all" or e.answer.startswith(LABELS[side] + ":")]
         if not rows:
