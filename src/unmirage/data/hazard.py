@@ -28,7 +28,6 @@ other label.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import random
 import shutil
@@ -103,11 +102,13 @@ def pick(image: str, count: int) -> int:
 
 
 def _save(picture: Image.Image, path: Path) -> None:
+    """Write `picture` in the format `path`'s extension names (JPEG for .jpg/.jpeg, else PNG), atomically."""
+    from unmirage.runs import atomic_open
+
     path.parent.mkdir(parents=True, exist_ok=True)
     jpeg = path.suffix.lower() in JPEG_SUFFIXES
-    buffer = io.BytesIO()
-    picture.save(buffer, format="JPEG" if jpeg else "PNG", **({"quality": 95} if jpeg else {}))
-    path.write_bytes(buffer.getvalue())
+    with atomic_open(path, "wb", encoding=None) as handle:
+        picture.save(handle, format="JPEG" if jpeg else "PNG", **({"quality": 95} if jpeg else {}))
 
 
 def check_sides_apart(pictures: dict[tuple[str, str], list[Image.Image]]) -> None:
@@ -174,7 +175,7 @@ def write_hazard_copy(
 
     from unmirage.data.vlguard import load_vlguard
     from unmirage.outputs import claim_folder, file_identity
-    from unmirage.runs import atomic_write_json, sha256_file, write_manifest
+    from unmirage.runs import atomic_open, atomic_write_json, sha256_file, write_manifest
 
     config = config or HazardConfig()
     source, out = Path(vlguard), Path(out)
@@ -234,7 +235,8 @@ def write_hazard_copy(
         atomic_write_json(captions[split], [record for record, _ in rows])
     copies = []
     for path in inputs:
-        shutil.copyfile(path, out / path.name)
+        with open(path, "rb") as source_file, atomic_open(out / path.name, "wb", encoding=None) as handle:
+            shutil.copyfileobj(source_file, handle)
         copies.append(out / path.name)
     atomic_write_json(out / "pictures.json", described)
     counts = {
