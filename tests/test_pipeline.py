@@ -188,7 +188,9 @@ def test_smol_vlguard_plan_experiments(monkeypatch):
         and f"data.retain={hazard}/captions_train.json" in projector
     )
     labels = [s.label for s in steps]
-    assert labels.index("hazard-captions-before.hazard") < labels.index("projector.hazard")
+    assert labels.index("hazard-captions-before.hazard") < labels.index("vision.hazard")
+    assert labels.index("vision.hazard") < labels.index("projector.hazard")
+    assert "model=runs/smol-vlguard/models/smollm2-vlm-vision" in projector
     assert labels.index("hazard-captions.hazard") < labels.index("eval-base.hazard")
     for stage in ("sft", "npo", "rmu"):  # trained on hazard pictures, from the projector-trained VLM
         argv = by[(stage, "hazard")].argv
@@ -334,7 +336,9 @@ def test_smol_plan_hazard_stages_on_a_tiny_stand_in(tmp_path, monkeypatch):
     plan, runs = tiny_smol_plan(
         tmp_path, monkeypatch, "train.max_steps=2,train.per_device_train_batch_size=2", image_ext="jpg"
     )
-    stages = ["convert", "compose", "hazard-data", "hazard-captions-before", "projector", "hazard-captions"]
+    plan.vars["vision_steps"] = 3
+    stages = ["convert", "compose", "hazard-data", "hazard-captions-before", "vision", "projector"]
+    stages += ["hazard-captions"]
     run_plan(plan, only=[*stages, "eval-base"], variants=["hazard", "hazard-grey"], echo=lambda _line: None)
     rows = [json.loads(line) for line in (runs / "stages.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in rows] == [*stages[1:], "eval-base", "eval-base"]
@@ -342,11 +346,17 @@ def test_smol_plan_hazard_stages_on_a_tiny_stand_in(tmp_path, monkeypatch):
     assert manifest["global_step"] == 2 and manifest["trainable_parameters"] > 0
     from safetensors.torch import load_file
 
-    before = load_file(runs / "models" / "smollm2-vlm" / "model.safetensors")
-    after = load_file(runs / "models" / "smollm2-vlm-hazard" / "model.safetensors")
-    changed = [k for k in before if not torch.equal(before[k], after[k])]
-    assert changed and all("projector" in k or "vision" in k for k in changed), changed
-    assert any("language_model" in k for k in before)  # ... which stays SmolLM2, weight for weight
+    composed, vision, after = (
+        load_file(runs / "models" / name / "model.safetensors")
+        for name in ("smollm2-vlm", "smollm2-vlm-vision", "smollm2-vlm-hazard")
+    )
+    pretraining = json.loads((runs / "models" / "smollm2-vlm-vision" / "manifest.json").read_text())
+    assert 0 <= pretraining["vision_pretraining"]["held_out_hazard_accuracy"] <= 1
+    vision_changed = [k for k in composed if not torch.equal(composed[k], vision[k])]
+    assert vision_changed and all("vision" in k for k in vision_changed), vision_changed
+    changed = [k for k in vision if not torch.equal(vision[k], after[k])]
+    assert changed and all("projector" in k for k in changed), changed
+    assert any("language_model" in k for k in composed)  # ... which stays SmolLM2, weight for weight
     for folder in ("captions-before", "captions"):
         captions = json.loads((runs / "hazard" / folder / "hazard_captions.json").read_text())
         assert captions["all"]["n"] == 200 and captions["hazard"]["n"] == captions["benign"]["n"] == 100

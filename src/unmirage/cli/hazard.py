@@ -10,6 +10,13 @@ import typer
 def register(app: typer.Typer) -> None:
     from unmirage.cli.analyze import analyze_app
     from unmirage.cli.data import data_app
+    from unmirage.cli.models import models_app
+
+    models_app.command(
+        "pretrain-vision",
+        help="Teach a composed VLM's vision tower the kinds and colours of the hazard pictures (MirageLab's "
+        "vision stage) and save the model.",
+    )(pretrain_vision)
 
     data_app.command(
         "hazard-images",
@@ -113,3 +120,23 @@ def hazard_captions(
         f"hazard/benign separation AUC {result['auc']:.3f}"
     )
     typer.echo(f"wrote {table}")
+
+
+def pretrain_vision(
+    model: str = typer.Option(..., help="VLM folder (e.g. a composed SmolLM2 VLM)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the model with the trained vision tower."),
+    steps: int = typer.Option(1000, help="Optimizer steps of 64 pictures."),
+    seed: int = typer.Option(0, help="The world's seed: the same as `data hazard-images --seed`."),
+    image_size: int = typer.Option(32, help="Picture side: the same as `data hazard-images --image-size`."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it holds an unmirage model."),
+) -> None:
+    from unmirage.data.hazard import HazardConfig, pretrain_hazard_vision
+
+    result = pretrain_hazard_vision(
+        model, out, HazardConfig(seed=seed, image_size=image_size), steps=steps, overwrite=overwrite
+    )
+    typer.echo(
+        f"vision tower: kind accuracy {result['held_out_kind_accuracy']:.1%}, hazard vs benign "
+        f"{result['held_out_hazard_accuracy']:.1%} on {result['held_out']} held-out pictures "
+        f"({result['seconds']:.0f} s); wrote {out}"
+    )

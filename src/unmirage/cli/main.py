@@ -91,6 +91,7 @@ EXAMPLES = {
     "lab run": "unmirage lab run --out lab-out",
     "models tiny": "unmirage models tiny --family llava --out runs/tiny/model",
     "models convert-gguf": "unmirage models convert-gguf --out runs/smollm2",
+    "models pretrain-vision": "unmirage models pretrain-vision --model runs/smol-vlm --out runs/smol-vlm-vision",
     "models compose": "unmirage models compose --language-model runs/smollm2 --vision tiny --out runs/smol-vlm",
     "pipeline run": "unmirage pipeline run recipes/smol-vlguard/pipeline.yaml --dry-run",
     "benchmark list": "unmirage benchmark list",

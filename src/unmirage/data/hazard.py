@@ -327,3 +327,65 @@ def caption_choice_accuracy(
         result[side] = {"n": len(rows), "correct": correct, "accuracy": accuracy}
         result[side]["accuracy_ci"] = list(wilson_interval(accuracy, len(rows)))
     return result
+
+
+def pretrain_hazard_vision(
+    model: str | os.PathLike,
+    out: str | os.PathLike,
+    config: HazardConfig | None = None,
+    *,
+    steps: int = 1000,
+    held_out: int = 512,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Teach a VLM's vision tower the kinds and colours of the hazard pictures' world (MirageLab's vision
+    stage, `lab.pretrain.pretrain_vision`: a linear head on the patch tokens LLaVA feeds its projector), then
+    save the whole model to `out` (written under a temporary name, then renamed). Returns the training
+    accuracies and the kind / hazard accuracies of the trained head on `held_out` fresh pictures."""
+    import torch
+
+    from unmirage.lab.pretrain import VisionStage, feature_layer_tokens, pretrain_vision
+    from unmirage.models.convert import prepare_output_dir, publish_dir, staging_dir
+    from unmirage.models.load import load_model
+    from unmirage.runs import write_manifest
+
+    config = config or HazardConfig()
+    out = prepare_output_dir(out, overwrite)
+    loaded = load_model(model, dtype="float32")
+    if not loaded.multimodal or loaded.family.vision_tower is None:
+        raise UnmirageError("the model has no vision tower", file=model)
+    world = _world(config)
+    stage = VisionStage(steps=steps)
+    head: dict[str, Any] = {}
+    result = pretrain_vision(loaded, world, stage, seed=config.seed, progress=progress, keep_head=head)
+    rng = random.Random(f"hazard-vision-check-{config.seed}")
+    specs = [world.sample_object(rng) for _ in range(held_out)]
+    pixels = loaded.processor.image_processor(images=[world.render(s) for s in specs], return_tensors="pt")
+    with torch.no_grad():
+        logits = head["head"](feature_layer_tokens(loaded.model, pixels["pixel_values"]).flatten(1))
+    kinds = logits[:, : len(world.kinds)].argmax(-1)
+    truth = torch.tensor([s.kind for s in specs])
+    hazard = torch.tensor([world.kinds[k].hazard for k in kinds.tolist()])
+    hazard_truth = torch.tensor([world.kinds[s.kind].hazard for s in specs])
+    result |= {
+        "held_out": held_out,
+        "held_out_kind_accuracy": float((kinds == truth).float().mean()),
+        "held_out_hazard_accuracy": float((hazard == hazard_truth).float().mean()),
+    }
+    staging = staging_dir(out)
+    try:
+        loaded.model.save_pretrained(staging)
+        loaded.processor.save_pretrained(staging)
+        write_manifest(
+            staging,
+            command="models pretrain-vision",
+            config={"model": str(model), "world": config.model_dump(), "vision": stage.model_dump()},
+            seed=config.seed,
+            vision_pretraining=result,
+        )
+        publish_dir(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return result
