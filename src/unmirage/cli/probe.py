@@ -63,6 +63,7 @@ def probe(
     from tqdm.auto import tqdm
 
     from unmirage.analysis.probe import (
+        POOLS,
         FeatureCache,
         ProbeInputs,
         evaluation_forms,
@@ -94,6 +95,10 @@ def probe(
             raise UnmirageError(f"{name}: file not found", file=path)
     if batch_size < 1:
         raise UnmirageError(f"--batch-size must be >= 1, got {batch_size}")
+    if pool not in POOLS:
+        raise UnmirageError(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}")
+    if l2 < 0:
+        raise UnmirageError(f"--l2 must be >= 0, got {l2}")
     words = tuple(rewrite_word or ("What", "Share"))
     inputs = ProbeInputs(
         forget=draw(load_examples(forget, multi_turn="first"), train_subsample, seed),
