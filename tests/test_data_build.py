@@ -131,6 +131,18 @@ def test_form_balanced_sets_add_rewrites_to_both(train: Path, tmp_path: Path) ->
         make_unlearn_sets(train, rewrite_words=["What is"])
 
 
+def test_rewrites_on_one_side_only(train: Path) -> None:
+    both = make_unlearn_sets(train, rewrite_words=["What", "Share"])
+    retain_only = make_unlearn_sets(train, rewrite_words=["What", "Share"], rewrite_side="retain")
+    assert [c.id for c in retain_only.forget] == ["u1", "u2"]  # the forget set as built without words
+    assert [c.to_json() for c in retain_only.retain] == [c.to_json() for c in both.retain]
+    assert retain_only.rewrites["forget"] == {}
+    forget_only = make_unlearn_sets(train, rewrite_words=["What"], rewrite_side="forget")
+    assert len(forget_only.forget) == 4 and "#" not in "".join(c.id for c in forget_only.retain)
+    with pytest.raises(UnmirageError, match="rewrite-side"):
+        make_unlearn_sets(train, rewrite_words=["What"], rewrite_side="neither")
+
+
 def test_mixing_follows_the_reference_draw(train: Path, general: Path, tmp_path: Path) -> None:
     sets = make_unlearn_sets(train, mix=general, mix_to=7, seed=42)
     general_convs = read_conversations(general)

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from unmirage.errors import UnmirageError
@@ -119,7 +120,7 @@ def test_smol_vlguard_plan_renders(monkeypatch):
     plan = load_plan(RECIPES / "pipeline.yaml")
     steps, out = plan_steps(plan)
     labels = [s.label for s in steps]
-    assert labels[:2] == ["convert", "compose"] and labels[-1] == "report-all"
+    assert labels[:2] == ["convert", "compose"] and labels[-2:] == ["report-all", "report-experiments"]
     for variant in ("text", "vlm"):
         for stage in ("eval-base", "sft", "eval-sft", "npo", "eval-npo", "rmu", "eval-rmu", "triggers"):
             assert f"{stage}.{variant}" in labels
@@ -133,7 +134,7 @@ def test_smol_vlguard_plan_renders(monkeypatch):
     assert all("--placeholder-images" in s.argv for s in vlm_evals if s.stage != "unlearn-data")
     assert not any("--placeholder-images" in s.argv for s in steps if s.variant == "text")
     evals = [s for s in steps if s.argv[0] == "eval"]
-    assert len(evals) == 11 and all(
+    assert len(evals) == 24 and all(
         "/data/vlguard/test.json" in s.argv and "--prefill" in s.argv for s in evals
     )
     # form-balanced unlearning: the text model on rewritten sets, compared with the text base and SFT
@@ -151,6 +152,87 @@ def test_smol_vlguard_plan_renders(monkeypatch):
     for step in steps:
         if step.argv[0] == "unlearn":
             assert Path(step.argv[1]).name and (RECIPES / Path(step.argv[1]).name).is_file()
+    # stages of several variants may share an output (the mined answers, the text sets) only as one command
+    by_output: dict[str, list[str]] = {}
+    for step in steps:
+        if step.creates:
+            assert by_output.setdefault(step.creates, step.argv) == step.argv, step.label
+    # every variant renders alone and brings the shared data stages it needs (the vlm form uses the text
+    # form's mined sets, as asserted above)
+    for variant in set(plan.variants) - {"vlm"}:
+        alone = {s.stage: s for s in plan_steps(plan, variants=[variant])[0] if s.variant == variant}
+        needs = [a.split("=", 1)[1] for s in alone.values() for a in s.argv if a.startswith("data.forget=")]
+        made = {s.creates.rsplit("/", 1)[0] for s in alone.values() if s.stage.startswith("unlearn-data")}
+        assert all(path.rsplit("/", 1)[0] in made for path in needs), variant
+
+
+def test_smol_vlguard_plan_experiments(monkeypatch):
+    """The experiment variants: hazard pictures with and without the image, mixed-form retain sets and RMU's
+    alpha 1, form-balanced RMU at a deep layer with an automatic control norm, per-example NPO; the probe."""
+    monkeypatch.setenv("UNMIRAGE_VLGUARD_DIR", "/data/vlguard")
+    plan = load_plan(RECIPES / "pipeline.yaml")
+    steps, _ = plan_steps(plan)
+    by = {(s.stage, s.variant): s for s in steps}
+    hazard = "runs/smol-vlguard/data/hazard"
+    assert by[("hazard-data", "hazard")].argv == [
+        "data",
+        "hazard-images",
+        "--vlguard",
+        "/data/vlguard",
+        "--out",
+        hazard,
+    ]
+    projector = by[("projector", "hazard")].argv
+    assert (
+        projector[1].endswith("projector_sft.yaml")
+        and f"data.retain={hazard}/captions_train.json" in projector
+    )
+    labels = [s.label for s in steps]
+    assert labels.index("hazard-captions-before.hazard") < labels.index("vision.hazard")
+    assert labels.index("vision.hazard") < labels.index("projector.hazard")
+    assert "model=runs/smol-vlguard/models/smollm2-vlm-vision" in projector
+    assert labels.index("hazard-captions.hazard") < labels.index("eval-base.hazard")
+    for stage in ("sft", "npo", "rmu"):  # trained on hazard pictures, from the projector-trained VLM
+        argv = by[(stage, "hazard")].argv
+        assert f"data.image_root={hazard}/images/train" in argv
+        assert "model=runs/smol-vlguard/models/smollm2-vlm-hazard" in argv
+        assert (stage, "hazard-grey") not in by  # hazard-grey trains nothing
+    for stage, model in (("eval-sft", "sft/merged"), ("eval-npo", "npo/merged"), ("eval-rmu", "rmu")):
+        with_image, grey = by[(stage, "hazard")].argv, by[(stage, "hazard-grey")].argv
+        assert with_image[with_image.index("--model") + 1] == f"runs/smol-vlguard/hazard/{model}"
+        assert grey[grey.index("--model") + 1] == f"runs/smol-vlguard/hazard/{model}"
+        assert (
+            with_image[-2:] == ["--image-root", f"{hazard}/images/test"]
+            and grey[-1] == "--placeholder-images"
+        )
+        assert grey[grey.index("--out") + 1].startswith("runs/smol-vlguard/hazard-grey/")
+    mixed = by[("unlearn-data-retain-mixed", "retain-mixed")].argv
+    assert mixed[mixed.index("--rewrite-side") + 1] == "retain" and mixed.count("--rewrite-word") == 5
+    assert (
+        "method.alpha=1.0" in by[("rmu", "retain-mixed")].argv
+        and "method.alpha=1.0" in by[("rmu", "alpha1")].argv
+    )
+    assert "method.alpha=1.0" not in by[("rmu", "text")].argv
+    assert (
+        "data.forget=runs/smol-vlguard/data/text/unlearn-retain-mixed/forget.json"
+        in by[("npo", "retain-mixed")].argv
+    )
+    deep = by[("rmu", "balanced-deep")].argv
+    assert {"method.layer=29", "method.steering_coeff=auto"} <= set(deep)
+    assert "data.forget=runs/smol-vlguard/data/text/unlearn-balanced/forget_rmu.json" in deep
+    assert ("npo", "balanced-deep") not in by
+    paper = by[("npo", "npo-paper")].argv
+    assert {"method.reduction=mean", "data.epoch_over=forget", "train.max_steps=-1"} <= set(paper)
+    assert "data.forget=runs/smol-vlguard/data/text/unlearn-balanced/forget.json" in paper
+    assert by[("report", "npo-paper")].argv[3:5] == ["runs/smol-vlguard/npo-paper/eval-npo", "--out"]
+    probe = by[("probe", "text")].argv
+    assert (
+        probe[:2] == ["analyze", "probe"]
+        and probe[probe.index("--model") + 1] == "runs/smol-vlguard/models/smollm2"
+    )
+    assert probe[probe.index("--forget") + 1] == "runs/smol-vlguard/data/text/unlearn/forget.json"
+    assert probe[probe.index("--what") + 1] == "/data/vlguard/test_what_3shot.json"
+    assert labels.index("unlearn-data.text") < labels.index("probe.text")
 
 
 @pytest.mark.slow
@@ -183,44 +265,53 @@ def in_process_child(argv: list[str], env: dict[str, str], log: Path) -> tuple[i
     return code, time.perf_counter() - start, 0.0
 
 
-def test_smol_plan_sft_stages_on_a_tiny_stand_in(tmp_path, monkeypatch):
-    """The real plan file, stages compose -> sft-data -> sft -> eval-sft, both forms, on a tiny ChatML LM."""
+def tiny_smol_plan(tmp_path: Path, monkeypatch, train_overrides: str, image_ext: str = "png"):
+    """The real plan file on a tiny ChatML stand-in for the converted SmolLM2 (the convert stage counts as done)
+    and a six-record VLGuard folder, run in process; returns (plan, runs folder)."""
     import unmirage.pipeline
-
-    monkeypatch.setattr(unmirage.pipeline, "run_child", in_process_child)
-    pytest.importorskip("unmirage.train.recipe", reason="the unlearn command has not landed")
     from helpers import safe_record, unsafe_record, write_json
     from test_smol import _stand_in_lm
-    from unmirage.models import load_model
 
+    monkeypatch.setattr(unmirage.pipeline, "run_child", in_process_child)
     runs = tmp_path / "runs"
     model, tok = _stand_in_lm()
     lm = runs / "models" / "smollm2"
     model.save_pretrained(lm)
     tok.save_pretrained(lm)
-    (lm / "manifest.json").write_text("{}")  # stands in for the converted SmolLM2: the convert stage is done
+    (lm / "manifest.json").write_text("{}")
     vlguard = tmp_path / "vlguard"
-    records = [safe_record(f"s{i}", f"a/{i}.png") for i in range(3)] + [
-        unsafe_record(f"u{i}", f"b/{i}.png") for i in range(3)
-    ]
+    records = [safe_record(f"s{i}", f"a/{i}.png") for i in range(3)]
+    records += [unsafe_record(f"u{i}", f"b/{i}.{image_ext}") for i in range(3)]
     for name in ("train.json", "test.json", "test_share_1shot.json"):
         write_json(vlguard / name, records)
-    write_json(
-        vlguard / "test_what_3shot.json", [unsafe_record("u0", "b/0.png", q=f"What {k}?") for k in range(3)]
+    what = [unsafe_record("u0", f"b/0.{image_ext}", q=f"What {k}?") for k in range(3)]
+    write_json(vlguard / "test_what_3shot.json", what)
+    overrides = [
+        f"vars.vlguard={vlguard}",
+        f"vars.runs={runs}",
+        f"vars.recipes={RECIPES}",
+        "vars.subsample=2",
+    ]
+    overrides += ["vars.eval_tokens=4", "vars.batch_size=4", f"vars.unlearn_overrides=[{train_overrides}]"]
+    return load_plan(RECIPES / "pipeline.yaml", overrides), runs
+
+
+def test_smol_plan_sft_stages_on_a_tiny_stand_in(tmp_path, monkeypatch):
+    """The real plan file, stages compose -> sft-data -> sft -> eval-sft, both forms, on a tiny ChatML LM."""
+    pytest.importorskip("unmirage.train.recipe", reason="the unlearn command has not landed")
+    from unmirage.models import load_model
+
+    plan, runs = tiny_smol_plan(
+        tmp_path,
+        monkeypatch,
+        "train.max_steps=2,train.per_device_train_batch_size=2,lora.r=4,data.max_length=96",
     )
-    plan = load_plan(
-        RECIPES / "pipeline.yaml",
-        [
-            f"vars.vlguard={vlguard}",
-            f"vars.runs={runs}",
-            f"vars.recipes={RECIPES}",
-            "vars.subsample=2",
-            "vars.eval_tokens=4",
-            "vars.batch_size=4",
-            "vars.unlearn_overrides=[train.max_steps=2,train.per_device_train_batch_size=2,lora.r=4,data.max_length=96]",
-        ],
+    run_plan(
+        plan,
+        only=["convert", "compose", "sft-data", "sft", "eval-sft"],
+        variants=["text", "vlm"],
+        echo=lambda _line: None,
     )
-    run_plan(plan, only=["convert", "compose", "sft-data", "sft", "eval-sft"], echo=lambda _line: None)
     for variant, family in (("text", "causal"), ("vlm", "llava")):
         merged = load_model(runs / variant / "sft" / "merged")
         assert merged.family.name == family
@@ -237,6 +328,42 @@ def test_smol_plan_sft_stages_on_a_tiny_stand_in(tmp_path, monkeypatch):
     assert all(r["status"] == "ok" and r["wall_s"] > 0 for r in rows)
     assert all(r["train_tokens_per_s"] > 0 for r in rows if r["stage"] == "sft")
     assert all(r["generation_tokens_per_s"] > 0 for r in rows if r["stage"] == "eval-sft")
+
+
+def test_smol_plan_hazard_stages_on_a_tiny_stand_in(tmp_path, monkeypatch):
+    """The real plan file, experiment 1's first stages on a tiny ChatML LM: hazard pictures, caption checks
+    around projector pretraining (the LM frozen), and the base evaluations with and without the pictures."""
+    plan, runs = tiny_smol_plan(
+        tmp_path, monkeypatch, "train.max_steps=2,train.per_device_train_batch_size=2", image_ext="jpg"
+    )
+    plan.vars["vision_steps"] = 3
+    stages = ["convert", "compose", "hazard-data", "hazard-captions-before", "vision", "projector"]
+    stages += ["hazard-captions"]
+    run_plan(plan, only=[*stages, "eval-base"], variants=["hazard", "hazard-grey"], echo=lambda _line: None)
+    rows = [json.loads(line) for line in (runs / "stages.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == [*stages[1:], "eval-base", "eval-base"]
+    manifest = json.loads((runs / "models" / "smollm2-vlm-hazard" / "manifest.json").read_text())
+    assert manifest["global_step"] == 2 and manifest["trainable_parameters"] > 0
+    from safetensors.torch import load_file
+
+    composed, vision, after = (
+        load_file(runs / "models" / name / "model.safetensors")
+        for name in ("smollm2-vlm", "smollm2-vlm-vision", "smollm2-vlm-hazard")
+    )
+    pretraining = json.loads((runs / "models" / "smollm2-vlm-vision" / "manifest.json").read_text())
+    assert 0 <= pretraining["vision_pretraining"]["held_out_hazard_accuracy"] <= 1
+    vision_changed = [k for k in composed if not torch.equal(composed[k], vision[k])]
+    assert vision_changed and all("vision" in k for k in vision_changed), vision_changed
+    changed = [k for k in vision if not torch.equal(vision[k], after[k])]
+    assert changed and all("projector" in k for k in changed), changed
+    assert any("language_model" in k for k in composed)  # ... which stays SmolLM2, weight for weight
+    for folder in ("captions-before", "captions"):
+        captions = json.loads((runs / "hazard" / folder / "hazard_captions.json").read_text())
+        assert captions["all"]["n"] == 200 and captions["hazard"]["n"] == captions["benign"]["n"] == 100
+    with_image = json.loads((runs / "hazard" / "eval-base" / "metrics.json").read_text())
+    grey = json.loads((runs / "hazard-grey" / "eval-base" / "metrics.json").read_text())
+    assert with_image["placeholder_images"] is False and grey["placeholder_images"] is True
+    assert with_image["asr_normal_n"] == grey["asr_normal_n"] == 2
 
 
 def test_a_stage_killed_part_way_runs_again(tmp_path):

@@ -98,6 +98,9 @@ def build_unlearn(
     rewrite_pick: str = typer.Option(
         "first", help="Which valid rule rewrite: first (most natural) or random (one per question, seeded)."
     ),
+    rewrite_side: str = typer.Option(
+        "both", help="Which sets get the rewrites: both, forget or retain (e.g. a retain set of mixed forms)."
+    ),
     out: Path = typer.Option(..., help="Output folder for forget.json, retain.json, ... and manifest.json."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it holds an earlier build."),
 ) -> None:
@@ -113,6 +116,7 @@ def build_unlearn(
         seed=seed,
         rewrite_words=rewrite_word or (),
         rewrite_pick=rewrite_pick,
+        rewrite_side=rewrite_side,
         overwrite=overwrite,
     )
     for name, path in result.files.items():

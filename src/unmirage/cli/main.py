@@ -75,6 +75,10 @@ EXAMPLES = {
     "analyze spurious": f"unmirage analyze spurious {VLG}/train.json --out runs/spurious",
     "analyze triggers": f"unmirage analyze triggers --model runs/tiny/npo --data {VLG}/test.json "
     "--placeholder-images --out runs/triggers",
+    "analyze probe": "unmirage analyze probe --model runs/smollm2 --forget runs/unlearn/forget.json --retain "
+    f"runs/unlearn/retain.json --data {VLG}/test.json --layers 0-29 --subsample 100 --out runs/probe",
+    "analyze hazard-captions": "unmirage analyze hazard-captions --model runs/smol-vlm-hazard --captions "
+    "runs/hazard-data/captions_test.json --image-root runs/hazard-data/images --out runs/hazard-captions",
     "attack build": f"unmirage attack build --data {VLG}/test.json --trigger What --k 3 --out what_3shot.json",
     "data check": f"unmirage data check {VLG}/train.json --allow-duplicate-ids --image-root {VLG}/train",
     "data build-unlearn": f"unmirage data build-unlearn --vlguard {VLG}/train.json --harmful "
@@ -82,10 +86,12 @@ EXAMPLES = {
     "data build-sft": f"unmirage data build-sft --vlguard {VLG}/train.json --out data/vlguard_sft.json",
     "data mine-harmful": f"unmirage data mine-harmful --vlguard {VLG}/train.json --generator "
     "runs/tiny/model --placeholder-images --max-new-tokens 16 --out runs/tiny/harmful.json",
+    "data hazard-images": f"unmirage data hazard-images --vlguard {VLG} --out runs/hazard-data",
     "data fetch vlguard": f"unmirage data fetch vlguard --out {VLG}",
     "lab run": "unmirage lab run --out lab-out",
     "models tiny": "unmirage models tiny --family llava --out runs/tiny/model",
     "models convert-gguf": "unmirage models convert-gguf --out runs/smollm2",
+    "models pretrain-vision": "unmirage models pretrain-vision --model runs/smol-vlm --out runs/smol-vlm-vision",
     "models compose": "unmirage models compose --language-model runs/smollm2 --vision tiny --out runs/smol-vlm",
     "pipeline run": "unmirage pipeline run recipes/smol-vlguard/pipeline.yaml --dry-run",
     "benchmark list": "unmirage benchmark list",

@@ -29,7 +29,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from unmirage.analysis.tokens import first_word
 from unmirage.data.conversations import GPT, HUMAN, Conversation, Turn, read_conversations, single_turn
@@ -107,12 +107,24 @@ def rmu_form(conversation: Conversation) -> Conversation:
 
 
 REWRITE_PICKS = ("first", "random")
+REWRITE_SIDES = ("both", "forget", "retain")
+
+
+class Asked(Protocol):
+    """What `with_rewrites` reads of a question: a `data.vlguard.Sample` or a `data.conversations.Example`."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def image(self) -> str | None: ...
+    @property
+    def question(self) -> str: ...
 
 
 def with_rewrites(
-    pairs: Sequence[tuple[Sample, str]], words: Sequence[str], pick: str = "first", seed: int = 42
+    pairs: Sequence[tuple[Asked, str]], words: Sequence[str], pick: str = "first", seed: int = 42
 ) -> tuple[list[Conversation], dict[str, int]]:
-    """Each (sample, answer) as a conversation, then per word the rewrites of its question that start with it
+    """Each (question, answer) as a conversation, then per word the rewrites of its question that start with it
     (the first valid rule rewrite, or with `pick="random"` one drawn by `random.Random(seed)`).
 
     Also returns, per word, how many questions were added, already started with it or had no valid rewrite."""
@@ -161,11 +173,17 @@ def make_unlearn_sets(
     seed: int = 42,
     rewrite_words: Sequence[str] = (),
     rewrite_pick: str = "first",
+    rewrite_side: str = "both",
 ) -> UnlearnSets:
-    """Build the sets in memory (all validation happens here); `rewrite_words` balances the question forms."""
+    """Build the sets in memory (all validation happens here); `rewrite_words` balances the question forms of
+    the sets `rewrite_side` names (both, or only the forget or the retain set)."""
     words = _rewrite_words(rewrite_words)
     if rewrite_pick not in REWRITE_PICKS:
         raise UnmirageError(f"--rewrite-pick must be one of {', '.join(REWRITE_PICKS)}, got {rewrite_pick!r}")
+    if rewrite_side not in REWRITE_SIDES:
+        raise UnmirageError(f"--rewrite-side must be one of {', '.join(REWRITE_SIDES)}, got {rewrite_side!r}")
+    forget_words = words if rewrite_side in ("both", "forget") else []
+    retain_words = words if rewrite_side in ("both", "retain") else []
     if mix_to is not None and mix is None:
         raise UnmirageError("--mix-to needs --mix (the general instruction data to draw from)")
     if mix_to is not None and mix_to < 1:
@@ -175,8 +193,10 @@ def make_unlearn_sets(
     retain_samples = view(data, "safe_safes")
     answers = forget_answers(forget_samples, harmful)
     forget_pairs = list(zip(forget_samples, answers, strict=True))
-    forget, forget_stats = with_rewrites(forget_pairs, words, rewrite_pick, seed)
-    retain, retain_stats = with_rewrites([(s, s.response) for s in retain_samples], words, rewrite_pick, seed)
+    forget, forget_stats = with_rewrites(forget_pairs, forget_words, rewrite_pick, seed)
+    retain, retain_stats = with_rewrites(
+        [(s, s.response) for s in retain_samples], retain_words, rewrite_pick, seed
+    )
     retain_mixed = None
     added = 0
     if mix is not None:
@@ -218,6 +238,7 @@ def build_unlearn(
     seed: int = 42,
     rewrite_words: Sequence[str] = (),
     rewrite_pick: str = "first",
+    rewrite_side: str = "both",
     overwrite: bool = False,
 ) -> UnlearnBuild:
     """Build and write forget.json, retain.json, [retain_mixed.json], forget_rmu.json and manifest.json.
@@ -233,12 +254,15 @@ def build_unlearn(
         seed=seed,
         rewrite_words=rewrite_words,
         rewrite_pick=rewrite_pick,
+        rewrite_side=rewrite_side,
     )
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UnmirageError("output exists and is not a folder", file=out)
     inputs = [p for p in (vlguard, harmful, mix) if p is not None]
     identity = {"inputs": [file_identity(p) for p in inputs], "seed": seed, "words": list(rewrite_words)}
+    if rewrite_side != "both":
+        identity["side"] = rewrite_side
     claim_folder(
         out, command="data build-unlearn", identity=identity, resume=False, overwrite=overwrite, inputs=inputs
     )
@@ -259,6 +283,7 @@ def build_unlearn(
         "seed": seed,
         "rewrite_words": sets.rewrite_words,
         "rewrite_pick": rewrite_pick,
+        "rewrite_side": rewrite_side,
     }
     manifest = write_manifest(
         out,

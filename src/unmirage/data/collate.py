@@ -74,7 +74,8 @@ class Collator:
             )
         return len(full_ids) - len(prompt_ids)
 
-    def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+    def _images(self, examples: Sequence[Example]) -> tuple[list[Image.Image | None], list[bool]]:
+        """Each example's image (None for text-only models) and whether it has one; all or none must."""
         if not examples:
             raise UnmirageError("cannot collate an empty batch")
         images = [self._image(e) for e in examples]
@@ -84,15 +85,29 @@ class Collator:
                 "a batch mixes examples with and without images "
                 f"(e.g. record {examples[has_image.index(False)].id}); use --placeholder-images"
             )
+        return images, has_image
+
+    def _prompt(self, example: Example, with_image: bool) -> str:
+        return self.family.build_prompt(
+            example.question,
+            template=self.template,
+            processor=self.processor,
+            has_image=with_image,
+            system=self.system,
+        )
+
+    def encode_prompts(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+        """Right-padded model inputs of the examples' prompts alone (no answer, no labels): each row's last
+        prompt token is at `attention_mask.sum() - 1`, and padding never shifts a real token's position."""
+        images, has_image = self._images(examples)
+        texts = [self._prompt(e, with_image) for e, with_image in zip(examples, has_image)]
+        return self._encode(texts, images if all(has_image) else None)
+
+    def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+        images, has_image = self._images(examples)
         texts, n_answer = [], []
         for example, with_image in zip(examples, has_image):
-            prompt = self.family.build_prompt(
-                example.question,
-                template=self.template,
-                processor=self.processor,
-                has_image=with_image,
-                system=self.system,
-            )
+            prompt = self._prompt(example, with_image)
             full = prompt + self.family.answer_text(
                 example.answer, template=self.template, processor=self.processor
             )

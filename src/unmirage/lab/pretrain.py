@@ -99,10 +99,17 @@ def step_flop(modules: Sequence[torch.nn.Module], loss_of: Callable[..., torch.T
 
 
 def pretrain_vision(
-    loaded: Any, world: World, stage: VisionStage, *, seed: int, progress: bool = True
+    loaded: Any,
+    world: World,
+    stage: VisionStage,
+    *,
+    seed: int,
+    progress: bool = True,
+    keep_head: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Train the vision tower to recognise kind and colour; returns the final training accuracies, the loop's
-    `seconds` and its `train_flop` (the first step's counted FLOPs x steps: every step has the same shape)."""
+    `seconds` and its `train_flop` (the first step's counted FLOPs x steps: every step has the same shape).
+    `keep_head["head"]` receives the trained linear head (kind logits first, then colour)."""
     model = loaded.model
     rng = random.Random(f"vision-{world.config.seed}-{seed}")
     specs = [world.sample_object(rng) for _ in range(stage.pictures)]
@@ -146,6 +153,8 @@ def pretrain_vision(
         bar.update()
     bar.close()
     tower.eval()
+    if keep_head is not None:
+        keep_head["head"] = head.eval()
     return {
         "kind_accuracy": kind_acc,
         "colour_accuracy": colour_acc,
