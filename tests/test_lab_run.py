@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from unmirage.errors import UnmirageError
 from unmirage.lab.oracle import Oracle
@@ -281,3 +282,46 @@ def test_lab_training_stages_count_their_flops() -> None:
     assert (
         6 * language * base["tokens"] * 0.5 < base["train_flop"] < 6 * (language + tower) * base["tokens"] * 2
     )
+
+
+def test_answer_loss_is_the_models_loss() -> None:
+    """The LM head on the labelled positions only gives exactly `model(**batch).loss`."""
+    from unmirage.data.collate import Collator
+    from unmirage.data.conversations import Example as TrainExample
+    from unmirage.lab.pretrain import answer_loss
+    from unmirage.models import load_model
+
+    world = World(WorldConfig(sft_size=30, general_size=12, test_safe=2, test_unsafe=2))
+    loaded = load_model("tiny-llava", dtype="float32", tiny_sizes={"image_size": world.config.image_size})
+    examples = world.base_examples(3, seed=0)
+    batch = Collator(loaded, template="chat")(
+        [
+            TrainExample(id=str(i), question=e.question, answer=e.answer, image=world.render(e.spec))
+            for i, e in enumerate(examples)
+        ]
+    )
+    batch.pop("index", None)
+    assert (batch["labels"] == -100).any(dim=1).all()  # prompts and padding are not labelled
+    with torch.no_grad():
+        assert answer_loss(loaded.model, batch).item() == pytest.approx(loaded.model(**batch).loss.item())
+
+
+def test_length_grouped_batches_draw_like_plain_batches_with_less_padding() -> None:
+    from unmirage.lab.pretrain import _batches, length_grouped_batches
+
+    lengths = [1, 9, 2, 8, 3, 7, 4, 6, 5, 10]
+    plain = list(_batches(len(lengths), 2, 7, seed=3))
+    grouped = list(length_grouped_batches(lengths, 2, 7, seed=3, groups=3))
+    assert len(grouped) == 7 and all(len(b) == 2 for b in grouped)
+    for first in (0, 3, 6):  # each pool of 3 batches (the last: 1) holds the same draws, sorted into batches
+        pool = [i for b in plain[first : first + 3] for i in b]
+        assert sorted(i for b in grouped[first : first + 3] for i in b) == sorted(pool)
+        chunks = sorted(sorted(b, key=lengths.__getitem__) for b in grouped[first : first + 3])
+        by_length = sorted(pool, key=lengths.__getitem__)
+        assert chunks == sorted(by_length[k : k + 2] for k in range(0, len(pool), 2))
+
+    def padding(batches: list[list[int]]) -> int:
+        return sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in batches)
+
+    assert padding(grouped) < padding(plain)
+    assert list(length_grouped_batches(lengths, 2, 7, seed=3, groups=1)) == plain
