@@ -1,11 +1,11 @@
-"""MirageLab base training, one step at a time: what the LM head on answer tokens only and length-grouped
-batches save, measured side by side (the variants' steps interleaved, so they share the machine's load).
+"""MirageLab base training, one step at a time: what the LM head on the answer tokens only saves, measured
+side by side (the variants' steps interleaved, so they share the machine's load).
 
-Builds the default lab's tiny LLaVA and world, then times optimizer steps (collation included) of three
-variants on the same examples: the model's own loss on plain shuffled batches (`model(**batch).loss`, the
-lab's loop before), `answer_loss` on the same batches, and `answer_loss` on length-grouped batches (the
-lab's loop now). Prints, for each, ms per step, padded tokens per example, counted GFLOP per step, GFLOP/s
-reached and its share of the machine's fp32 matmul speed (MFU), and the ratios to the first variant.
+Builds the default lab's tiny LLaVA and world, then times optimizer steps (collation included) of two
+variants on the same batches: the model's own loss (`model(**batch).loss`, logits at every position) and
+`unmirage.lab.pretrain.answer_loss` (the same value, the LM head at the labelled positions only: the lab's
+loop). Prints, for each, ms per step, padded tokens per example, counted GFLOP per step, GFLOP/s reached and
+its share of the machine's fp32 matmul speed (MFU), and the ratios to the first variant.
 
 `python bench/lab_base_step.py [--steps 24] [--threads N]`
 """
@@ -30,7 +30,7 @@ def main() -> None:
 
     from unmirage.data.collate import Collator
     from unmirage.data.conversations import Example as TrainExample
-    from unmirage.lab.pretrain import _batches, answer_loss, length_grouped_batches, step_flop
+    from unmirage.lab.pretrain import _batches, answer_loss, step_flop
     from unmirage.lab.run import LabConfig
     from unmirage.lab.world import World
     from unmirage.machine import matmul_flops
@@ -47,16 +47,9 @@ def main() -> None:
         TrainExample(id=str(i), question=e.question, answer=e.answer, image=world.render(e.spec))
         for i, e in enumerate(examples)
     ]
-    tokenizer = loaded.processor.tokenizer
-    lengths = [len(ids) for ids in tokenizer([f"{e.question} {e.answer}" for e in examples]).input_ids]
     collate = Collator(loaded, template=config.eval.template)
-    plain = list(_batches(len(items), stage.batch_size, steps, 1))
-    grouped = list(length_grouped_batches(lengths, stage.batch_size, steps, 1, stage.length_groups))
-    variants = {
-        "model loss, plain batches": (plain, lambda m, b: m(**b).loss),
-        "answer_loss, plain batches": (plain, answer_loss),
-        f"answer_loss, length groups of {stage.length_groups}": (grouped, answer_loss),
-    }
+    batches = list(_batches(len(items), stage.batch_size, steps, 1))
+    variants = {"model(**batch).loss": lambda m, b: m(**b).loss, "answer_loss": answer_loss}
     state: dict[str, dict] = {}
     for name in variants:
         model = copy.deepcopy(loaded.model).train()
@@ -65,18 +58,15 @@ def main() -> None:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=stage.learning_rate, weight_decay=0.0)
         state[name] = {"model": model, "params": params, "optimizer": optimizer, "seconds": 0.0, "tokens": 0}
-    first = collate([items[i] for i in plain[0]])
+    first = collate([items[i] for i in batches[0]])
     first.pop("index", None)
-    for name, (
-        _,
-        loss_of,
-    ) in variants.items():  # FLOPs of the same first batch, so that only the loss differs
+    for name, loss_of in variants.items():  # FLOPs counted on the first batch
         state[name]["flop_per_token"] = (
             step_flop([state[name]["model"]], lambda m, f=loss_of: f(m, first)) / first["input_ids"].numel()
         )
     gflops = matmul_flops(seconds=2.0) / 1e9
     for step in range(steps):
-        for name, (batches, loss_of) in variants.items():
+        for name, loss_of in variants.items():
             s = state[name]
             start = time.perf_counter()
             batch = collate([items[i] for i in batches[step]])

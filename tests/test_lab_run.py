@@ -304,24 +304,3 @@ def test_answer_loss_is_the_models_loss() -> None:
     assert (batch["labels"] == -100).any(dim=1).all()  # prompts and padding are not labelled
     with torch.no_grad():
         assert answer_loss(loaded.model, batch).item() == pytest.approx(loaded.model(**batch).loss.item())
-
-
-def test_length_grouped_batches_draw_like_plain_batches_with_less_padding() -> None:
-    from unmirage.lab.pretrain import _batches, length_grouped_batches
-
-    lengths = [1, 9, 2, 8, 3, 7, 4, 6, 5, 10]
-    plain = list(_batches(len(lengths), 2, 7, seed=3))
-    grouped = list(length_grouped_batches(lengths, 2, 7, seed=3, groups=3))
-    assert len(grouped) == 7 and all(len(b) == 2 for b in grouped)
-    for first in (0, 3, 6):  # each pool of 3 batches (the last: 1) holds the same draws, sorted into batches
-        pool = [i for b in plain[first : first + 3] for i in b]
-        assert sorted(i for b in grouped[first : first + 3] for i in b) == sorted(pool)
-        chunks = sorted(sorted(b, key=lengths.__getitem__) for b in grouped[first : first + 3])
-        by_length = sorted(pool, key=lengths.__getitem__)
-        assert chunks == sorted(by_length[k : k + 2] for k in range(0, len(pool), 2))
-
-    def padding(batches: list[list[int]]) -> int:
-        return sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in batches)
-
-    assert padding(grouped) < padding(plain)
-    assert list(length_grouped_batches(lengths, 2, 7, seed=3, groups=1)) == plain

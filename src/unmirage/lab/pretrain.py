@@ -46,12 +46,6 @@ class BaseStage(StrictModel):
     learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW, cosine decay).")
     examples: int = Field(16000, ge=1, description="Distinct (picture, question, answer) examples.")
     colour_share: float = Field(0.15, ge=0, le=1, description="Share of colour questions.")
-    length_groups: int = Field(
-        4,
-        ge=1,
-        description="Batches drawn together and regrouped by length, so that each pads less (1: plain "
-        "shuffled batches).",
-    )
     train_vision: bool = Field(False, description="Also train the vision tower (LLaVA keeps it frozen).")
 
 
@@ -80,27 +74,6 @@ def _batches(n: int, batch_size: int, steps: int, seed: int) -> Iterator[list[in
             order.extend(block)
         yield order[:batch_size]
         del order[:batch_size]
-
-
-def length_grouped_batches(
-    lengths: Sequence[int], batch_size: int, steps: int, seed: int, groups: int
-) -> Iterator[list[int]]:
-    """`_batches`, regrouped: every `groups` consecutive batches are pooled, sorted by length, cut into
-    batches again and yielded in a seeded random order, so each batch holds examples of similar length (less
-    padding) while every example is still drawn exactly as often as in `_batches` (`groups=1`: `_batches`)."""
-    plain = _batches(len(lengths), batch_size, steps, seed)
-    if groups == 1:
-        yield from plain
-        return
-    rng = random.Random(f"groups-{seed}")
-    for first in range(0, steps, groups):
-        pool = sorted(
-            (i for _, batch in zip(range(min(groups, steps - first)), plain) for i in batch),
-            key=lambda i: lengths[i],
-        )
-        regrouped = [pool[k : k + batch_size] for k in range(0, len(pool), batch_size)]
-        rng.shuffle(regrouped)
-        yield from regrouped
 
 
 def answer_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -216,8 +189,6 @@ def train_base(
         TrainExample(id=str(i), question=e.question, answer=e.answer, image=pictures[i])
         for i, e in enumerate(examples)
     ]
-    tokenizer = loaded.processor.tokenizer
-    lengths = [len(ids) for ids in tokenizer([f"{e.question} {e.answer}" for e in examples]).input_ids]
     collate = Collator(loaded, template=template)
     tower = model.model.vision_tower
     for p in tower.parameters():
@@ -229,8 +200,7 @@ def train_base(
     losses: list[float] = []
     bar = _progress(stage.steps, "base training", progress)
     start, tokens, flop_per_token = time.perf_counter(), 0, 0.0
-    batches = length_grouped_batches(lengths, stage.batch_size, stage.steps, seed + 1, stage.length_groups)
-    for step, index in enumerate(batches):
+    for step, index in enumerate(_batches(len(items), stage.batch_size, stage.steps, seed + 1)):
         for group in optimizer.param_groups:
             group["lr"] = stage.learning_rate * cosine_factor(step, stage.steps)
         batch = collate([items[i] for i in index])
