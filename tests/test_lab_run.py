@@ -214,6 +214,8 @@ def reduced_config() -> LabConfig:
     return LabConfig(
         world=world,
         vision=VisionStage(steps=400, pictures=6400),
+        # 140 base steps also pass on seeds 0-2, but Posthoc SFT's What-attack leak falls to 2, 5 and 1 of 30
+        # questions (0 as asked): too thin a margin for the test's own seed
         base=BaseStage(steps=200, examples=8000, learning_rate=2e-3),
         sft_posthoc=SFTStage(max_steps=80, batch_size=32),
         sft_mixed=SFTStage(max_steps=80, batch_size=32, replay=100),
