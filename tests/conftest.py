@@ -23,3 +23,12 @@ def vlguard_dir() -> Path:
     if not (path / "train.json").is_file():
         pytest.skip(f"UNMIRAGE_VLGUARD_DIR={path} has no train.json")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default tiny LLaVA (`unmirage models tiny --family llava`) saved once per test process, for tests
+    that only read a model folder (do not write into it)."""
+    from unmirage.models import save_tiny
+
+    return save_tiny(tmp_path_factory.mktemp("session-models") / "tiny-llava", "llava")

@@ -10,16 +10,11 @@ from pathlib import Path
 import pytest
 
 from helpers import assert_one_line_error, png, run_cli, safe_record, unsafe_record, write_json
-from unmirage.cli.main import main
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("models") / "tiny-llava"
-    with pytest.raises(SystemExit) as stop:
-        main(["models", "tiny", "--family", "llava", "--out", str(out)])
-    assert stop.value.code == 0
-    return out
+@pytest.fixture
+def tiny_dir(tiny_llava_dir) -> Path:
+    return tiny_llava_dir
 
 
 @pytest.fixture

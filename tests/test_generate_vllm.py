@@ -11,7 +11,6 @@ from PIL import Image
 from unmirage.errors import UnmirageError
 from unmirage.generate import GenerationConfig, GenItem
 from unmirage.generate.vllm import VLLMGenerator, load_for_vllm
-from unmirage.models import save_tiny
 
 
 class FakeLLM:
@@ -39,8 +38,8 @@ def fake_vllm(monkeypatch):
     return module
 
 
-def test_vllm_requests_and_rows(tmp_path, fake_vllm):
-    folder = save_tiny(tmp_path / "m", "llava")
+def test_vllm_requests_and_rows(tiny_llava_dir, fake_vllm):
+    folder = tiny_llava_dir
     llm = FakeLLM()
     loaded = load_for_vllm(str(folder), llm=llm)
     gen = VLLMGenerator(loaded, GenerationConfig(max_new_tokens=8, batch_size=2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from unmirage.errors import UnmirageError
 from unmirage.lab.oracle import Oracle
@@ -213,6 +214,8 @@ def reduced_config() -> LabConfig:
     return LabConfig(
         world=world,
         vision=VisionStage(steps=400, pictures=6400),
+        # 140 base steps also pass on seeds 0-2, but Posthoc SFT's What-attack leak falls to 2, 5 and 1 of 30
+        # questions (0 as asked): too thin a margin for the test's own seed
         base=BaseStage(steps=200, examples=8000, learning_rate=2e-3),
         sft_posthoc=SFTStage(max_steps=80, batch_size=32),
         sft_mixed=SFTStage(max_steps=80, batch_size=32, replay=100),
@@ -281,3 +284,25 @@ def test_lab_training_stages_count_their_flops() -> None:
     assert (
         6 * language * base["tokens"] * 0.5 < base["train_flop"] < 6 * (language + tower) * base["tokens"] * 2
     )
+
+
+def test_answer_loss_is_the_models_loss() -> None:
+    """The LM head on the labelled positions only gives exactly `model(**batch).loss`."""
+    from unmirage.data.collate import Collator
+    from unmirage.data.conversations import Example as TrainExample
+    from unmirage.lab.pretrain import answer_loss
+    from unmirage.models import load_model
+
+    world = World(WorldConfig(sft_size=30, general_size=12, test_safe=2, test_unsafe=2))
+    loaded = load_model("tiny-llava", dtype="float32", tiny_sizes={"image_size": world.config.image_size})
+    examples = world.base_examples(3, seed=0)
+    batch = Collator(loaded, template="chat")(
+        [
+            TrainExample(id=str(i), question=e.question, answer=e.answer, image=world.render(e.spec))
+            for i, e in enumerate(examples)
+        ]
+    )
+    batch.pop("index", None)
+    assert (batch["labels"] == -100).any(dim=1).all()  # prompts and padding are not labelled
+    with torch.no_grad():
+        assert answer_loss(loaded.model, batch).item() == pytest.approx(loaded.model(**batch).loss.item())

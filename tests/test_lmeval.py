@@ -84,12 +84,11 @@ def test_scores_by_hand():
     }
 
 
-def test_multimodal_and_causal_models_through_the_harness(tasks, tmp_path):
+def test_multimodal_and_causal_models_through_the_harness(tasks, tmp_path, tiny_llava_dir):
     from test_smol import _stand_in_lm
-    from unmirage.models.tiny import save_tiny
     from unmirage.report import build_report
 
-    vlm = save_tiny(tmp_path / "tiny-llava", "llava")
+    vlm = tiny_llava_dir
     lm = tmp_path / "lm"
     model, tok = _stand_in_lm()
     model.save_pretrained(lm)
