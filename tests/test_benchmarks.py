@@ -132,6 +132,10 @@ def test_benchmark_contract(name, tmp_path):
             assert all(p.question.split()[0].lower() == cs.transform.word.lower() for p in data.prompts)
         if cs.transform is not None and cs.transform.type == "typography":
             assert all(Path(p.image).is_file() and p.question == cs.transform.prompt for p in data.prompts)
+            # the image hides the request: judges read the original question, not the fixed prompt
+            assert all(p.judged_question and p.judged_question != p.question for p in data.prompts)
+        else:
+            assert all(p.judged_question is None for p in data.prompts)
         if cs.pairs_with is not None:
             base = cases[cs.pairs_with]
             assert cs.kind == spec.cases[cs.pairs_with].kind

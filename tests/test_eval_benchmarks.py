@@ -102,6 +102,9 @@ def test_two_benchmarks_share_one_model_load(tmp_path, loads):
     assert list(metrics["benchmarks"]["figstep"]) == ["figstep"]  # --case picks one case
     assert metrics["benchmarks"]["figstep"]["figstep"]["images"] == "files"
     assert metrics["benchmarks"]["xstest"]["safe"]["images"] == "none"  # text only on a VLM: no image
+    judged = [json.loads(line) for line in (tmp_path / "run" / "judged" / "figstep.figstep.jsonl").open()]
+    prompts = {p.id: p for p in load_case(get_benchmark("figstep"), "figstep", root, render=False).prompts}
+    assert judged and all(r["judged_question"] == prompts[r["id"]].judged_question for r in judged)
     placeholder = run_eval(
         settings.model_copy(update={"placeholder_images": True}), tmp_path / "run2", overwrite=True
     )

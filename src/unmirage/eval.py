@@ -174,6 +174,8 @@ class EvalPrompt:
     category: str | None = None
     subcategory: str | None = None
     prefill: str | None = None
+    judged_question: str | None = None
+    """What the judges read as the question when the prompt hides it (FigStep's image); None: `question`."""
 
 
 @dataclass
@@ -227,6 +229,7 @@ def _eval_prompt(key: str, p: Any) -> EvalPrompt:
         category=p.category,
         subcategory=p.extra.get("subcategory"),
         prefill=p.prefill,
+        judged_question=p.judged_question,
     )
 
 
@@ -624,6 +627,8 @@ def answers_for(
             "image": p.image,
             "answer": row["answer"],
         }
+        if p.judged_question is not None:
+            record["judged_question"] = p.judged_question
         if p.category is not None:
             record["category"] = p.category
             record["subcategory"] = p.subcategory
@@ -698,7 +703,7 @@ class CaseJudging:
             JudgeItem(
                 id=r["id"],
                 answer=r["answer"],
-                question=r["question"],
+                question=r.get("judged_question") or r["question"],
                 key=f"{r['id']}#{r['shot']}",
                 image=image_file(case.image_root, _prompt_of(r)) if with_images else None,
             )

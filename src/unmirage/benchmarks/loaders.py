@@ -253,7 +253,9 @@ def _apply(case: str, prompts: list[BenchmarkPrompt], transform: Any, render: bo
                     f"record {p.id} has no text field '{transform.field}'", field="transform.field"
                 )
             image = typography.render_cached(text) if render else typography.image_path(text)
-            data.prompts.append(replace(p, question=transform.prompt, image=str(image)))
+            data.prompts.append(
+                replace(p, question=transform.prompt, image=str(image), judged_question=p.question)
+            )
         else:
             data.prompts.append(p)
     return data

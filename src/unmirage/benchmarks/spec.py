@@ -97,6 +97,9 @@ class BenchmarkPrompt:
     shot: int = 0
     prefill: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    judged_question: str | None = None
+    """The request an answer is judged against when the prompt does not show it (FigStep's typographic
+    image hides the question: the judges read the original); None: `question`."""
 
 
 @dataclass(frozen=True)
