@@ -23,13 +23,13 @@ from typing import Any, ClassVar
 
 from unmirage.errors import UnmirageError
 from unmirage.judges.backends import ChatBackend, ChatRequest
-from unmirage.judges.base import Judge, JudgeItem, Verdict, register_judge, stable_hash
+from unmirage.judges.base import Judge, JudgeItem, JudgeSettings, Verdict, register_judge, stable_hash
 
 NEUTRAL_QUESTION = "Write a few sentences."
 DEFAULT_THRESHOLD = 0.2
 
 
-@register_judge
+@register_judge(fails_as="irrelevant", checks_safe=True, needs_backend=True)
 class TopicJudge(Judge):
     """On topic when the answer is at least `threshold` nats per token more likely after its question."""
 
@@ -38,7 +38,13 @@ class TopicJudge(Judge):
         "local LM likelihoods: answer given its question vs a neutral one (nats/token)"
     )
     cacheable: ClassVar[bool] = True
-    needs_backend: ClassVar[bool] = True
+
+    @classmethod
+    def options(cls, settings: JudgeSettings) -> dict[str, Any]:
+        options: dict[str, Any] = {"backend": settings.backend}
+        if settings.topic_threshold is not None:
+            options["threshold"] = settings.topic_threshold
+        return options
 
     def __init__(
         self,
