@@ -647,7 +647,7 @@ class CaseJudging:
 
     def backend(self) -> Any:
         if self._backend is None:
-            from unmirage.judges import make_backend
+            from unmirage.llm import make_backend
 
             s = self.settings
             self._backend = make_backend(
@@ -1000,7 +1000,7 @@ def run_eval(
     ]
     config = settings.model_dump(mode="json")
     if config.get("judge_url"):
-        from unmirage.judges.backends import redact_url
+        from unmirage.llm import redact_url
 
         config["judge_url"] = redact_url(config["judge_url"])
     write_manifest(

@@ -79,8 +79,8 @@ def build_judge(
     """One judge from command-line options (LLM judges get their backend); bad combinations are one-line
     errors."""
     from unmirage.errors import UnmirageError
-    from unmirage.judges import JudgeSettings, build_judge, make_backend
-    from unmirage.judges.backends import read_api_key
+    from unmirage.judges import JudgeSettings, build_judge
+    from unmirage.llm import make_backend, read_api_key
 
     cls = JUDGES.get(name)
     if cls is None:

@@ -5,7 +5,7 @@ Every judge is a class with one method, `judge_batch(items) -> verdicts`, regist
 answer's opening), `refusal` (a small trained classifier: compliance vs full or partial refusal), `rules` (the reference's irrelevance filter), `llm-relevance` (the reference's
 Relevant/Irrelevant LLM judge, with the image), `llm-harm` (a StrongREJECT-style harm rubric) and `llm-topic`
 (is the answer about its question, from a local model's likelihoods; for weak local judge models).
-LLM judges run on a backend (`judges.backends`): a local Hugging Face model or an OpenAI-compatible server.
+LLM judges run on a backend (`unmirage.llm`): a local Hugging Face model or an OpenAI-compatible server.
 Their verdicts are cached per answer in a JSONL file keyed by (judge, prompt hash, model).
 """
 
@@ -13,7 +13,6 @@ from unmirage.judges import keyword as _keyword  # noqa: F401  (registers the ru
 from unmirage.judges import llm as _llm  # noqa: F401  (registers the LLM judges)
 from unmirage.judges import refusal as _refusal  # noqa: F401  (registers the trained refusal classifier)
 from unmirage.judges import topic as _topic  # noqa: F401  (registers the likelihood topic judge)
-from unmirage.judges.backends import BackendReply, ChatRequest, HFBackend, OpenAIBackend, make_backend
 from unmirage.judges.base import (
     JUDGES,
     Judge,
@@ -29,6 +28,7 @@ from unmirage.judges.base import (
 )
 from unmirage.judges.cache import JudgeCache
 from unmirage.judges.runner import items_from_records, judge_file, merge_verdict, run_judge
+from unmirage.llm import BackendReply, ChatRequest, HFBackend, OpenAIBackend, make_backend
 
 __all__ = [
     "JUDGES",

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from unmirage.errors import UnmirageError
-from unmirage.judges.backends import ChatBackend, ChatRequest
 from unmirage.judges.base import Judge, JudgeItem, JudgeSettings, Verdict, register_judge, stable_hash
+from unmirage.llm import ChatBackend, ChatRequest, ScoringBackend
 
 NEUTRAL_QUESTION = "Write a few sentences."
 DEFAULT_THRESHOLD = 0.2
@@ -55,7 +55,7 @@ class TopicJudge(Judge):
         scoring: str | None = None,
     ) -> None:
         # use_images, max_tokens and scoring are the LLM judges' options; this judge reads text likelihoods only
-        if not hasattr(backend, "continuation_log_probs"):
+        if not isinstance(backend, ScoringBackend):
             raise UnmirageError(
                 "judge 'llm-topic' reads the judge model's probabilities: use a local judge model"
             )
