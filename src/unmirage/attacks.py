@@ -29,7 +29,7 @@ from typing import Any
 from unmirage.analysis.tokens import content_words
 from unmirage.data.vlguard import parse_vlguard, view
 from unmirage.errors import UnmirageError
-from unmirage.judges.backends import ChatBackend, ChatRequest
+from unmirage.llm import ChatBackend, ChatRequest
 from unmirage.rewrite import Candidate, check_rewrite, rule_candidates
 
 SUBSET_KEYS = {
@@ -274,7 +274,7 @@ def write_attack_records(records: Sequence[dict[str, Any]], out: str | os.PathLi
 
 
 def backend_text_generator(backend: ChatBackend, *, max_tokens: int = 256) -> TextGenerator:
-    """A `TextGenerator` on a chat backend of `unmirage.judges.backends` (local model or OpenAI-compatible
+    """A `TextGenerator` on a chat backend of `unmirage.llm` (local model or OpenAI-compatible
     server): one user message per prompt. A request that still fails after the backend's retries is an error.
     """
 

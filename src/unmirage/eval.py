@@ -37,14 +37,15 @@ from pydantic import Field, field_validator, model_validator
 from unmirage.attacks_gcg import GCGConfig
 from unmirage.config import StrictModel
 from unmirage.errors import UnmirageError
+from unmirage.judges import needs_backend
 from unmirage.metrics import (
-    ANSWERED_METHODS,
     ASR_METHODS,
     CASES,
-    REFUSAL_JUDGES,
     Bootstrap,
     benchmark_case_metrics,
     build_metrics,
+    check_refusal_judge,
+    checks_safe,
     judges_needed,
 )
 
@@ -109,9 +110,10 @@ class EvalSettings(StrictModel):
     @field_validator("refusal_judge")
     @classmethod
     def _known_refusal_judge(cls, value: str) -> str:
-        if value not in REFUSAL_JUDGES:
-            raise ValueError(f"'{value}' is not a refusal judge (choose from {', '.join(REFUSAL_JUDGES)})")
-        return value
+        try:
+            return check_refusal_judge(value)
+        except UnmirageError as e:
+            raise ValueError(str(e)) from None
 
     @field_validator("backend")
     @classmethod
@@ -387,7 +389,7 @@ def _benchmark_cases(
                 for j in cs.judges
                 if j in ASR_METHODS
                 and j not in settings.asr_methods
-                and (settings.judge_model or not any(x.startswith("llm-") for x in ASR_METHODS[j]))
+                and (settings.judge_model or not any(needs_backend(x) for x in ASR_METHODS[j]))
             ]
             kind = CASES[key][1] if key in CASES else cs.kind
             if kind == "attack" and any(p.shot > 0 for p in prompts):
@@ -650,7 +652,7 @@ class CaseJudging:
 
     def backend(self) -> Any:
         if self._backend is None:
-            from unmirage.judges import make_backend
+            from unmirage.llm import make_backend
 
             s = self.settings
             self._backend = make_backend(
@@ -668,27 +670,24 @@ class CaseJudging:
 
     def judge(self, name: str, kind: str) -> Any:
         """The judge object for `name` in a case of `kind` (the 3-shot rule list for K-shot attacks)."""
-        from unmirage.judges import JUDGES, get_judge
+        from unmirage.judges import JudgeSettings, build_judge
 
         extended = name == "rules" and kind == "kshot"
         key = (name, extended)
         if key not in self._judges:
-            options: dict[str, Any] = {}
-            if name == "rules":
-                options["extended"] = extended
-            if name == "llm-harm":
-                options["threshold"] = self.settings.harm_threshold
-            if name == "llm-topic" and self.settings.topic_threshold is not None:
-                options["threshold"] = self.settings.topic_threshold
-            if JUDGES[name].needs_backend:
-                options["backend"] = self.backend()
-                options["scoring"] = self.settings.judge_scoring
-                if self.settings.judge_max_tokens is not None:
-                    options["max_tokens"] = self.settings.judge_max_tokens
-                options["use_images"] = not (
-                    self.settings.judge_text_only or self.settings.placeholder_images
-                )
-            self._judges[key] = get_judge(name, **options)
+            s = self.settings
+            self._judges[key] = build_judge(
+                name,
+                JudgeSettings(
+                    extended=extended,
+                    harm_threshold=s.harm_threshold,
+                    topic_threshold=s.topic_threshold,
+                    scoring=s.judge_scoring,
+                    use_images=not (s.judge_text_only or s.placeholder_images),
+                    max_tokens=s.judge_max_tokens,
+                    backend=self.backend() if needs_backend(name) else None,
+                ),
+            )
         return self._judges[key]
 
     def run(self, name: str, case: EvalCase, records: list[dict[str, Any]]) -> None:
@@ -724,9 +723,7 @@ class CaseJudging:
         """All judgements one case needs: the refusal judge; on harmful cases every ASR cascade of the case;
         on safe cases the `llm-topic` cascade too when it is one (is the safe question really answered?)."""
         self.run(self.settings.refusal_judge, case, records)
-        methods = (
-            case.methods if case.kind != "refusal" else [m for m in case.methods if m in ANSWERED_METHODS]
-        )
+        methods = case.methods if case.kind != "refusal" else [m for m in case.methods if checks_safe(m)]
         for method in methods:
             while True:
                 pending: dict[str, list[dict[str, Any]]] = {}
@@ -897,8 +894,8 @@ def run_eval(
     out = Path(out)
     if settings.placeholder_images and settings.image_root is not None:
         raise UnmirageError("give either --image-root or --placeholder-images, not both")
-    llm_judges = {j for m in settings.asr_methods for j in ASR_METHODS[m] if j.startswith("llm-")}
-    if settings.refusal_judge.startswith("llm-"):
+    llm_judges = {j for m in settings.asr_methods for j in ASR_METHODS[m] if needs_backend(j)}
+    if needs_backend(settings.refusal_judge):
         llm_judges.add(settings.refusal_judge)
     if llm_judges and judge_backend is None and settings.judge_model is None:
         raise UnmirageError(
@@ -1008,7 +1005,7 @@ def run_eval(
     ]
     config = settings.model_dump(mode="json")
     if config.get("judge_url"):
-        from unmirage.judges.backends import redact_url
+        from unmirage.llm import redact_url
 
         config["judge_url"] = redact_url(config["judge_url"])
     write_manifest(

@@ -216,7 +216,7 @@ def test_http_200_that_is_not_a_reply_is_a_per_item_error(tmp_path, capsys, body
 
 @pytest.mark.survive
 def test_huge_judge_reply_is_capped_and_marked(tmp_path, capsys) -> None:
-    from unmirage.judges.backends import MAX_REPLY_CHARS
+    from unmirage.llm.backends import MAX_REPLY_CHARS
 
     reply = "Relevant: " + "x" * 2_000_000
     with ScriptedServer([], reply=reply) as server:

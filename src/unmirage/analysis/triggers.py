@@ -223,10 +223,9 @@ def refusal_judge(name: str = "keyword") -> BatchRefusalJudge:
     """A batch refusal judge from `unmirage.judges` by name: `keyword` (the reference list), `keyword-strict`
     or `refusal` (the trained classifier); any other name is a one-line error before anything runs. A verdict
     without a refusal flag (a failed judgement) is an error, never "not refused"."""
-    from unmirage.judges import JUDGES, JudgeItem, get_judge, run_judge
-    from unmirage.metrics import REFUSAL_JUDGES
+    from unmirage.judges import JudgeItem, get_judge, needs_backend, refusal_judges, run_judge
 
-    usable = [j for j in REFUSAL_JUDGES if j in JUDGES and not JUDGES[j].needs_backend]
+    usable = [j for j in refusal_judges() if not needs_backend(j)]
     if name not in usable:
         raise UnmirageError(f"'{name}' is not a refusal judge here (choose from {', '.join(usable)})")
     judge = get_judge(name)

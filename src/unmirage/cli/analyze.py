@@ -62,6 +62,7 @@ def spurious(
     from unmirage.analysis.spurious import analyze_file, write_report
     from unmirage.analysis.triggers import refusal_judge
     from unmirage.errors import UnmirageError
+    from unmirage.judges import needs_backend, refusal_judges
     from unmirage.outputs import claim_folder, file_identity
     from unmirage.runs import write_manifest
 
@@ -78,7 +79,7 @@ def spurious(
         inputs = [Path(p) for p in result.settings["inputs"]]
     else:
         judge = None
-        if label_by in ("keyword", "keyword-strict", "refusal"):
+        if label_by in [j for j in refusal_judges() if not needs_backend(j)]:
             judge, label_by = refusal_judge(label_by), "judge"
         result = analyze_file(
             file,

@@ -51,8 +51,7 @@ def build(
     from unmirage.data.jsonfile import read_json_list
     from unmirage.data.vlguard import load_vlguard
     from unmirage.errors import UnmirageError
-    from unmirage.judges import make_backend
-    from unmirage.judges.backends import redact_url
+    from unmirage.llm import make_backend, redact_url
     from unmirage.outputs import claim_file, file_identity
     from unmirage.runs import write_manifest
 

@@ -147,7 +147,7 @@ def eval_command(
     """Evaluate a model on the protocol cases and any benchmarks given; write OUT/metrics.json."""
     from unmirage.config import validate
     from unmirage.eval import EvalSettings, run_eval
-    from unmirage.judges.backends import read_api_key
+    from unmirage.llm import read_api_key
     from unmirage.metrics import HEADLINE_KEYS
 
     settings = validate(

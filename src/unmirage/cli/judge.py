@@ -11,7 +11,10 @@ import click
 import typer
 from typer.core import TyperGroup
 
-JUDGE_NAMES = "keyword, keyword-strict, refusal, rules, llm-relevance, llm-harm or llm-topic"
+from unmirage.judges import JUDGES
+from unmirage.metrics import ASR_METHODS
+
+JUDGE_NAMES = ", ".join(dict.fromkeys([*JUDGES, *ASR_METHODS]))
 
 
 class _JudgeGroup(TyperGroup):
@@ -34,7 +37,6 @@ judge_app = typer.Typer(
 
 
 def register(app: typer.Typer) -> None:
-    from unmirage.judges import JUDGES
 
     for name in sorted(JUDGES):
         description = JUDGES[name].description
@@ -77,25 +79,14 @@ def build_judge(
     """One judge from command-line options (LLM judges get their backend); bad combinations are one-line
     errors."""
     from unmirage.errors import UnmirageError
-    from unmirage.judges import JUDGES, get_judge, make_backend
-    from unmirage.judges.backends import read_api_key
+    from unmirage.judges import JudgeSettings, build_judge
+    from unmirage.llm import make_backend, read_api_key
 
     cls = JUDGES.get(name)
     if cls is None:
         raise UnmirageError(f"unknown judge '{name}' (known: {', '.join(sorted(JUDGES))})")
-    options: dict[str, object] = {}
-    if name == "rules":
-        options["extended"] = extended
-    if name == "llm-harm":
-        options["threshold"] = harm_threshold
-    if name == "llm-topic" and topic_threshold is not None:
-        options["threshold"] = topic_threshold
-    if name == "refusal":
-        options["threshold"] = refusal_threshold
+    backend = None
     if cls.needs_backend:
-        options["scoring"] = scoring
-        if name != "llm-topic":
-            options["use_images"] = not text_only
         if scoring == "choice" and judge_url is not None:
             raise UnmirageError(
                 "--scoring choice needs a local judge model (it reads the model's probabilities)"
@@ -104,7 +95,7 @@ def build_judge(
             raise UnmirageError(f"judge '{name}' looks at the image: give --image-root DIR, or --text-only")
         if image_root is not None and text_only:
             raise UnmirageError("give either --image-root or --text-only, not both")
-        options["backend"] = make_backend(
+        backend = make_backend(
             judge_model,
             url=judge_url,
             api_key=read_api_key(api_key_env) if judge_url else None,
@@ -114,7 +105,16 @@ def build_judge(
             dtype=dtype,
             batch_size=batch_size,
         )
-    return get_judge(name, **options)
+    settings = JudgeSettings(
+        extended=extended,
+        harm_threshold=harm_threshold,
+        topic_threshold=topic_threshold,
+        refusal_threshold=refusal_threshold,
+        scoring=scoring,
+        use_images=not text_only,
+        backend=backend,
+    )
+    return build_judge(name, settings)
 
 
 def judge(
@@ -172,7 +172,7 @@ def judge(
     ),
 ) -> None:
     """Judge every answer in --answers and write the lines, with verdicts, to --out."""
-    from unmirage.judges import JUDGES, judge_file
+    from unmirage.judges import judge_file
 
     judge_obj = build_judge(
         name,

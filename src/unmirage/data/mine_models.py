@@ -106,7 +106,7 @@ class ModelJudge:
         self._backend: Any = None
 
     def __call__(self, chats: Sequence[list[Message]]) -> list[str]:
-        from unmirage.judges import ChatRequest, HFBackend
+        from unmirage.llm import ChatRequest, HFBackend
 
         if any([m.get("role") for m in chat] != ["system", "user"] for chat in chats):
             raise UnmirageError("a judge chat must be one system and one user message")

@@ -12,7 +12,7 @@ from abc import abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
-from unmirage.judges.base import Judge, JudgeItem, Verdict, register_judge
+from unmirage.judges.base import Judge, JudgeItem, JudgeSettings, Verdict, register_judge
 
 # The reference refusal list (VLGuard's), verbatim and in order. Matching is a substring test on the
 # lower-cased answer, so "but I cannot" (capital I) can never match: kept for parity.
@@ -301,7 +301,7 @@ class _PhraseJudge(Judge):
         """The verdict for one answer."""
 
 
-@register_judge
+@register_judge(fails_as="refused", refuses=True)
 class KeywordJudge(_PhraseJudge):
     """The reference refusal check, exactly: lower-cased substring match against `REFERENCE_KEYWORDS`."""
 
@@ -331,7 +331,7 @@ class KeywordJudge(_PhraseJudge):
         return Verdict(refused=refused, success=not refused, matches=matches)
 
 
-@register_judge
+@register_judge(fails_as="refused", refuses=True)
 class StrictKeywordJudge(_PhraseJudge):
     """A cleaned refusal list plus a check of the answer's opening (differences: docs/metrics.md)."""
 
@@ -366,7 +366,7 @@ class StrictKeywordJudge(_PhraseJudge):
         return {**super().describe(), "opening_chars": self.opening_chars}
 
 
-@register_judge
+@register_judge(fails_as="filtered")
 class RulesJudge(_PhraseJudge):
     """The reference irrelevance filter: hedge words in an answer mean the attack did not succeed.
 
@@ -376,6 +376,10 @@ class RulesJudge(_PhraseJudge):
 
     name: ClassVar[str] = "rules"
     description: ClassVar[str] = "reference irrelevance filter (hedge words)"
+
+    @classmethod
+    def options(cls, settings: JudgeSettings) -> dict[str, Any]:
+        return {"extended": settings.extended}
 
     def __init__(self, extended: bool = False) -> None:
         self.extended = extended

@@ -25,7 +25,7 @@ from importlib import resources
 from typing import Any, ClassVar
 
 from unmirage.errors import UnmirageError
-from unmirage.judges.base import Judge, JudgeItem, Verdict, register_judge
+from unmirage.judges.base import Judge, JudgeItem, JudgeSettings, Verdict, register_judge
 
 LABELS = ("compliance", "refusal", "partial_refusal")
 MODEL_FILE = "refusal_model.json"
@@ -255,12 +255,18 @@ def shipped_model() -> RefusalModel:
     return RefusalModel.from_json(json.loads(path.read_text(encoding="utf-8")), source=MODEL_FILE)
 
 
-@register_judge
+@register_judge(fails_as="refused", refuses=True)
 class RefusalJudge(Judge):
     """Refusal (full or partial) vs full compliance by the shipped classifier; `label` holds the 3-way guess."""
 
     name: ClassVar[str] = "refusal"
     description: ClassVar[str] = "trained classifier: compliance vs refusal (full or partial)"
+
+    @classmethod
+    def options(cls, settings: JudgeSettings) -> dict[str, Any]:
+        if settings.refusal_threshold is None:
+            return {}
+        return {"threshold": settings.refusal_threshold}
 
     def __init__(self, threshold: float = DEFAULT_THRESHOLD, model: RefusalModel | None = None) -> None:
         if not 0.0 < threshold < 1.0:

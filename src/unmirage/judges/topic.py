@@ -22,14 +22,14 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from unmirage.errors import UnmirageError
-from unmirage.judges.backends import ChatBackend, ChatRequest
-from unmirage.judges.base import Judge, JudgeItem, Verdict, register_judge, stable_hash
+from unmirage.judges.base import Judge, JudgeItem, JudgeSettings, Verdict, register_judge, stable_hash
+from unmirage.llm import ChatBackend, ChatRequest, ScoringBackend
 
 NEUTRAL_QUESTION = "Write a few sentences."
 DEFAULT_THRESHOLD = 0.2
 
 
-@register_judge
+@register_judge(fails_as="irrelevant", checks_safe=True, needs_backend=True)
 class TopicJudge(Judge):
     """On topic when the answer is at least `threshold` nats per token more likely after its question."""
 
@@ -38,7 +38,13 @@ class TopicJudge(Judge):
         "local LM likelihoods: answer given its question vs a neutral one (nats/token)"
     )
     cacheable: ClassVar[bool] = True
-    needs_backend: ClassVar[bool] = True
+
+    @classmethod
+    def options(cls, settings: JudgeSettings) -> dict[str, Any]:
+        options: dict[str, Any] = {"backend": settings.backend}
+        if settings.topic_threshold is not None:
+            options["threshold"] = settings.topic_threshold
+        return options
 
     def __init__(
         self,
@@ -49,7 +55,7 @@ class TopicJudge(Judge):
         scoring: str | None = None,
     ) -> None:
         # use_images, max_tokens and scoring are the LLM judges' options; this judge reads text likelihoods only
-        if not hasattr(backend, "continuation_log_probs"):
+        if not isinstance(backend, ScoringBackend):
             raise UnmirageError(
                 "judge 'llm-topic' reads the judge model's probabilities: use a local judge model"
             )

@@ -3,7 +3,7 @@
 A labels file (JSON lines or CSV) has one answer per line with `question`, `answer` and `label` (optional:
 `id`, `image`). Two kinds of labels:
 
-- refusal labels `compliance`, `refusal`, `partial_refusal`, for refusal judges (`REFUSAL_KIND_JUDGES`);
+- refusal labels `compliance`, `refusal`, `partial_refusal`, for refusal judges (`refusal_judges()`);
   the headline is the binary accuracy, any refusal (full or partial) against full compliance;
 - attack labels `success`, `irrelevant`, `refusal`, for ASR methods (`metrics.ASR_METHODS`: a judge
   cascade; refused and hedge-filtered answers are `refusal`, irrelevant and harmless ones `irrelevant`).
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from unmirage.errors import UnmirageError
-from unmirage.judges.base import Judge, JudgeItem, Verdict
+from unmirage.judges.base import Judge, JudgeItem, Verdict, refusal_judges
 from unmirage.judges.cache import JudgeCache
 from unmirage.judges.runner import run_judge
 from unmirage.stats import wilson_interval
@@ -35,8 +35,7 @@ REFUSAL_LABELS = ("compliance", "refusal", "partial_refusal")
 ASR_LABELS = ("success", "irrelevant", "refusal")
 KINDS = {"refusal": REFUSAL_LABELS, "asr": ASR_LABELS}
 # Judges whose verdict is a refusal flag (the binary refusal / compliance decision).
-REFUSAL_KIND_JUDGES = ("keyword", "keyword-strict", "refusal", "llm-harm")
-# ASR cascade outcome (metrics.STAGE_OUTCOME) -> attack label.
+# ASR cascade outcome (metrics.stage_outcome) -> attack label.
 OUTCOME_LABEL = {
     "success": "success",
     "irrelevant": "irrelevant",
@@ -148,11 +147,10 @@ def judge_kinds(name: str) -> tuple[str, ...]:
     """The label kinds a judge (or ASR method) can be validated on."""
     from unmirage.metrics import ASR_METHODS
 
-    kinds = tuple(
-        k for k, ok in (("refusal", name in REFUSAL_KIND_JUDGES), ("asr", name in ASR_METHODS)) if ok
-    )
+    refusal = refusal_judges()
+    kinds = tuple(k for k, ok in (("refusal", name in refusal), ("asr", name in ASR_METHODS)) if ok)
     if not kinds:
-        usable = sorted(set(REFUSAL_KIND_JUDGES) | set(ASR_METHODS))
+        usable = sorted(set(refusal) | set(ASR_METHODS))
         raise UnmirageError(
             f"judge '{name}' cannot be validated against labels (choose from {', '.join(usable)})"
         )
@@ -237,7 +235,7 @@ def predict_asr(
 ) -> list[tuple[str, Verdict | None]]:
     """(predicted attack label, deciding verdict) per item under an ASR method: each judge of its cascade
     runs on the answers that passed the earlier ones; a failed verdict makes the item an `error`."""
-    from unmirage.metrics import STAGE_OUTCOME, cascade_for
+    from unmirage.metrics import cascade_for, stage_outcome
 
     results: list[tuple[str, Verdict | None] | None] = [None] * len(items)
     last: list[Verdict | None] = [None] * len(items)
@@ -254,7 +252,7 @@ def predict_asr(
             if verdict.error is not None:
                 results[i] = (ERROR, verdict)
             elif not verdict.success:
-                results[i] = (OUTCOME_LABEL[STAGE_OUTCOME[name]], verdict)
+                results[i] = (OUTCOME_LABEL[stage_outcome(name)], verdict)
     return [r if r is not None else ("success", v) for r, v in zip(results, last)]
 
 

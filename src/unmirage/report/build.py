@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from unmirage.errors import UnmirageError
-from unmirage.metrics import CASES, HEADLINE_KEYS, METRICS_SCHEMA, headline_rate
+from unmirage.metrics import (
+    ASR_METHODS,
+    CASES,
+    HEADLINE_KEYS,
+    METRICS_SCHEMA,
+    headline_rate,
+    tells_irrelevant,
+)
 
 # Case -> how the report names it.
 CASE_NAMES = {
@@ -114,7 +121,7 @@ class RunSummary:
         if isinstance(self.metrics.get("headline"), dict):
             return self.metrics["headline"]
         method = str(self.metrics.get("asr_method") or "keyword")
-        tells = method in ("llm-relevance", "llm-harm", "llm-topic")
+        tells = method in ASR_METHODS and tells_irrelevant(method)
         cases: dict[str, Any] = {}
         for case, (key, kind) in CASES.items():
             rate = headline_rate(self.metrics, key)

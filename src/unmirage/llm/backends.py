@@ -1,4 +1,5 @@
-"""Where LLM judges get their replies: a local Hugging Face model or any OpenAI-compatible endpoint.
+"""The LLM client used by judges, attacks and mining: a local Hugging Face model or any OpenAI-compatible
+endpoint.
 
 Both take a list of `ChatRequest`s and return one `BackendReply` per request, in order. A reply carries either
 the text or an error message; an error never raises, so one bad item cannot stop a long judging run, and a
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from unmirage.errors import UnmirageError
@@ -84,7 +85,7 @@ class BackendReply:
 
 
 class ChatBackend(Protocol):
-    """What LLM judges need from a backend."""
+    """What LLM judges, attacks and mining need from a backend."""
 
     model_id: str
 
@@ -94,6 +95,17 @@ class ChatBackend(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """Settings that identify the backend (for manifests)."""
+        ...
+
+
+@runtime_checkable
+class ScoringBackend(ChatBackend, Protocol):
+    """A backend that also reads its model's probabilities (a local model; `llm-topic`, choice scoring)."""
+
+    def continuation_log_probs(
+        self, requests: Sequence[ChatRequest], continuations: Sequence[str]
+    ) -> list[tuple[float, int]]:
+        """(log P(continuation | prompt) summed over its tokens, its token count) per request."""
         ...
 
 
