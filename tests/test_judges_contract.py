@@ -121,7 +121,14 @@ def test_every_judge_has_consistent_metadata(name: str) -> None:
 
 
 def test_every_cascade_uses_registered_judges() -> None:
+    from unmirage.metrics import _EXTRA_OUTCOME
+
+    # methods added by `register_asr_method` (MirageLab's oracle, once lab/score.py is imported by another
+    # test in this process) file their own verdicts: their one judge is not a registered judge class
+    filed = {m for m, cascade in ASR_METHODS.items() if cascade and all(j in _EXTRA_OUTCOME for j in cascade)}
     for method, cascade in ASR_METHODS.items():
+        if method in filed:
+            continue
         assert cascade and all(judge in JUDGES for judge in cascade), method
         assert tells_irrelevant(method) is any(
             JUDGES[j].fails_as in ("irrelevant", "harmless") for j in cascade
