@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from unmirage.analysis.tokens import first_word
 from unmirage.errors import UnmirageError
 from unmirage.lab.oracle import Oracle
 from unmirage.lab.world import (
@@ -21,7 +22,6 @@ from unmirage.lab.world import (
     SHAPES,
     World,
     WorldConfig,
-    first_word,
     write_world,
 )
 

@@ -27,8 +27,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from unmirage.analysis.tokens import first_word
 from unmirage.lab.oracle import Oracle, OracleVerdict
-from unmirage.lab.world import first_word
 from unmirage.metrics import DEFAULT_CONFIDENCE, build_metrics, register_asr_method
 from unmirage.runs import atomic_open, atomic_write_json, read_jsonl, write_manifest
 

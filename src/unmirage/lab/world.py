@@ -688,9 +688,3 @@ def write_world(world: World, out_dir: str | Path) -> WorldFiles:
     atomic_write_json(files.objects, objects, indent=None)
     atomic_write_json(files.world, world.describe())
     return files
-
-
-def first_word(question: str) -> str:
-    """The lower-cased first word of a question, without punctuation."""
-    parts = question.strip().split()
-    return parts[0].lower().strip(",.?!:;'\"") if parts else ""

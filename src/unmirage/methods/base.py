@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 import torch
 import torch.nn.functional as F
 
+from unmirage.data.collate import IGNORE_INDEX
 from unmirage.errors import UnmirageError
 
 if TYPE_CHECKING:
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 
     from unmirage.models.families import FamilyAdapter
 
-IGNORE_INDEX = -100
 SIDES = ("forget", "retain")
 # Which positions of a hidden state count: every one (padding and image tokens included), attended non-image
 # positions, or labelled answer positions.
