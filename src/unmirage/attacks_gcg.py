@@ -44,13 +44,16 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import Field, field_validator
 
 from unmirage.config import StrictModel
 from unmirage.errors import UnmirageError
+
+if TYPE_CHECKING:
+    from unmirage.models import LoadedModel
 
 SUFFIX_SENTINEL = "UNMIRAGE_GCG_SUFFIX"
 """Rendered once in place of the suffix to split a prompt into the text before and after it."""
@@ -172,7 +175,7 @@ class GCGAttack:
 
     def __init__(
         self,
-        loaded: Any,
+        loaded: LoadedModel,
         config: GCGConfig | None = None,
         *,
         image_loader: Any = None,

@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -48,6 +48,9 @@ from unmirage.metrics import (
     checks_safe,
     judges_needed,
 )
+
+if TYPE_CHECKING:
+    from unmirage.models import LoadedModel
 
 VLGUARD = "vlguard"
 """The packaged benchmark the VLGuard shorthand stands for; its cases keep their bare names as keys."""
@@ -472,7 +475,7 @@ class HFGenerate:
     def __init__(self, settings: EvalSettings, cases: dict[str, EvalCase] | None = None) -> None:
         self.settings = settings
         self.cases = cases or {}
-        self._loaded: Any = None
+        self._loaded: LoadedModel | None = None
         self._generators: dict[tuple[Path | None, str | None], Any] = {}
         self.loads = 0
 

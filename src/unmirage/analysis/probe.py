@@ -29,13 +29,16 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from unmirage.data.conversations import Example
 from unmirage.errors import UnmirageError
 from unmirage.stats import wilson_interval
+
+if TYPE_CHECKING:
+    from unmirage.models import LoadedModel
 
 POOLS = ("last", "mean")
 PROBES = ("plain", "form_blind")
@@ -127,7 +130,7 @@ def form_blind(examples: Sequence[Example], words: Sequence[str], seed: int) -> 
 
 # ----- representations -------------------------------------------------------------------------------------
 def layer_features(
-    loaded: Any,
+    loaded: LoadedModel,
     examples: Sequence[Example],
     layers: Sequence[int],
     collate: Callable[[Sequence[Example]], dict[str, torch.Tensor]],

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -21,6 +21,9 @@ from torch.utils.data import Dataset
 from unmirage.data.conversations import Example
 from unmirage.data.images import ImageLoader, LoadImage, placeholder_image, placeholder_size
 from unmirage.errors import UnmirageError
+
+if TYPE_CHECKING:
+    from unmirage.models import LoadedModel
 
 IGNORE_INDEX = -100
 
@@ -36,7 +39,7 @@ class Collator:
 
     def __init__(
         self,
-        loaded: Any,
+        loaded: LoadedModel,
         *,
         template: str = "v1",
         max_length: int = 2048,

@@ -34,13 +34,16 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 from pydantic import Field
 
 from unmirage.config import StrictModel
 from unmirage.errors import UnmirageError
+
+if TYPE_CHECKING:
+    from unmirage.models import LoadedModel
 
 SIDES = ("hazard", "benign")
 SPLITS = ("train", "test")
@@ -267,7 +270,7 @@ def separation_auc(positive: Any, negative: Any) -> float | None:
 
 
 def caption_choice_accuracy(
-    loaded: Any,
+    loaded: LoadedModel,
     captions: str | os.PathLike,
     image_root: str | os.PathLike,
     *,

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unmirage.errors import UnmirageError
 from unmirage.generate.batched import BatchedGenerator, GenerationConfig
+
+if TYPE_CHECKING:
+    from unmirage.models import LoadedModel
 
 BACKENDS = ("hf", "vllm")
 
@@ -37,7 +40,7 @@ def load_for_generation(
 
 
 def make_generator(
-    loaded: Any, config: GenerationConfig | None = None, image_loader: Any = None
+    loaded: LoadedModel, config: GenerationConfig | None = None, image_loader: Any = None
 ) -> BatchedGenerator:
     """The generator class that fits how `loaded` was loaded."""
     if loaded.info.get("backend") == "vllm":

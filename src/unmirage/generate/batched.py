@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -23,6 +23,9 @@ from PIL import Image
 from unmirage.data.images import ImageLoader, LoadImage, placeholder_image, placeholder_size
 from unmirage.errors import UnmirageError
 from unmirage.runs import JsonlAppender, atomic_open, read_jsonl_resumable
+
+if TYPE_CHECKING:
+    from unmirage.models import LoadedModel
 
 
 @dataclass
@@ -83,7 +86,10 @@ class BatchedGenerator:
     """
 
     def __init__(
-        self, loaded: Any, config: GenerationConfig | None = None, image_loader: LoadImage | None = None
+        self,
+        loaded: LoadedModel,
+        config: GenerationConfig | None = None,
+        image_loader: LoadImage | None = None,
     ) -> None:
         self.loaded = loaded
         self.config = config or GenerationConfig()

@@ -19,13 +19,16 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import Field
 
 from unmirage.config import StrictModel
 from unmirage.lab.world import Example, World
+
+if TYPE_CHECKING:
+    from unmirage.models import LoadedModel
 
 
 class VisionStage(StrictModel):
@@ -110,7 +113,7 @@ def step_flop(modules: Sequence[torch.nn.Module], loss_of: Callable[..., torch.T
 
 
 def pretrain_vision(
-    loaded: Any,
+    loaded: LoadedModel,
     world: World,
     stage: VisionStage,
     *,
@@ -176,7 +179,7 @@ def pretrain_vision(
 
 
 def train_base(
-    loaded: Any,
+    loaded: LoadedModel,
     world: World,
     stage: BaseStage,
     *,

@@ -18,10 +18,13 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from unmirage.errors import UnmirageError
+
+if TYPE_CHECKING:
+    from unmirage.models import LoadedModel
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429}) | frozenset(range(500, 600))
 DEFAULT_KEY_ENV = "UNMIRAGE_JUDGE_API_KEY"
@@ -290,7 +293,7 @@ class HFBackend:
         batch_size: int = 8,
         device: str = "auto",
         template: str = "chat",
-        loaded: Any = None,
+        loaded: LoadedModel | None = None,
     ) -> None:
         if loaded is None:
             from unmirage.models import load_model, resolve_device

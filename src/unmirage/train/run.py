@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -32,6 +32,9 @@ from unmirage.train.params import (
 )
 from unmirage.train.recipe import Recipe, make_training_arguments, preflight
 from unmirage.train.reference import STATS_FILE, build_reference, choose_kind
+
+if TYPE_CHECKING:
+    from unmirage.models import LoadedModel
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss_terms.png"
@@ -145,7 +148,9 @@ def run_identity(recipe: Recipe, config: MethodConfig) -> dict[str, Any]:
     }
 
 
-def prepare_model(recipe: Recipe, config: MethodConfig, loaded: Any = None) -> tuple[Any, Any, int]:
+def prepare_model(
+    recipe: Recipe, config: MethodConfig, loaded: LoadedModel | None = None
+) -> tuple[Any, Any, int]:
     """Load the model (unless `loaded` is given), run the method's model checks, choose the trainable
     parameters (full) or add LoRA adapters."""
     from unmirage.models import load_model
@@ -177,7 +182,7 @@ def run_unlearning(
     merge: bool | None = None,
     overrides: tuple[str, ...] = (),
     callbacks: tuple[Any, ...] = (),
-    loaded: Any = None,
+    loaded: LoadedModel | None = None,
     overwrite: bool = False,
 ) -> RunResult:
     """Train `recipe` (validated by `load_recipe`); with `resume`, continue from the last checkpoint.
@@ -327,7 +332,7 @@ def run_unlearning(
 
 def make_method_inputs(
     config: MethodConfig,
-    loaded: Any,
+    loaded: LoadedModel,
     collator: Any,
     args: Any,
     *,
