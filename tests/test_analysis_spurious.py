@@ -14,8 +14,8 @@ from unmirage.analysis.spurious import (
     weighted_log_odds,
     write_report,
 )
-from unmirage.analysis.tokens import content_words, missing_content_words, ngrams, same_stem, words
 from unmirage.errors import UnmirageError
+from unmirage.text.tokens import content_words, missing_content_words, ngrams, same_stem, words
 
 # Label A: 3 texts start with "share", 1 with "what"; label B: 3 with "what", 1 with "how".
 SMALL = [

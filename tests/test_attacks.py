@@ -5,11 +5,11 @@ import json
 import pytest
 
 from helpers import ScriptedServer, assert_one_line_error, run_cli, safe_record, unsafe_record
-from unmirage.analysis.tokens import first_word
 from unmirage.attacks import backend_text_generator, build_attack, parse_llm_lines, write_attack
 from unmirage.data.jsonfile import read_json_list
 from unmirage.errors import UnmirageError
-from unmirage.rewrite import check_rewrite, indirect_question, parse_request, rule_candidates
+from unmirage.text.rewrite import check_rewrite, indirect_question, parse_request, rule_candidates
+from unmirage.text.tokens import first_word
 
 TRIGGERS = [
     "What",

@@ -13,8 +13,8 @@ from unmirage.data.build import build_unlearn, make_unlearn_sets
 from unmirage.data.conversations import load_examples, read_conversations, single_turn, write_conversations
 from unmirage.data.mine import ANSWERS_FORMAT
 from unmirage.errors import UnmirageError
-from unmirage.rewrite import valid_rewrites
 from unmirage.runs import sha256_file
+from unmirage.text.rewrite import valid_rewrites
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unmirage.analysis.tokens import first_word
 from unmirage.errors import UnmirageError
 from unmirage.lab.oracle import Oracle
 from unmirage.lab.world import (
@@ -24,6 +23,7 @@ from unmirage.lab.world import (
     WorldConfig,
     write_world,
 )
+from unmirage.text.tokens import first_word
 
 
 def small(**overrides) -> WorldConfig:

@@ -8,7 +8,7 @@ sorted and the list is indented by 4, as in the published files.
 Subsets (which instruction is rewritten): `unsafes` (records with an unsafe image, `instruction`),
 `safe_safes` (safe image, `safe_instruction`), `safe_unsafes` (safe image, `unsafe_instruction`).
 
-Modes: `rules` (`unmirage.rewrite`, deterministic) or `llm` (a text generator paraphrases; by default the
+Modes: `rules` (`unmirage.text.rewrite`, deterministic) or `llm` (a text generator paraphrases; by default the
 rule rewrites fill the shots the model could not). The model is reached through a `unmirage.judges` backend
 (`backend_text_generator`): a local Hugging Face model or an OpenAI-compatible server. Every rewrite is validated (`rewrite.check_rewrite`:
 starts with the trigger, keeps the content words); invalid candidates and unfilled shots go to the report.
@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unmirage.analysis.tokens import content_words
 from unmirage.data.vlguard import parse_vlguard, view
 from unmirage.errors import UnmirageError
 from unmirage.llm import ChatBackend, ChatRequest
-from unmirage.rewrite import Candidate, check_rewrite, rule_candidates
+from unmirage.text.rewrite import Candidate, check_rewrite, rule_candidates
+from unmirage.text.tokens import content_words
 
 SUBSET_KEYS = {
     "unsafes": "instruction",

@@ -4,7 +4,7 @@ and does the answer depend on how the question is worded?
 At every probed decoder layer a logistic regression is trained to tell the forget set's questions (label 1)
 from the retain set's (label 0), then evaluated per *form* on a VLGuard-schema file: the unsafe questions as
 written, their rule rewrites that start with "What", the safe questions as written and their rule rewrites
-that start with "Share" (`unmirage.rewrite`). A second, *form-blind* probe is trained on the same sets
+that start with "Share" (`unmirage.text.rewrite`). A second, *form-blind* probe is trained on the same sets
 augmented with their own What and Share rewrites (`unmirage.data.build.with_rewrites`), so that the first
 word no longer separates the training classes.
 
@@ -67,7 +67,7 @@ def rewritten(examples: Sequence[Example], word: str) -> tuple[list[Example], in
     the rewrites and how many questions no rule could rewrite (left out)."""
     from dataclasses import replace
 
-    from unmirage.rewrite import rewrite_first_word
+    from unmirage.text.rewrite import rewrite_first_word
 
     out, skipped = [], 0
     for example in examples:

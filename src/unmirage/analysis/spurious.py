@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from unmirage.analysis.sources import Turn, read_turns
-from unmirage.analysis.tokens import ngrams
 from unmirage.errors import UnmirageError
+from unmirage.text.tokens import ngrams
 
 LABEL_SOURCES = ("auto", "subset", "judge", "field")
 POSITIVE_VALUES = frozenset(

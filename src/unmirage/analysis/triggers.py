@@ -1,7 +1,7 @@
 """Model-side trigger discovery: which first words flip a model's refusals.
 
 For every candidate word, each query is rewritten to start with that word (the first valid rule rewrite,
-`unmirage.rewrite.rewrite_first_word`) and the model answers both the original and the rewrite. A refusal
+`unmirage.text.rewrite.rewrite_first_word`) and the model answers both the original and the rewrite. A refusal
 judge labels every answer. Per word and per direction:
 
 - jailbreak (unsafe queries): `flip_rate` = share of queries refused as written but answered after the
@@ -22,10 +22,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from unmirage.analysis.tokens import first_word
 from unmirage.data.vlguard import VLGuardFile, view
 from unmirage.errors import UnmirageError
-from unmirage.rewrite import rewrite_first_word
+from unmirage.text.rewrite import rewrite_first_word
+from unmirage.text.tokens import first_word
 
 DIRECTIONS = {"unsafes": "jailbreak", "safe_safes": "overrefusal", "safe_unsafes": "jailbreak"}
 ORIGINAL = "original"

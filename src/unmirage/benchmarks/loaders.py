@@ -28,7 +28,7 @@ from unmirage.benchmarks.spec import (
 )
 from unmirage.data.vlguard import load_samples
 from unmirage.errors import UnmirageError
-from unmirage.rewrite import valid_rewrites
+from unmirage.text.rewrite import valid_rewrites
 
 
 @dataclass

@@ -10,7 +10,7 @@
 * forget_rmu.json: forget.json with the answer appended to the question turn (question + newline + answer);
   the gpt turn keeps the answer.
 * form-balanced sets (`rewrite_words`, not in the reference): for each word, every forget and retain question
-  is also added rewritten to start with that word (a valid rule rewrite from `unmirage.rewrite`: the first,
+  is also added rewritten to start with that word (a valid rule rewrite from `unmirage.text.rewrite`: the first,
   most natural one, or with `rewrite_pick="random"` one drawn per question with the seed; the same answer; id
   `ID#word`). Questions that already start with the word, or that no rule can
   rewrite, are not duplicated. Both sets get every word, so a question's first word no longer tells forget
@@ -31,13 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from unmirage.analysis.tokens import first_word
 from unmirage.data.conversations import GPT, HUMAN, Conversation, Turn, read_conversations, single_turn
 from unmirage.data.mine import load_harmful_answers
 from unmirage.data.vlguard import Sample, load_vlguard, view
 from unmirage.errors import UnmirageError
-from unmirage.rewrite import valid_rewrites
 from unmirage.runs import atomic_write_json, write_manifest
+from unmirage.text.rewrite import valid_rewrites
+from unmirage.text.tokens import first_word
 
 FORGET = "forget.json"
 RETAIN = "retain.json"

@@ -27,10 +27,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from unmirage.analysis.tokens import first_word
 from unmirage.lab.oracle import Oracle, OracleVerdict
 from unmirage.metrics import DEFAULT_CONFIDENCE, build_metrics, register_asr_method
 from unmirage.runs import atomic_open, atomic_write_json, read_jsonl, write_manifest
+from unmirage.text.tokens import first_word
 
 ORACLE = "oracle"
 register_asr_method(ORACLE, ORACLE)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from unmirage.analysis.tokens import content_words, first_word, missing_content_words
+from unmirage.text.tokens import content_words, first_word, missing_content_words
 
 WH_WORDS = frozenset({"what", "which", "who", "whom", "whose", "where", "when", "why", "how"})
 BE = frozenset({"is", "are", "was", "were", "am"})
