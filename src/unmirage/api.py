@@ -73,7 +73,7 @@ def mine_harmful(
     answer (the judge's pick when there are several generators), like `unmirage data mine-harmful`.
     Resumable: work files go to `OUT.work/`. `options`: `image_root` or `placeholder_images=True`,
     `template`, `max_new_tokens`, `batch_size`, `dtype`, `device`, ... Returns the answers file."""
-    from unmirage.data.mine_models import run_mine_harmful
+    from unmirage.mining import run_mine_harmful
 
     options.setdefault("image_root", None)
     return run_mine_harmful(vlguard, out, generators=list(generators), judge=judge, **options)

@@ -173,7 +173,7 @@ def mine_harmful(
     device: str = typer.Option("auto", help="auto (GPU if present), cpu, or a device such as cuda:1."),
 ) -> None:
     """Answer every unsafe training query with each generator and keep the judge's most harmful pick."""
-    from unmirage.data.mine_models import run_mine_harmful
+    from unmirage.mining import run_mine_harmful
 
     path = run_mine_harmful(
         vlguard,

@@ -11,7 +11,7 @@ Generation and judging are injected as functions, so this module needs no model:
 * a `Judge` answers a batch of chat conversations (lists of {"role", "content"} messages).
 
 A callable that also has a `close()` method gets it called when its stage is done (to free its model).
-`unmirage.data.mine_models` builds both from models (`unmirage.models` + `unmirage.generate`).
+`unmirage.mining` builds both from models (`unmirage.models` + `unmirage.generate`).
 
 Everything is written incrementally under ``<out>.work/`` (one JSON-lines file per generator, one for the
 judge's verdicts), so a killed run resumes where it stopped; `plan.json` there pins the generators, the judge
