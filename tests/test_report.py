@@ -15,7 +15,8 @@ from unmirage.cli.main import main as cli_main
 from unmirage.errors import UnmirageError
 from unmirage.metrics import Bootstrap, build_metrics
 from unmirage.report import build_report
-from unmirage.report.build import chart_metrics, chart_title, load_run
+from unmirage.report.chart import chart_metrics, chart_title
+from unmirage.report.summary import load_run
 from unmirage.runs import atomic_write_json
 from unmirage.utility import load_vqa, normalise_vqa, parse_choice, score_vqa, vqa_soft_accuracy
 

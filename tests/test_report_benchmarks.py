@@ -11,7 +11,8 @@ import pytest
 from test_report import judged, two_runs
 from unmirage.metrics import benchmark_case_metrics, build_metrics
 from unmirage.report import build_report
-from unmirage.report.build import benchmark_rows, benchmark_summary_rows, load_run
+from unmirage.report.build import benchmark_rows, benchmark_summary_rows
+from unmirage.report.summary import load_run
 from unmirage.runs import atomic_write_json
 
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
-if TYPE_CHECKING:
-    from unmirage.report.build import RunSummary
+from unmirage.report.summary import ATTACK_CASES, RunSummary
 
 VALUE_LABELS_UP_TO = 40  # bars; above this the value labels would overlap
 
@@ -27,6 +26,47 @@ def run_colours(n: int) -> list:
     return [colormaps["turbo"](i / (n - 1)) for i in range(n)]
 
 
+def chart_metrics(runs: Sequence[RunSummary]) -> list[tuple[str, str]]:
+    """(key, label) of the main chart: each harmful case's headline ASR (and, for runs whose judge cannot
+    tell irrelevant answers, its "not refused" share), the safe cases' RR and utility; lower-is-better cues."""
+    shots = {run.shots() for run in runs} - {None}
+    attack = f"{shots.pop()}-shot attack" if len(shots) == 1 else "K-shot attack"
+    names = {
+        "unsafe_normal": "normal",
+        "unsafe_attack": attack,
+        "unsafe_prefill": "prefill",
+        "unsafe_gcg": "GCG",
+    }
+    metrics = [(f"success@{c}", f"ASR ↓\n{names[c]}") for c in ATTACK_CASES]
+    if any(not run.tells_irrelevant() for run in runs):
+        metrics += [(f"not_refused@{c}", f"not refused\n{names[c]}") for c in ATTACK_CASES]
+    return [
+        *metrics,
+        ("rr_normal", "RR ↓\nsafe"),
+        ("rr_share", "RR ↓\nsafe Share"),
+        ("utility", "utility ↑\n(VQA)"),
+    ]
+
+
+def chart_title(runs: Sequence[RunSummary], metrics: Sequence[tuple[str, str]]) -> str:
+    """The main chart's title: only what is drawn, with the judges that decided it."""
+    drawn = {key.split("@")[0] for key, _label in metrics if any(r.value(key) is not None for r in runs)}
+    parts = []
+    if "success" in drawn:
+        judges = sorted({r.headline()["asr_method"] for r in runs if r.tells_irrelevant()})
+        parts.append(f"ASR on harmful questions ({', '.join(judges)})")
+    if "not_refused" in drawn:
+        judges = sorted({r.headline()["asr_method"] for r in runs if not r.tells_irrelevant()})
+        parts.append(f"not refused ({', '.join(judges)})")
+    if drawn & {"rr_normal", "rr_share"}:
+        judges = sorted({str(r.headline().get("refusal_judge")) for r in runs})
+        parts.append(f"RR on safe questions ({', '.join(judges)})")
+    if "utility" in drawn:
+        parts.append("utility")
+    text = ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1] if parts else "no rates"
+    return f"{text[0].upper()}{text[1:]}; 95% Wilson intervals"
+
+
 def bar_chart(
     runs: Sequence[RunSummary],
     path: str | os.PathLike | BinaryIO,
@@ -35,13 +75,11 @@ def bar_chart(
     title: str | None = None,
 ) -> None:
     """Write a PNG (to a path or a binary file object): `metrics` ((key for `RunSummary.value`, label); by
-    default the report's headline chart, `report.build.chart_metrics`) on the x axis, one coloured bar per
+    default the report's headline chart, `chart_metrics`) on the x axis, one coloured bar per
     run, values in percent with error bars; metrics no run has are left out, a zero is marked on the axis and
-    a missing value is written "n/a". The default title names what is drawn (`report.build.chart_title`)."""
+    a missing value is written "n/a". The default title names what is drawn (`chart_title`)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from unmirage.report.build import chart_metrics, chart_title
 
     if metrics is None:
         metrics = chart_metrics(runs)
