@@ -86,7 +86,7 @@ class LoraStepper:
 
 def generation_ms_per_token(loaded, questions: list[str], new_tokens: int) -> float:
     """Milliseconds per generated token for the whole left-padded batch, greedy."""
-    from unmirage.data.images import placeholder_image, placeholder_size
+    from unmirage.placeholder import placeholder_image, placeholder_size
 
     tokenizer = loaded.tokenizer
     prompts = [loaded.family.build_prompt(q, template="chat", processor=loaded.processor) for q in questions]

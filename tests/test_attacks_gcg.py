@@ -121,7 +121,7 @@ def _direct_loss(loaded, problem, suffix_ids, sep=" "):
     text = prompt + sep + "Sure, here is"
     n_target = len(problem.target_ids)
     if loaded.multimodal:
-        from unmirage.data.images import placeholder_image, placeholder_size
+        from unmirage.placeholder import placeholder_image, placeholder_size
 
         image = placeholder_image(placeholder_size(loaded.processor))
         inputs = dict(loaded.processor(images=[image], text=[text], return_tensors="pt"))

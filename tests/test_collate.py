@@ -7,9 +7,10 @@ from PIL import Image
 from helpers import tiny_llama
 from unmirage.data.collate import IGNORE_INDEX, Collator, PairedCollator, PairedDataset
 from unmirage.data.conversations import Example
-from unmirage.data.images import ImageLoader, placeholder_size
+from unmirage.data.images import ImageLoader
 from unmirage.errors import UnmirageError
 from unmirage.models import load_model, tiny_families
+from unmirage.placeholder import placeholder_size
 
 
 @pytest.fixture(scope="module", params=tiny_families())

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from helpers import assert_one_line_error, png, run_cli, safe_record, unsafe_record, write_json
-from unmirage.data.images import ImageLoader, parse_size, placeholder_image, resolve_image_path
+from unmirage.data.images import ImageLoader, parse_size, resolve_image_path
 from unmirage.errors import UnmirageError
+from unmirage.placeholder import placeholder_image
 
 
 @pytest.fixture

@@ -13,11 +13,11 @@ from helpers import tiny_llama
 from unmirage.cli.main import app
 from unmirage.data.collate import IGNORE_INDEX, Collator
 from unmirage.data.conversations import Example
-from unmirage.data.images import placeholder_image, placeholder_size
 from unmirage.errors import UnmirageError
 from unmirage.models import get_family, load_model
 from unmirage.models.compose import IMAGE_TOKEN, VisionSpec, compose_vlm, text_fidelity
 from unmirage.models.tiny import build_tokenizer
+from unmirage.placeholder import placeholder_image, placeholder_size
 
 # SmolLM2's chat template shape: ChatML, string contents only, a default system turn.
 CHATML = (

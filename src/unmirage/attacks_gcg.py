@@ -226,7 +226,7 @@ class GCGAttack:
             return None
         image = self.image_loader(task.image, task.id)
         if image is None and self.placeholder_images:
-            from unmirage.data.images import placeholder_image, placeholder_size
+            from unmirage.placeholder import placeholder_image, placeholder_size
 
             image = placeholder_image(placeholder_size(self.loaded.processor))
         return image

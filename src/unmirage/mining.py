@@ -14,11 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from unmirage.data.images import ImageLoader, placeholder_size
+from unmirage.data.images import ImageLoader
 from unmirage.data.mine import Message, mine_harmful
 from unmirage.data.vlguard import Sample, load_vlguard, view
 from unmirage.errors import UnmirageError
 from unmirage.models.load import source_is_multimodal
+from unmirage.placeholder import placeholder_size
 from unmirage.runs import write_manifest
 
 

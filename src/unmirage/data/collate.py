@@ -19,8 +19,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from unmirage.data.conversations import Example
-from unmirage.data.images import ImageLoader, LoadImage, placeholder_image, placeholder_size
+from unmirage.data.images import ImageLoader, LoadImage
 from unmirage.errors import UnmirageError
+from unmirage.placeholder import placeholder_image, placeholder_size
 
 if TYPE_CHECKING:
     from unmirage.models import LoadedModel

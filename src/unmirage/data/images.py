@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any, cast
 
 from unmirage.errors import UnmirageError
+from unmirage.placeholder import placeholder_image
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -30,7 +31,6 @@ DEFAULT_MAX_PIXELS = 100_000_000
 """Largest accepted width x height (VLGuard images are below 20 megapixels)."""
 DEFAULT_MAX_BYTES = 200 * 1024 * 1024
 """Largest accepted file size."""
-PLACEHOLDER_GREY = (128, 128, 128)
 
 LoadImage = Callable[[Any, "str | None"], "Image.Image | None"]
 """An image loader: (image reference, record id) -> PIL RGB image, or None for an item without an image."""
@@ -161,40 +161,6 @@ def verify_image(
     except UnmirageError as err:
         raise UnmirageError(str(err), file=file) if file is not None else err from None
     _VERIFIED[key] = None
-
-
-def placeholder_image(size: int | tuple[int, int]) -> Image.Image:
-    """A uniform grey RGB image; `size` is an int (square) or (width, height)."""
-    from PIL import Image
-
-    width, height = (size, size) if isinstance(size, int) else size
-    if width < 1 or height < 1:
-        raise UnmirageError(f"placeholder image size must be positive, got {width}x{height}")
-    return Image.new("RGB", (width, height), PLACEHOLDER_GREY)
-
-
-def _field(obj: Any, key: str) -> Any:
-    if isinstance(obj, dict):
-        return obj.get(key)
-    return getattr(obj, key, None)
-
-
-def placeholder_size(processor: Any) -> tuple[int, int]:
-    """(width, height) of the image a processor expects: its crop size, else its square size, else 336."""
-    image_processor = getattr(processor, "image_processor", None)
-    crop = getattr(image_processor, "crop_size", None)
-    if crop is not None and _field(crop, "height"):
-        return int(_field(crop, "width")), int(_field(crop, "height"))
-    size = getattr(image_processor, "size", None)
-    if size is not None and _field(size, "height"):
-        return int(_field(size, "width")), int(_field(size, "height"))
-    if size is not None and _field(size, "longest_edge") and getattr(image_processor, "merge_size", None):
-        edge = int(_field(size, "shortest_edge") ** 0.5)  # Qwen2-VL: sizes are pixel counts
-        return edge, edge
-    if size is not None and _field(size, "shortest_edge"):
-        edge = int(_field(size, "shortest_edge"))
-        return edge, edge
-    return 336, 336
 
 
 def parse_size(text: str) -> tuple[int, int]:

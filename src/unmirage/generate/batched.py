@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
-from unmirage.data.images import ImageLoader, LoadImage, placeholder_image, placeholder_size
+from unmirage.data.images import ImageLoader, LoadImage
 from unmirage.errors import UnmirageError
+from unmirage.placeholder import placeholder_image, placeholder_size
 from unmirage.runs import JsonlAppender, atomic_open, read_jsonl_resumable
 
 if TYPE_CHECKING:

@@ -300,7 +300,7 @@ def text_fidelity(
     The VLM sees each question with a placeholder (grey) image in the user turn, through the same chat
     template; both decode greedily.
     """
-    from unmirage.data.images import placeholder_image, placeholder_size
+    from unmirage.placeholder import placeholder_image, placeholder_size
 
     lm_tok, vlm_proc = language_model.tokenizer, vlm.processor
     identical, prefixes, kls, agree, total, examples = 0, [], [], 0, 0, []
