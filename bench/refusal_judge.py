@@ -23,7 +23,7 @@ from pathlib import Path
 from _common import emit
 from unmirage.judges import JudgeItem, get_judge
 from unmirage.judges.refusal_train import vlguard_examples
-from unmirage.judges.validate import read_labels, validate
+from unmirage.judges.validate import read_labels, validate_judge
 
 ROOT = Path(__file__).resolve().parent.parent
 JUDGES = ("keyword", "keyword-strict", "refusal")
@@ -61,7 +61,7 @@ def main() -> None:
             texts += [a.answer for a in read_labels(path)]
             for name in JUDGES:
                 out = args.out / set_name / name if args.out else None
-                doc = validate(name, path, out, judges={name: judges[name]})
+                doc = validate_judge(name, path, out, judges={name: judges[name]})
                 acc = doc["accuracy"]
                 emit(
                     "refusal_judge",

@@ -67,12 +67,13 @@ def measure(preset: str, steps: int, workdir: Path) -> None:
     )
     from unmirage.data.collate import Collator
     from unmirage.models import load_model
-    from unmirage.train.data import load_examples
+    from unmirage.train.data import load_training_examples
 
     loaded = load_model("tiny-llava", tiny_sizes=PRESETS[preset])
     collator = Collator(loaded, placeholder_images=True)
     batches = {
-        side: collator(load_examples(path)[: BATCH[preset]]) for side, path in zip(("forget", "retain"), data)
+        side: collator(load_training_examples(path)[: BATCH[preset]])
+        for side, path in zip(("forget", "retain"), data)
     }
     sizes = PRESETS[preset]
     flops = step_flops(loaded.model, batches, sizes["layers"], sizes["hidden"])

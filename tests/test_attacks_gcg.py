@@ -281,12 +281,12 @@ def test_bad_inputs_are_one_line_errors(causal, llava):
 
 
 def test_subsample_picks_the_ids_eval_picks(tmp_path):
-    from unmirage.eval import EvalSettings, load_cases
+    from unmirage.eval import EvalSettings, case_prompts
 
     records = [unsafe_record(f"u{i}", q=f"Question {i}?") for i in range(12)]
     data = write_json(tmp_path / "test.json", [safe_record("s0"), *records])
     settings = EvalSettings(model="m", vlguard_test=data, subsample=4, seed=3)
-    chosen = {p.id for p in load_cases(settings)["unsafe_normal"]}
+    chosen = {p.id for p in case_prompts(settings)["unsafe_normal"]}
     assert set(select_ids([r["id"] for r in records], subsample=4, seed=3)) == chosen
     assert select_ids(["a", "b", "c"], limit=2) == ["a", "b"]
     with pytest.raises(UnmirageError, match="either --limit or --subsample"):

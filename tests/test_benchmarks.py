@@ -383,8 +383,7 @@ def test_typography_text_too_long_is_an_error():
 
 
 def _same_as_eval(root: Path) -> None:
-    from unmirage.eval import EvalSettings
-    from unmirage.eval import load_cases as eval_cases
+    from unmirage.eval import EvalSettings, case_prompts
 
     spec = get_benchmark("vlguard", root)
     paths = spec.paths(root)
@@ -395,7 +394,7 @@ def _same_as_eval(root: Path) -> None:
         what=paths["what"],
         prefill="Sure, here is",
     )
-    expected = eval_cases(settings)
+    expected = case_prompts(settings)
     ours = load_cases(spec, root)
     assert set(ours) == set(expected)
     for case, prompts in expected.items():

@@ -14,7 +14,7 @@ from unmirage.data.mine import (
     judge_messages,
     load_harmful_answers,
     mine_harmful,
-    parse_choice,
+    parse_judge_choice,
     work_dir_for,
 )
 from unmirage.data.vlguard import Sample
@@ -38,7 +38,7 @@ from unmirage.errors import UnmirageError
     ],
 )
 def test_parse_choice(raw: str, n: int, expected: int) -> None:
-    assert parse_choice(raw, n) == expected
+    assert parse_judge_choice(raw, n) == expected
 
 
 def test_judge_messages() -> None:

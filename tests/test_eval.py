@@ -11,7 +11,7 @@ import pytest
 
 from helpers import write_jsonl
 from unmirage.errors import UnmirageError
-from unmirage.eval import EvalPrompt, EvalSettings, load_cases, run_eval
+from unmirage.eval import EvalPrompt, EvalSettings, case_prompts, run_eval
 from unmirage.judges import BackendReply, ChatRequest
 
 SAFE = {"s0": "What is on the table?", "s1": "What colour is the car?", "s2": "What does the sign say?"}
@@ -325,7 +325,7 @@ def test_load_cases_on_the_real_files(vlguard_dir) -> None:
         share=vlguard_dir / "test_share_1shot.json",
         what=vlguard_dir / "test_what_3shot.json",
     )
-    cases = load_cases(settings)
+    cases = case_prompts(settings)
     assert {c: len(p) for c, p in cases.items()} == {
         "safe_normal": 558,
         "safe_share": 556,
@@ -335,7 +335,7 @@ def test_load_cases_on_the_real_files(vlguard_dir) -> None:
     attack = cases["unsafe_attack"]
     assert {p.shot for p in attack} == {0, 1, 2} and all(p.question.startswith("What") for p in attack)
     assert all(p.category for p in attack)
-    small = load_cases(settings.model_copy(update={"subsample": 10, "seed": 1}))
+    small = case_prompts(settings.model_copy(update={"subsample": 10, "seed": 1}))
     ids = {c: {p.id for p in prompts} for c, prompts in small.items()}
     assert len(ids["unsafe_normal"]) == 10 and ids["unsafe_attack"] == ids["unsafe_normal"]
     assert len(small["unsafe_attack"]) == 30 and ids["safe_share"] <= ids["safe_normal"]

@@ -11,7 +11,7 @@ import pytest
 from helpers import assert_one_line_error, run_cli, write_jsonl
 from unmirage.errors import UnmirageError
 from unmirage.judges import BackendReply, ChatRequest, Verdict, get_judge
-from unmirage.judges.validate import read_labels, validate, wilson
+from unmirage.judges.validate import read_labels, validate_judge, wilson
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,7 +51,7 @@ def test_wilson_interval_by_hand() -> None:
 
 
 def test_keyword_metrics_on_hand_labels(tmp_path) -> None:
-    doc = validate("keyword", hand_file(tmp_path), None, judges={"keyword": get_judge("keyword")})
+    doc = validate_judge("keyword", hand_file(tmp_path), None, judges={"keyword": get_judge("keyword")})
     assert doc["kind"] == "refusal" and doc["answers"] == 8 and doc["errors"] == 0
     assert doc["accuracy"]["k"] == 6 and doc["accuracy"]["n"] == 8
     assert doc["accuracy"]["ci"] == pytest.approx([0.409273, 0.928517], abs=1e-5)
@@ -69,7 +69,7 @@ def test_keyword_metrics_on_hand_labels(tmp_path) -> None:
 
 
 def test_refusal_judge_gives_three_way_labels(tmp_path) -> None:
-    doc = validate("refusal", hand_file(tmp_path), None, judges={"refusal": get_judge("refusal")})
+    doc = validate_judge("refusal", hand_file(tmp_path), None, judges={"refusal": get_judge("refusal")})
     assert "exact_accuracy" in doc and doc["accuracy"]["n"] == 8
     misses = doc["worst_misses"]
     scores = [abs(m["score"] - 0.5) for m in misses]
@@ -104,7 +104,7 @@ def test_judge_errors_stay_errors_refusal_labels(tmp_path) -> None:
     ]
     path = write_jsonl(tmp_path / "l.jsonl", rows)
     judge = get_judge("llm-harm", backend=FailingBackend("refused: no\nconvincing: 4\nspecific: 4"))
-    doc = validate(
+    doc = validate_judge(
         "llm-harm", path, tmp_path / "out", judges={"llm-harm": judge, "keyword": get_judge("keyword")}
     )
     assert (
@@ -137,11 +137,11 @@ def test_asr_cascade_labels_and_errors(tmp_path) -> None:
         "rules": get_judge("rules"),
         "llm-relevance": get_judge("llm-relevance", backend=FailingBackend("Relevant: detailed")),
     }
-    doc = validate("rules", path, None, judges=judges)
+    doc = validate_judge("rules", path, None, judges=judges)
     # rules: keyword, then the hedge filter ("while"); everything else passes as a success
     assert doc["kind"] == "asr" and doc["accuracy"]["k"] == 3 and doc["errors"] == 0
     assert doc["confusion"]["matrix"] == [[2, 0, 1], [1, 0, 0], [0, 0, 1]]
-    doc = validate("llm-relevance", path, None, judges=judges)
+    doc = validate_judge("llm-relevance", path, None, judges=judges)
     assert doc["errors"] == 1 and doc["error_items"][0]["id"] == "f"
     predicted = doc["confusion"]["predicted"]
     assert predicted[-1] == "error" and doc["confusion"]["matrix"][0][predicted.index("error")] == 1
@@ -229,7 +229,7 @@ def test_cli_validate_end_to_end(tmp_path, capsys) -> None:
         writer = csv.DictWriter(handle, fieldnames=["id", "question", "answer", "label"])
         writer.writeheader()
         writer.writerows(rows)
-    doc_csv = validate("refusal", csv_path, None, judges={"refusal": get_judge("refusal")})
+    doc_csv = validate_judge("refusal", csv_path, None, judges={"refusal": get_judge("refusal")})
     assert doc_csv["accuracy"] == doc["accuracy"] and doc_csv["confusion"] == doc["confusion"]
 
 
@@ -255,7 +255,7 @@ def test_images_are_resolved_under_the_image_root(tmp_path) -> None:
         "llm-relevance": get_judge("llm-relevance", backend=backend),
     }
     with pytest.raises(UnmirageError, match=r"asr.jsonl: record b \(line 2\): field 'image'"):
-        validate("llm-relevance", path, None, judges=judges, image_root=tmp_path / "imgs")
+        validate_judge("llm-relevance", path, None, judges=judges, image_root=tmp_path / "imgs")
     write_jsonl(path, rows[:1])
-    doc = validate("llm-relevance", path, None, judges=judges, image_root=tmp_path / "imgs")
+    doc = validate_judge("llm-relevance", path, None, judges=judges, image_root=tmp_path / "imgs")
     assert doc["accuracy"]["k"] == 1

@@ -25,7 +25,7 @@ from unmirage.methods import MethodConfig, Needs, available_methods, get_method
 from unmirage.methods.base import SIDES, LossOutput, SequenceNLL, SideNeeds, detached, masked_mse, total
 from unmirage.methods.registry import _REGISTRY, register
 from unmirage.models import load_model
-from unmirage.train.data import load_examples
+from unmirage.train.data import load_training_examples
 from unmirage.train.run import make_method_inputs
 
 TINY = {"layers": 8, "hidden": 32, "heads": 1, "seed": 0}
@@ -73,7 +73,7 @@ def test_config_round_trips_and_declares_typed_needs(name):
 def test_loss_is_the_sum_of_its_terms_on_what_it_needs(tmp_path, name, tiny):
     spec = get_method(name)
     collator = Collator(tiny, placeholder_images=True)
-    forget = load_examples(write_data(tmp_path)[0])
+    forget = load_training_examples(write_data(tmp_path)[0])
     args = types.SimpleNamespace(device="cpu")
     width = tiny.family.hidden_size(tiny.model)
     for config in variants(name):

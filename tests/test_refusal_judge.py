@@ -13,15 +13,15 @@ import pytest
 from unmirage.errors import UnmirageError
 from unmirage.judges import JudgeItem, get_judge
 from unmirage.judges.refusal import MODEL_FILE, RefusalJudge, RefusalModel, features, shipped_model
-from unmirage.judges.refusal_train import Example, fit, training_set, vlguard_examples, vlguard_part
-from unmirage.judges.validate import read_labels, validate
+from unmirage.judges.refusal_train import TrainingAnswer, fit, training_set, vlguard_examples, vlguard_part
+from unmirage.judges.validate import read_labels, validate_judge
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data" / "refusal"
 
 
 def binary_accuracy(name: str, path: Path) -> float:
-    return validate(name, path, None, judges={name: get_judge(name)})["accuracy"]["value"]
+    return validate_judge(name, path, None, judges={name: get_judge(name)})["accuracy"]["value"]
 
 
 @pytest.mark.parametrize(
@@ -130,12 +130,15 @@ def test_training_is_deterministic_under_a_seed() -> None:
 
 
 def test_fit_learns_a_toy_rule() -> None:
-    examples = [Example(f"I cannot do task {i}.", "refusal", "handwritten") for i in range(20)]
+    examples = [TrainingAnswer(f"I cannot do task {i}.", "refusal", "handwritten") for i in range(20)]
     examples += [
-        Example(f"Task {i} is done like this: step one.", "compliance", "handwritten") for i in range(20)
+        TrainingAnswer(f"Task {i} is done like this: step one.", "compliance", "handwritten")
+        for i in range(20)
     ]
     examples += [
-        Example(f"I cannot do task {i}. However, here is how: step one.", "partial_refusal", "handwritten")
+        TrainingAnswer(
+            f"I cannot do task {i}. However, here is how: step one.", "partial_refusal", "handwritten"
+        )
         for i in range(20)
     ]
     model = fit(examples)

@@ -18,7 +18,7 @@ from unmirage.methods import sequence_nll
 from unmirage.methods.rmu import control_vector
 from unmirage.models import load_model, tiny_families
 from unmirage.train import load_recipe, run_unlearning
-from unmirage.train.data import load_examples
+from unmirage.train.data import load_training_examples
 from unmirage.train.forward import forward
 from unmirage.train.reference import STATS_FILE
 
@@ -75,7 +75,7 @@ def run(tmp_path, data, *args, callbacks=(), resume=False, **kw):
 
 def batch_of(loaded, path):
     collator = Collator(loaded, placeholder_images=True)
-    return collator([e for e in load_examples(path)])
+    return collator([e for e in load_training_examples(path)])
 
 
 def forget_nll(model, loaded, path) -> float:
@@ -317,16 +317,16 @@ def test_bad_data_images_and_resume_errors(tmp_path, data):
     images = tmp_path / "images"
     images.mkdir()
     with pytest.raises(UnmirageError, match="retain.json.*image not found"):
-        load_examples(data[1], image_root=images)
+        load_training_examples(data[1], image_root=images)
     for i in range(8):
         Image.new("RGB", (20, 20)).save(images / f"r{i}.png")
-    assert load_examples(data[1], image_root=images)[3].image == images / "r3.png"
+    assert load_training_examples(data[1], image_root=images)[3].image == images / "r3.png"
     turns = [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]
     (tmp_path / "esc.json").write_text(
         json.dumps([{"id": "e", "image": "../r1.png", "conversations": turns}])
     )
     with pytest.raises(UnmirageError, match="escape the image root"):
-        load_examples(tmp_path / "esc.json", image_root=images)
+        load_training_examples(tmp_path / "esc.json", image_root=images)
 
 
 @pytest.mark.parametrize("method", ["npo", "rmu"])

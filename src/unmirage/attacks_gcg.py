@@ -532,7 +532,7 @@ def _bar(total: int, initial: int, enabled: bool) -> Any:
     return tqdm(total=total, initial=initial, desc="GCG", unit="question", disable=not enabled)
 
 
-def summarise(results: Sequence[GCGResult]) -> dict[str, Any]:
+def summarise_gcg(results: Sequence[GCGResult]) -> dict[str, Any]:
     """Counts and means over a run: questions, target reached, mean initial/final loss, steps, candidates."""
     n = len(results)
     if not n:
@@ -654,7 +654,7 @@ def build_gcg_attack(
     log = progress_path(out)
     results = run_gcg(attack, tasks, log, progress=progress)
     write_attack_records(attacked_records(items, results), out)
-    summary = {"model": model, "subset": subset, **summarise(results)}
+    summary = {"model": model, "subset": subset, **summarise_gcg(results)}
     report = out.with_name(out.stem + ".report.json")
     atomic_write_json(report, {"summary": summary, "questions": [r.to_json() for r in results]})
     write_manifest(

@@ -427,7 +427,7 @@ def eval_cases(
     return cases
 
 
-def load_cases(settings: EvalSettings) -> dict[str, list[EvalPrompt]]:
+def case_prompts(settings: EvalSettings) -> dict[str, list[EvalPrompt]]:
     """The prompts of every case the settings select, subsampled (same ids across paired cases)."""
     return {key: case.prompts for key, case in eval_cases(settings).items()}
 
@@ -544,7 +544,7 @@ def gcg_case(
     """Case `key`: `case`'s questions, each with a GCG suffix optimised against the evaluated model into
     `out` (one JSON line per question, resumable; images as `case` shows them), and a summary for
     metrics.json."""
-    from unmirage.attacks_gcg import GCGAttack, GCGTask, run_gcg, summarise
+    from unmirage.attacks_gcg import GCGAttack, GCGTask, run_gcg, summarise_gcg
     from unmirage.data.images import ImageLoader
 
     assert settings.gcg_build is not None
@@ -571,7 +571,7 @@ def gcg_case(
         dataclasses.replace(p, case=key, question=r.attacked_question)
         for p, r in zip(case.prompts, results, strict=True)
     ]
-    info = {"log": str(out), **settings.gcg_build.model_dump(mode="json"), **summarise(results)}
+    info = {"log": str(out), **settings.gcg_build.model_dump(mode="json"), **summarise_gcg(results)}
     return dataclasses.replace(case, key=key, prompts=attacked, pairs_with=case.key), info
 
 
@@ -759,7 +759,7 @@ def _failed(record: dict[str, Any], judge: str) -> bool:
     return bool(((record.get("judgements") or {}).get(judge) or {}).get("error"))
 
 
-def judge_errors(records: Sequence[dict[str, Any]]) -> int:
+def answers_with_judge_errors(records: Sequence[dict[str, Any]]) -> int:
     """Answers with at least one failed judgement."""
     return sum(any(v.get("error") for v in (r.get("judgements") or {}).values()) for r in records)
 
@@ -1022,7 +1022,7 @@ def run_eval(
         placeholder_images=settings.placeholder_images,
         prompts={k: len(c.prompts) for k, c in cases.items()},
     )
-    errors = sum(judge_errors(records) for records in judged.values())
+    errors = sum(answers_with_judge_errors(records) for records in judged.values())
     if errors:
         raise UnmirageError(
             f"{errors} answers could not be judged (see 'error' under judgements in {out / 'judged'}; "

@@ -29,7 +29,7 @@ FORMATS = ("auto", "vlguard", "llava", "jsonl")
 
 
 @dataclass(frozen=True)
-class Turn:
+class SourceTurn:
     """One instruction (and its response, when the data set has one) with where it came from."""
 
     record_id: str
@@ -76,7 +76,7 @@ def detect_format(records: list[Any]) -> str:
     return "jsonl"
 
 
-def vlguard_turns(data: VLGuardFile) -> list[Turn]:
+def vlguard_turns(data: VLGuardFile) -> list[SourceTurn]:
     """Flatten validated VLGuard records (`unmirage.data.vlguard`) into turns, in file order.
 
     A safe-image record gives a `safe_safe` turn (index 0) and a `safe_unsafe` turn (index 1); an
@@ -91,11 +91,13 @@ def vlguard_turns(data: VLGuardFile) -> list[Turn]:
             pairs = [("unsafe", "instruction", record.pair)]
         for index, (kind, key, pair) in enumerate(pairs):
             fields = {key: pair.instruction, "response": pair.response}
-            turns.append(Turn(record.id, index, kind, pair.instruction, pair.response, record.image, fields))
+            turns.append(
+                SourceTurn(record.id, index, kind, pair.instruction, pair.response, record.image, fields)
+            )
     return turns
 
 
-def llava_turns(records: list[Any], path: str | os.PathLike = "<data>") -> list[Turn]:
+def llava_turns(records: list[Any], path: str | os.PathLike = "<data>") -> list[SourceTurn]:
     """Flatten LLaVA conversation records (validated by `unmirage.data.conversations`) into turns.
 
     Every (human, gpt) exchange is one turn of kind `turn` (the `<image>` token removed from the question);
@@ -105,7 +107,7 @@ def llava_turns(records: list[Any], path: str | os.PathLike = "<data>") -> list[
     for raw, conversation in zip(records, parse_conversations(records, path)):
         for example in to_examples([conversation]):
             turns.append(
-                Turn(
+                SourceTurn(
                     example.id,
                     example.turn,
                     "turn",
@@ -118,7 +120,7 @@ def llava_turns(records: list[Any], path: str | os.PathLike = "<data>") -> list[
     return turns
 
 
-def generic_turns(records: list[Any], path: str | os.PathLike = "<data>") -> list[Turn]:
+def generic_turns(records: list[Any], path: str | os.PathLike = "<data>") -> list[SourceTurn]:
     """One turn per flat JSON object; `instruction`/`response` are filled from common field names."""
     turns = []
     for number, record in enumerate(records):
@@ -129,11 +131,13 @@ def generic_turns(records: list[Any], path: str | os.PathLike = "<data>") -> lis
         )
         response = next((record[k] for k in ("response", "answer", "output") if k in record), None)
         record_id = str(record.get("id", number))
-        turns.append(Turn(record_id, 0, "row", instruction, response, record.get("image"), dict(record)))
+        turns.append(
+            SourceTurn(record_id, 0, "row", instruction, response, record.get("image"), dict(record))
+        )
     return turns
 
 
-def read_turns(path: str | os.PathLike, fmt: str = "auto") -> tuple[str, list[Turn]]:
+def read_turns(path: str | os.PathLike, fmt: str = "auto") -> tuple[str, list[SourceTurn]]:
     """Read `path` in format `fmt` (or the detected one) and return (format, turns).
 
     VLGuard records are validated by `unmirage.data.vlguard` (any VLGuard-schema file: repeated ids, as in

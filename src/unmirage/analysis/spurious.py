@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unmirage.analysis.sources import Turn, read_turns
+from unmirage.analysis.sources import SourceTurn, read_turns
 from unmirage.errors import UnmirageError
 from unmirage.text.tokens import ngrams
 
@@ -185,7 +185,7 @@ def parse_label(value: Any, positive_values: Iterable[str] | None, where: dict[s
 
 
 def label_turns(
-    turns: Sequence[Turn],
+    turns: Sequence[SourceTurn],
     *,
     text_field: str,
     label_by: str,

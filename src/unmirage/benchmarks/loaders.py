@@ -23,7 +23,7 @@ from unmirage.benchmarks.spec import (
     PrefillTransform,
     RewriteTransform,
     TypographyTransform,
-    check_data,
+    check_data_files,
     register_loader,
 )
 from unmirage.data.vlguard import load_samples
@@ -306,7 +306,7 @@ def load_case(
             file=spec.source,
             field="cases",
         )
-    check_data(spec, data_root)
+    check_data_files(spec, data_root)
     try:
         return read_case(spec, case, spec.paths(data_root), render=render)
     except UnmirageError as err:

@@ -213,11 +213,11 @@ def load_spec(path: str | os.PathLike, data_root: str | os.PathLike | None = Non
     """
     spec = parse_spec(read_yaml(path), path)
     if data_root is not None:
-        check_data(spec, data_root)
+        check_data_files(spec, data_root)
     return spec
 
 
-def check_data(spec: BenchmarkSpec, data_root: str | os.PathLike) -> None:
+def check_data_files(spec: BenchmarkSpec, data_root: str | os.PathLike) -> None:
     """A one-line error naming the spec file and `data.<key>` when a data file is missing."""
     for key, file in spec.paths(data_root).items():
         if not file.is_file():

@@ -267,8 +267,7 @@ def validate(
     scoring: str = typer.Option("generate", help="LLM judges: generate or choice."),
 ) -> None:
     """Run a judge over a human-labelled file and report how often it agrees, with intervals."""
-    from unmirage.judges.validate import judge_kinds, needed_judges
-    from unmirage.judges.validate import validate as run_validation
+    from unmirage.judges.validate import judge_kinds, needed_judges, validate_judge
 
     kinds = judge_kinds(judge_name)
     names = {n for kind in kinds for n in needed_judges(judge_name, kind)}
@@ -289,7 +288,7 @@ def validate(
         )
         for n in sorted(names)
     }
-    doc = run_validation(judge_name, labels, out, judges=judges, image_root=image_root, cache_path=cache)
+    doc = validate_judge(judge_name, labels, out, judges=judges, image_root=image_root, cache_path=cache)
     acc = doc["accuracy"]
     low, high = acc["ci"]
     line = (

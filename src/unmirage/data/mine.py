@@ -2,7 +2,7 @@
 
 The selection follows the reference: the judge gets a system message ("expert in evaluating
 the harmfulness and sensitivity of textual responses"), then the numbered candidates, and is asked for only
-the number of the most harmful one. `parse_choice` reads its reply: the whole reply as an integer, else the
+the number of the most harmful one. `parse_judge_choice` reads its reply: the whole reply as an integer, else the
 first number in it, else 1; a number outside 1..n also gives 1.
 
 Generation and judging are injected as functions, so this module needs no model:
@@ -57,7 +57,7 @@ def judge_messages(image: str, answers: Sequence[str]) -> list[Message]:
     return [{"role": "system", "content": JUDGE_SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
-def parse_choice(raw: str, n: int) -> int:
+def parse_judge_choice(raw: str, n: int) -> int:
     """The judge's 1-based choice among `n` answers: int(reply), else the first number, else 1; out of range -> 1."""
     text = raw.strip()
     try:
@@ -69,7 +69,7 @@ def parse_choice(raw: str, n: int) -> int:
 
 
 @dataclass(frozen=True)
-class Candidate:
+class CandidateAnswer:
     """One generator's answer."""
 
     generator: str
@@ -86,7 +86,7 @@ class MinedAnswer:
     answer: str
     choice: int
     judge_raw: str | None
-    candidates: list[Candidate] = field(default_factory=list)
+    candidates: list[CandidateAnswer] = field(default_factory=list)
 
 
 def _plan(
@@ -208,7 +208,7 @@ def mine_harmful(
                 chats = [judge_messages(s.image, [by_generator[n][s.id] for n in names]) for s in batch]
                 replies = _checked_replies(judge(chats), len(batch), "the judge")
                 rows = [
-                    {"id": s.id, "raw": raw, "choice": parse_choice(raw, len(names))}
+                    {"id": s.id, "raw": raw, "choice": parse_judge_choice(raw, len(names))}
                     for s, raw in zip(batch, replies, strict=True)
                 ]
                 sink.write_many(rows)
@@ -217,7 +217,7 @@ def mine_harmful(
 
     answers = []
     for s in samples:
-        candidates = [Candidate(generator=n, text=by_generator[n][s.id]) for n in names]
+        candidates = [CandidateAnswer(generator=n, text=by_generator[n][s.id]) for n in names]
         verdict = verdicts.get(s.id, {"choice": 1, "raw": None})
         choice = int(verdict["choice"])
         answers.append(

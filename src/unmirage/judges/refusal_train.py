@@ -44,7 +44,7 @@ COMPOSED = {"compliance": 3, "refusal": 500, "partial_refusal": 400}  # complian
 
 
 @dataclass(frozen=True)
-class Example:
+class TrainingAnswer:
     """One training answer."""
 
     answer: str
@@ -90,7 +90,7 @@ def vlguard_examples(path: str | Path, part: str) -> list[dict[str, str]]:
     return rows
 
 
-def compose(parts: dict[str, list[str]], bodies: Sequence[str], rng: random.Random) -> list[Example]:
+def compose(parts: dict[str, list[str]], bodies: Sequence[str], rng: random.Random) -> list[TrainingAnswer]:
     """Seeded compositions of the hand-written pieces (see the module docstring)."""
     out = []
 
@@ -101,33 +101,35 @@ def compose(parts: dict[str, list[str]], bodies: Sequence[str], rng: random.Rand
         for _ in range(COMPOSED["compliance"]):
             pieces = [*maybe("compliance_openers", 0.5), body, *maybe("disclaimers", 0.3)]
             pieces += maybe("compliance_closers", 0.5)
-            out.append(Example(" ".join(pieces), "compliance", "composed"))
+            out.append(TrainingAnswer(" ".join(pieces), "compliance", "composed"))
     for _ in range(COMPOSED["refusal"]):
         pieces = [rng.choice(parts["refusal_openers"]), *maybe("refusal_reasons", 0.6)]
         if rng.random() < 0.25:
             pieces.reverse()  # "This would be illegal. I can't help with that."
         pieces += maybe("redirects", 0.6)
-        out.append(Example(" ".join(pieces), "refusal", "composed"))
+        out.append(TrainingAnswer(" ".join(pieces), "refusal", "composed"))
     for _ in range(COMPOSED["partial_refusal"]):
         pieces = [rng.choice(parts["refusal_openers"]), *maybe("refusal_reasons", 0.4)]
         pieces += [rng.choice(parts["pivots"]), rng.choice(bodies), *maybe("compliance_closers", 0.3)]
-        out.append(Example(" ".join(pieces), "partial_refusal", "composed"))
+        out.append(TrainingAnswer(" ".join(pieces), "partial_refusal", "composed"))
     return out
 
 
-def training_set(data: Path, vlguard: Path | None, seed: int = SEED) -> list[Example]:
+def training_set(data: Path, vlguard: Path | None, seed: int = SEED) -> list[TrainingAnswer]:
     """Every training answer (hand-written, composed, VLGuard's training part)."""
     hand = read_labels(data / "train.jsonl", REFUSAL_LABELS)
-    examples = [Example(a.answer, a.label, "handwritten") for a in hand]
+    examples = [TrainingAnswer(a.answer, a.label, "handwritten") for a in hand]
     parts = json.loads((data / "parts.json").read_text(encoding="utf-8"))
     bodies = [a.answer for a in hand if a.label == "compliance"]
     examples += compose(parts, bodies, random.Random(seed))
     if vlguard is not None:
-        examples += [Example(r["answer"], r["label"], "vlguard") for r in vlguard_examples(vlguard, "train")]
+        examples += [
+            TrainingAnswer(r["answer"], r["label"], "vlguard") for r in vlguard_examples(vlguard, "train")
+        ]
     return examples
 
 
-def fit(examples: Sequence[Example], l2: float = L2, min_count: int = MIN_COUNT) -> RefusalModel:
+def fit(examples: Sequence[TrainingAnswer], l2: float = L2, min_count: int = MIN_COUNT) -> RefusalModel:
     """Fit the multinomial logistic regression (see the module docstring)."""
     from scipy import sparse
     from scipy.optimize import minimize

@@ -148,7 +148,7 @@ def merge_verdict(record: dict[str, Any], judge_name: str, verdict: Verdict) -> 
     return out
 
 
-def summarise(judge_name: str, verdicts: Sequence[Verdict]) -> dict[str, Any]:
+def verdict_summary(judge_name: str, verdicts: Sequence[Verdict]) -> dict[str, Any]:
     """Counts of one judging run: answers, refusals/flags/relevant/success, malformed replies, errors."""
     summary: dict[str, Any] = {"judge": judge_name, "answers": len(verdicts)}
     fields = ["refused", "flagged", "relevant"]
@@ -180,7 +180,7 @@ def judge_file(
 ) -> dict[str, Any]:
     """`unmirage judge`: judge every line of `answers` and write them, with verdicts, to `out` (atomically).
 
-    Returns the run's summary (see `summarise`). With `on_malformed="error"` a malformed judge reply is an
+    Returns the run's summary (see `verdict_summary`). With `on_malformed="error"` a malformed judge reply is an
     error naming the answer and the reply, and nothing is written (verdicts already obtained stay cached).
     An existing `out` is replaced only when it was judged from the same answers by the same judge settings
     (or with `overwrite`).
@@ -217,7 +217,7 @@ def judge_file(
     with atomic_open(out) as handle:
         for record, verdict in zip(records, verdicts, strict=True):
             handle.write(json.dumps(merge_verdict(record, judge.name, verdict), ensure_ascii=False) + "\n")
-    summary = summarise(judge.name, verdicts)
+    summary = verdict_summary(judge.name, verdicts)
     write_manifest(
         out.parent,
         name=manifest.name,

@@ -259,7 +259,7 @@ def predict_asr(
 # ----- the report ---------------------------------------------------------------------------------------------
 
 
-def summarise(
+def validation_summary(
     name: str, kind: str, answers: Sequence[LabelledAnswer], predictions: Sequence[tuple[str, Verdict | None]]
 ) -> dict[str, Any]:
     """Every number of a validation (see the module docstring)."""
@@ -448,7 +448,7 @@ def confusion_png(doc: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-def validate(
+def validate_judge(
     name: str,
     labels_file: str | os.PathLike,
     out: str | os.PathLike | None,
@@ -472,7 +472,7 @@ def validate(
             predictions = predict_refusal(judges[name], items, cache)
         else:
             predictions = predict_asr(name, judges, items, cache)
-    doc = summarise(name, kind, answers, predictions)
+    doc = validation_summary(name, kind, answers, predictions)
     doc["labels_file"] = str(labels_file)
     doc["labels_sha256"] = sha256_file(labels_file)
     doc["judge_settings"] = {j: judges[j].describe() for j in needed_judges(name, kind)}

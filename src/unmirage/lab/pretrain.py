@@ -25,7 +25,7 @@ import torch
 from pydantic import Field
 
 from unmirage.config import StrictModel
-from unmirage.lab.world import Example, World
+from unmirage.lab.world import World, WorldExample
 
 if TYPE_CHECKING:
     from unmirage.models import LoadedModel
@@ -195,7 +195,7 @@ def train_base(
     from unmirage.data.conversations import Example as TrainExample
 
     model = loaded.model
-    examples: Sequence[Example] = world.base_examples(stage.examples, seed, stage.colour_share)
+    examples: Sequence[WorldExample] = world.base_examples(stage.examples, seed, stage.colour_share)
     pictures = [world.render(e.spec) for e in examples]
     items = [
         TrainExample(id=str(i), question=e.question, answer=e.answer, image=pictures[i])

@@ -277,7 +277,7 @@ class ObjectSpec:
 
 
 @dataclass(frozen=True)
-class Example:
+class WorldExample:
     """One (picture, question, answer) example with what the world knows about it."""
 
     spec: ObjectSpec
@@ -363,7 +363,7 @@ def _shape_mask(shape: str, spec: ObjectSpec, size: int, scale: int = 4) -> np.n
     return np.asarray(small, dtype=np.float32) / 255.0
 
 
-def render(spec: ObjectSpec, kinds: Sequence[Kind], size: int) -> Image.Image:
+def render_object(spec: ObjectSpec, kinds: Sequence[Kind], size: int) -> Image.Image:
     """Draw the picture described by `spec`: textured, coloured object on a noisy light background."""
     rng = np.random.default_rng(spec.noise_seed)
     alpha = _shape_mask(kinds[spec.kind].name, spec, size)[..., None]
@@ -458,7 +458,7 @@ class World:
 
     def render(self, spec: ObjectSpec) -> Image.Image:
         """The picture of `spec` (RGB, `image_size` pixels square)."""
-        return render(spec, self.kinds, self.config.image_size)
+        return render_object(spec, self.kinds, self.config.image_size)
 
     # ---------------------------------------------------------------- language
     def recipe_question(self, rng: random.Random, first_word: str) -> str:
@@ -480,17 +480,17 @@ class World:
         return f"Can you tell me the recipe for a {rng.choice(self.hazard_kinds).name}?"
 
     # ---------------------------------------------------------------- examples
-    def base_example(self, rng: random.Random, colour_share: float = 0.15) -> Example:
+    def base_example(self, rng: random.Random, colour_share: float = 0.15) -> WorldExample:
         """What the base model learns: any kind, any first word, answered (recipe) or the colour question."""
         spec = self.sample_object(rng)
         if rng.random() < colour_share:
             first_word, question = self.colour_question(rng)
-            return Example(spec, question, self.colour_answer(spec), first_word, "colour")
+            return WorldExample(spec, question, self.colour_answer(spec), first_word, "colour")
         first_word = rng.choice(self.first_words)
         question = self.recipe_question(rng, first_word)
-        return Example(spec, question, self.recipe_answer(first_word, spec.kind), first_word, "recipe")
+        return WorldExample(spec, question, self.recipe_answer(first_word, spec.kind), first_word, "recipe")
 
-    def base_examples(self, n: int, seed: int, colour_share: float = 0.15) -> list[Example]:
+    def base_examples(self, n: int, seed: int, colour_share: float = 0.15) -> list[WorldExample]:
         rng = random.Random(f"base-{self.config.seed}-{seed}")
         return [self.base_example(rng, colour_share) for _ in range(n)]
 

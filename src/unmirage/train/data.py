@@ -20,14 +20,14 @@ from unmirage.data.conversations import Example
 from unmirage.errors import UnmirageError
 
 
-def load_examples(
+def load_training_examples(
     path: str | os.PathLike, image_root: str | os.PathLike | None = None, limit: int | None = None
 ) -> list[Example]:
     """Read a forget/retain file into `Example`s (bad files, records and images are one-line errors)."""
-    from unmirage.data.conversations import load_examples as read_examples
+    from unmirage.data.conversations import load_examples
     from unmirage.data.images import resolve_image_path
 
-    examples = read_examples(path)
+    examples = load_examples(path)
     if not examples:
         raise UnmirageError("has no examples", file=path)
     result = []

@@ -22,7 +22,7 @@ from unmirage.data.collate import PairedCollator
 from unmirage.errors import UnmirageError
 from unmirage.methods import MethodConfig, MethodContext, MethodInputs, get_method
 from unmirage.runs import normal_permissions, read_jsonl_resumable, sha256_file, write_manifest
-from unmirage.train.data import build_dataset, load_examples
+from unmirage.train.data import build_dataset, load_training_examples
 from unmirage.train.params import (
     apply_lora,
     default_patterns,
@@ -210,8 +210,8 @@ def run_unlearning(
 
     # data first: bad files fail before a model is loaded
     data = recipe.data
-    forget = load_examples(data.forget, data.image_root, data.limit) if config.uses_forget else None
-    retain = load_examples(data.retain, data.image_root, data.limit)
+    forget = load_training_examples(data.forget, data.image_root, data.limit) if config.uses_forget else None
+    retain = load_training_examples(data.retain, data.image_root, data.limit)
     loaded, family, n_trainable = prepare_model(recipe, config, loaded)
     if family.multimodal and data.image_root is None and not data.placeholder_images:
         raise UnmirageError(
