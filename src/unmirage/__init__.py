@@ -16,8 +16,8 @@ from unmirage.api import (
     unlearn,
 )
 from unmirage.errors import UnmirageError
+from unmirage.version import __version__
 
-__version__ = "0.1.0"
 __all__ = [
     "UnmirageError",
     "__version__",

@@ -112,7 +112,7 @@ def read_owner(manifest: Path) -> dict[str, Any] | None:
 
 def owner_record(command: str, identity: Any, output: str | None = None) -> dict[str, Any]:
     """The manifest a command writes when it starts (the final manifest keeps `command` and `identity`)."""
-    from unmirage import __version__
+    from unmirage.version import __version__
 
     record: dict[str, Any] = {
         "command": command,

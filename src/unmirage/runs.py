@@ -190,7 +190,7 @@ def build_manifest(
     **extra: Any,
 ) -> dict[str, Any]:
     """The provenance record every run writes next to its outputs."""
-    from unmirage import __version__
+    from unmirage.version import __version__
 
     def hashes(paths: Iterable[str | os.PathLike]) -> dict[str, str]:
         return {str(p): sha256_file(p) for p in paths if Path(p).is_file()}
