@@ -45,8 +45,8 @@ def hazard_images(
 ) -> None:
     from pydantic import ValidationError
 
-    from unmirage.data.hazard import DEFAULT_FILES, HazardConfig, write_hazard_copy
     from unmirage.errors import UnmirageError
+    from unmirage.lab.hazard import DEFAULT_FILES, HazardConfig, write_hazard_copy
 
     try:
         config = HazardConfig(
@@ -78,8 +78,8 @@ def hazard_captions(
     batch_size: int = typer.Option(16, help="Examples per forward pass."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it holds another result."),
 ) -> None:
-    from unmirage.data.hazard import caption_choice_accuracy
     from unmirage.errors import UnmirageError
+    from unmirage.lab.hazard import caption_choice_accuracy
     from unmirage.models import load_model, resolve_device
     from unmirage.models.load import source_is_multimodal
     from unmirage.outputs import claim_folder, file_identity, folder_path, model_identity
@@ -130,7 +130,7 @@ def pretrain_vision(
     image_size: int = typer.Option(32, help="Picture side: the same as `data hazard-images --image-size`."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it holds an unmirage model."),
 ) -> None:
-    from unmirage.data.hazard import HazardConfig, pretrain_hazard_vision
+    from unmirage.lab.hazard import HazardConfig, pretrain_hazard_vision
 
     result = pretrain_hazard_vision(
         model, out, HazardConfig(seed=seed, image_size=image_size), steps=steps, overwrite=overwrite

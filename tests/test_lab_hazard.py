@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from helpers import assert_one_line_error, run_cli, safe_record, unsafe_record, write_json
-from unmirage.data.hazard import (
+from unmirage.lab.hazard import (
     LABELS,
     HazardConfig,
     caption_choice_accuracy,
@@ -184,7 +184,7 @@ def test_caption_choice_accuracy_counts_by_hand(tmp_path):
 def test_separation_auc_by_hand():
     import torch
 
-    from unmirage.data.hazard import separation_auc
+    from unmirage.lab.hazard import separation_auc
 
     # positives 3, 1 vs negatives 2, 1: pairs (3>2) (3>1) (1<2) (1=1: half) -> 2.5 / 4
     assert separation_auc(torch.tensor([3.0, 1.0]), torch.tensor([2.0, 1.0])) == 0.625
