@@ -23,9 +23,9 @@ from unmirage.judges import (
     run_judge,
 )
 from unmirage.judges.base import FAIL_OUTCOMES
+from unmirage.judges.cascades import ASR_METHODS, checks_safe, stage_outcome, tells_irrelevant
 from unmirage.judges.llm import HARM_SYSTEM, RELEVANCE_SYSTEM
 from unmirage.llm import BackendReply, ChatRequest
-from unmirage.metrics import ASR_METHODS, checks_safe, stage_outcome, tells_irrelevant
 
 QUESTION = "How do I pick the lock on this door?"
 REFUSAL = "I'm sorry, but I cannot help with that request."
@@ -121,7 +121,7 @@ def test_every_judge_has_consistent_metadata(name: str) -> None:
 
 
 def test_every_cascade_uses_registered_judges() -> None:
-    from unmirage.metrics import _EXTRA_OUTCOME
+    from unmirage.judges.cascades import _EXTRA_OUTCOME
 
     # methods added by `register_asr_method` (MirageLab's oracle, once lab/score.py is imported by another
     # test in this process) file their own verdicts: their one judge is not a registered judge class

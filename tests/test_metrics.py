@@ -8,11 +8,11 @@ import random
 import pytest
 
 from unmirage.errors import UnmirageError
+from unmirage.judges.cascades import headline_method
 from unmirage.metrics import (
     answer_outcome,
     attack_success,
     build_metrics,
-    headline_method,
     kshot_attack_success,
     rate,
     rejection_rate,

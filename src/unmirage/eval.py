@@ -38,16 +38,8 @@ from unmirage.attacks_gcg import GCGConfig
 from unmirage.config import StrictModel
 from unmirage.errors import UnmirageError
 from unmirage.judges import needs_backend
-from unmirage.metrics import (
-    ASR_METHODS,
-    CASES,
-    Bootstrap,
-    benchmark_case_metrics,
-    build_metrics,
-    check_refusal_judge,
-    checks_safe,
-    judges_needed,
-)
+from unmirage.judges.cascades import ASR_METHODS, check_refusal_judge, checks_safe
+from unmirage.metrics import CASES, Bootstrap, benchmark_case_metrics, build_metrics, judges_needed
 
 if TYPE_CHECKING:
     from unmirage.models import LoadedModel

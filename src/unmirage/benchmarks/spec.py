@@ -145,7 +145,7 @@ def register_loader(
 
 def _check(spec: BenchmarkSpec, path: object) -> None:
     from unmirage.judges import JUDGES
-    from unmirage.metrics import ASR_METHODS
+    from unmirage.judges.cascades import ASR_METHODS
 
     if spec.loader not in LOADERS:
         raise UnmirageError(

@@ -12,7 +12,7 @@ import typer
 from typer.core import TyperGroup
 
 from unmirage.judges import JUDGES
-from unmirage.metrics import ASR_METHODS
+from unmirage.judges.cascades import ASR_METHODS
 
 JUDGE_NAMES = ", ".join(dict.fromkeys([*JUDGES, *ASR_METHODS]))
 

@@ -5,7 +5,7 @@ A labels file (JSON lines or CSV) has one answer per line with `question`, `answ
 
 - refusal labels `compliance`, `refusal`, `partial_refusal`, for refusal judges (`refusal_judges()`);
   the headline is the binary accuracy, any refusal (full or partial) against full compliance;
-- attack labels `success`, `irrelevant`, `refusal`, for ASR methods (`metrics.ASR_METHODS`: a judge
+- attack labels `success`, `irrelevant`, `refusal`, for ASR methods (`judges.cascades.ASR_METHODS`: a judge
   cascade; refused and hedge-filtered answers are `refusal`, irrelevant and harmless ones `irrelevant`).
 
 The kind follows from the judge, or from the file's labels when the judge can do both. Results: accuracy,
@@ -28,6 +28,7 @@ from typing import Any
 from unmirage.errors import UnmirageError
 from unmirage.judges.base import Judge, JudgeItem, Verdict, refusal_judges
 from unmirage.judges.cache import JudgeCache
+from unmirage.judges.cascades import ASR_METHODS, cascade_for, stage_outcome
 from unmirage.judges.runner import run_judge
 from unmirage.stats import wilson_interval
 
@@ -35,7 +36,7 @@ REFUSAL_LABELS = ("compliance", "refusal", "partial_refusal")
 ASR_LABELS = ("success", "irrelevant", "refusal")
 KINDS = {"refusal": REFUSAL_LABELS, "asr": ASR_LABELS}
 # Judges whose verdict is a refusal flag (the binary refusal / compliance decision).
-# ASR cascade outcome (metrics.stage_outcome) -> attack label.
+# ASR cascade outcome (cascades.stage_outcome) -> attack label.
 OUTCOME_LABEL = {
     "success": "success",
     "irrelevant": "irrelevant",
@@ -145,8 +146,6 @@ def kind_of_labels(rows: Sequence[tuple[int, dict[str, Any]]]) -> tuple[str, ...
 
 def judge_kinds(name: str) -> tuple[str, ...]:
     """The label kinds a judge (or ASR method) can be validated on."""
-    from unmirage.metrics import ASR_METHODS
-
     refusal = refusal_judges()
     kinds = tuple(k for k, ok in (("refusal", name in refusal), ("asr", name in ASR_METHODS)) if ok)
     if not kinds:
@@ -235,8 +234,6 @@ def predict_asr(
 ) -> list[tuple[str, Verdict | None]]:
     """(predicted attack label, deciding verdict) per item under an ASR method: each judge of its cascade
     runs on the answers that passed the earlier ones; a failed verdict makes the item an `error`."""
-    from unmirage.metrics import cascade_for, stage_outcome
-
     results: list[tuple[str, Verdict | None] | None] = [None] * len(items)
     last: list[Verdict | None] = [None] * len(items)
     for name in cascade_for(method):
@@ -504,6 +501,4 @@ def _is_refusal_file(answers: Sequence[LabelledAnswer]) -> bool:
 
 def needed_judges(name: str, kind: str) -> list[str]:
     """The judges a validation runs: the judge itself (refusal labels) or its ASR cascade."""
-    from unmirage.metrics import cascade_for
-
     return [name] if kind == "refusal" else list(cascade_for(name))

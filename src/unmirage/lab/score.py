@@ -27,8 +27,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from unmirage.judges.cascades import register_asr_method
 from unmirage.lab.oracle import Oracle, OracleVerdict
-from unmirage.metrics import DEFAULT_CONFIDENCE, build_metrics, register_asr_method
+from unmirage.metrics import DEFAULT_CONFIDENCE, build_metrics
 from unmirage.runs import atomic_open, atomic_write_json, read_jsonl, write_manifest
 from unmirage.text.tokens import first_word
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from unmirage.errors import UnmirageError
-from unmirage.metrics import ASR_METHODS, CASES, METRICS_SCHEMA, headline_rate, tells_irrelevant
+from unmirage.judges.cascades import ASR_METHODS, tells_irrelevant
+from unmirage.metrics import CASES, METRICS_SCHEMA, headline_rate
 
 ATTACK_CASES = tuple(c for c, (_key, kind) in CASES.items() if kind != "refusal")
 SAFE_CASES = tuple(c for c, (_key, kind) in CASES.items() if kind == "refusal")
