@@ -11,9 +11,7 @@ from collections.abc import Sequence
 from unmirage.errors import UnmirageError
 from unmirage.judges.base import JUDGES, refusal_judges
 
-# The ASR cascades, as data: ASR method name -> the judges an answer must pass, in order (later judges only
-# see survivors). What failing each judge means (`stage_outcome`), whether it can refuse and whether it checks
-# safe answers are declared by the judge itself (`unmirage.judges.register_judge`).
+# ASR method name -> the judges an answer must pass, in order.
 ASR_METHODS: dict[str, tuple[str, ...]] = {
     "keyword": ("keyword",),
     "keyword-strict": ("keyword-strict",),
