@@ -363,3 +363,12 @@ def test_lab_recipes_are_typed_recipes_that_load_back(tmp_path) -> None:
             output_dir=tmp_path / "npo",
             **common,
         )
+
+
+def test_lab_config_file_composes_with_defaults(tmp_path) -> None:
+    (tmp_path / "small.yaml").write_text("npo: {max_steps: 5, beta: 0.5}\nrmu: {max_steps: 6}\n")
+    (tmp_path / "lab.yaml").write_text("defaults: [small.yaml]\nnpo: {max_steps: 7}\n")
+    config = load_lab_config(quick=True, path=tmp_path / "lab.yaml", overrides=["rmu.layer=2"])
+    assert (config.npo.max_steps, config.npo.beta, config.npo.batch_size) == (7, 0.5, 32)
+    assert (config.rmu.max_steps, config.rmu.layer) == (6, 2)
+    assert config.world.sft_size == 600  # the quick world under the file
