@@ -30,8 +30,8 @@ def main() -> None:
 
     from unmirage.data.collate import Collator
     from unmirage.data.conversations import Example as TrainExample
+    from unmirage.lab.config import LabConfig
     from unmirage.lab.pretrain import _batches, answer_loss, step_flop
-    from unmirage.lab.run import LabConfig
     from unmirage.lab.world import World
     from unmirage.machine import matmul_flops
     from unmirage.models import load_model

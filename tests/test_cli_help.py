@@ -88,10 +88,11 @@ def test_push_to_hub_is_refused_with_the_upload_command(tmp_path, capsys):
 
 
 def test_lab_run_ends_by_pointing_to_your_own_model(tmp_path, capsys, monkeypatch):
+    import unmirage.lab.narrative as narrative
     import unmirage.lab.run as lab
 
     monkeypatch.setattr(lab, "run_lab", lambda *args, **kwargs: {"models": {}})
-    monkeypatch.setattr(lab, "table_markdown", lambda rows: "| table |")
+    monkeypatch.setattr(narrative, "table_markdown", lambda rows: "| table |")
     result = run_cli(["lab", "run", "--out", str(tmp_path / "lab"), "--quiet"], capsys)
     assert result.code == 0
     assert (

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 from PIL import Image
 
+from helpers import png
 from unmirage.errors import UnmirageError
 from unmirage.generate import BatchedGenerator, GenerationConfig, GenItem, merge_shards, run_generation
 from unmirage.models import load_model, tiny_families
@@ -117,3 +119,43 @@ def test_every_kv_cache_gives_the_same_answers(tiny):
         tiny, GenerationConfig(max_new_tokens=10, batch_size=1, cache_implementation=None)
     )
     assert answers["static"] == answers[None] == [r["answer"] for r in single(items)]
+
+
+def _hand_built(source, config, loader):
+    """The generator as commands built it before `make_answerer`: load_model + ImageLoader + BatchedGenerator."""
+    return BatchedGenerator(load_model(source, dtype="float32"), config, image_loader=loader)
+
+
+def test_make_answerer_answers_as_the_hand_built_generator(tmp_path):
+
+    from unmirage.data.images import ImageLoader, placeholder_size
+    from unmirage.generate import make_answerer
+
+    for i in range(len(QUESTIONS)):
+        png(tmp_path / "img" / f"{i}.png", size=(24, 16), color=(30 * i, 90, 200 - 20 * i))
+    items = [GenItem(id=f"q{i}", question=q, image=f"{i}.png") for i, q in enumerate(QUESTIONS)]
+    config = GenerationConfig(max_new_tokens=8, batch_size=3)
+    answerer = make_answerer("tiny-llava", config, image_root=tmp_path / "img", dtype="float32", device="cpu")
+    assert type(answerer) is BatchedGenerator and answerer.config is config
+    expected = _hand_built("tiny-llava", config, ImageLoader(root=tmp_path / "img"))(items)
+    got = answerer(items)
+    assert got == expected
+    assert len({r["answer"] for r in got}) > 1  # the images and questions reach the model
+
+    # a model already loaded is used as it is; placeholder images as mining made them (a loader that greys
+    # every image) equal an item without an image under `placeholder_images`
+    grey = dataclasses.replace(config, placeholder_images=True)
+    reused = make_answerer(answerer.loaded, grey)
+    assert reused.loaded is answerer.loaded
+    loader = ImageLoader(placeholder=placeholder_size(answerer.loaded.processor))
+    before = BatchedGenerator(answerer.loaded, config, image_loader=loader)(items)
+    after = reused([dataclasses.replace(item, image=None) for item in items])
+    assert [r["answer"] for r in after] == [r["answer"] for r in before]
+    assert all(r["placeholder_image"] for r in after)
+
+
+def test_make_answerer_rejects_an_unknown_backend():
+    from unmirage.generate import make_answerer
+
+    with pytest.raises(UnmirageError, match="unknown generation backend 'tgi'"):
+        make_answerer("tiny-llava", backend="tgi")

@@ -8,19 +8,11 @@ import pytest
 import torch
 
 from unmirage.errors import UnmirageError
+from unmirage.lab.config import MODELS, LabConfig, load_lab_config
+from unmirage.lab.narrative import explain, headline, median_rows, table_markdown
 from unmirage.lab.oracle import Oracle
-from unmirage.lab.run import (
-    MODELS,
-    LabConfig,
-    Runner,
-    explain,
-    headline,
-    load_lab_config,
-    median_rows,
-    table_markdown,
-    write_sft_files,
-)
 from unmirage.lab.score import file_oracle, score_answers
+from unmirage.lab.stages import Runner, write_sft_files
 from unmirage.lab.world import World, WorldConfig, write_world
 
 KINDS = [
@@ -200,8 +192,8 @@ def test_runner_reports_failing_commands(tmp_path) -> None:
 
 def reduced_config() -> LabConfig:
     """A lab small enough for the test suite: 6 distinct shapes (2 hazards), fewer pictures and steps."""
+    from unmirage.lab.config import EvalStage, NPOStage, RMUStage, SFTStage
     from unmirage.lab.pretrain import BaseStage, VisionStage
-    from unmirage.lab.run import EvalStage, NPOStage, RMUStage, SFTStage
 
     world = WorldConfig(
         shapes=["circle", "triangle", "cross", "star", "heart", "arrow"],
@@ -306,3 +298,77 @@ def test_answer_loss_is_the_models_loss() -> None:
     assert (batch["labels"] == -100).any(dim=1).all()  # prompts and padding are not labelled
     with torch.no_grad():
         assert answer_loss(loaded.model, batch).item() == pytest.approx(loaded.model(**batch).loss.item())
+
+
+def test_lab_recipes_are_typed_recipes_that_load_back(tmp_path) -> None:
+    import yaml
+
+    from unmirage.config import load_config
+    from unmirage.lab.config import NPOStage, SFTStage
+    from unmirage.lab.stages import lab_recipe, write_recipe
+    from unmirage.train.recipe import Recipe
+
+    common = {"image_root": tmp_path / "img", "template": "chat", "seed": 3, "progress": False}
+    npo = lab_recipe(
+        model=tmp_path / "base",
+        method={"name": "npo", "beta": 0.9, "retain_ce_weight": 1.0},
+        stage=NPOStage(max_steps=7, batch_size=4),
+        retain=tmp_path / "retain.json",
+        forget=tmp_path / "forget.json",
+        output_dir=tmp_path / "npo",
+        **common,
+    )
+    path = write_recipe(tmp_path / "recipes" / "npo.yaml", npo)
+    assert load_config(Recipe, path) == npo
+    written = yaml.safe_load(path.read_text())
+    assert written["data"] == {
+        "forget": str(tmp_path / "forget.json"),
+        "retain": str(tmp_path / "retain.json"),
+        "image_root": str(tmp_path / "img"),
+        "template": "chat",
+        "max_length": 512,
+    }
+    assert written["train"] == {
+        "learning_rate": 5e-4,
+        "max_steps": 7,
+        "per_device_train_batch_size": 4,
+        "lr_scheduler_type": "constant",
+        "weight_decay": 0.0,
+        "logging_steps": 10,
+        "save_strategy": "no",
+        "report_to": [],
+        "seed": 3,
+        "use_cpu": True,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+    }
+    assert "trainable" not in written and written["plot"] is False
+
+    sft = lab_recipe(
+        model=tmp_path / "base",
+        method={"name": "sft"},
+        stage=SFTStage(),
+        retain=tmp_path / "sft.json",
+        output_dir=tmp_path / "sft",
+        **common,
+    )
+    assert sft.data.forget is None and sft.trainable == ["model.language_model.layers"]
+    with pytest.raises(UnmirageError, match="beta"):  # the method's keys are checked when the recipe is made
+        lab_recipe(
+            model=tmp_path / "base",
+            method={"name": "npo", "beta": -1.0},
+            stage=NPOStage(),
+            retain=tmp_path / "retain.json",
+            forget=tmp_path / "forget.json",
+            output_dir=tmp_path / "npo",
+            **common,
+        )
+
+
+def test_lab_config_file_composes_with_defaults(tmp_path) -> None:
+    (tmp_path / "small.yaml").write_text("npo: {max_steps: 5, beta: 0.5}\nrmu: {max_steps: 6}\n")
+    (tmp_path / "lab.yaml").write_text("defaults: [small.yaml]\nnpo: {max_steps: 7}\n")
+    config = load_lab_config(quick=True, path=tmp_path / "lab.yaml", overrides=["rmu.layer=2"])
+    assert (config.npo.max_steps, config.npo.beta, config.npo.batch_size) == (7, 0.5, 32)
+    assert (config.rmu.max_steps, config.rmu.layer) == (6, 2)
+    assert config.world.sft_size == 600  # the quick world under the file

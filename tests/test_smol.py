@@ -157,13 +157,74 @@ def test_collator_labels_token_by_token_on_composed_model(vlm_dir):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in projector.parameters())
 
 
-def test_text_fidelity_report_on_stand_in(lm_dir, vlm_dir):
-    report = text_fidelity(
-        load_model(lm_dir), load_model(vlm_dir), ["What is it?", "Tell me more."], max_new_tokens=4
-    )
-    assert report.prompts == 2 and len(report.examples) == 2
-    assert 0.0 <= report.greedy_identical <= 1.0 and 0.0 <= report.top1_agreement <= 1.0
-    assert report.mean_kl >= 0.0 and 0.0 <= report.mean_common_prefix <= 4
+def test_text_fidelity_by_hand_when_each_token_predicts_the_next(lm_dir, vlm_dir):
+    """Zero every attention and MLP output: the residual stream at a position is then its own token's
+    embedding, so the next token depends on the current one only (logits = tied embeddings x norm(embedding))
+    and greedy decoding and every number of the report follow by hand. The LM and its composed VLM (the
+    same language weights) then decode the same tokens from the same last prompt token whatever the image,
+    and differ only by the VLM's extra <image> row in the embeddings; with the VLM's final norm negated,
+    its logits are the LM's negated (plus that row) and the two disagree."""
+    lm, vlm = load_model(lm_dir), load_model(vlm_dir)
+    for loaded in (lm, vlm):
+        for layer in loaded.family.decoder_layers(loaded.model):
+            torch.nn.init.zeros_(layer.self_attn.o_proj.weight)
+            torch.nn.init.zeros_(layer.mlp.down_proj.weight)
+    image_token = vlm.family.image_token_id(vlm.model)
+
+    def logits(loaded, token: int) -> torch.Tensor:
+        norm = loaded.model.get_submodule(loaded.family.language_model).norm
+        embedding = loaded.model.get_input_embeddings().weight[token]
+        return loaded.model.get_output_embeddings()(norm(embedding)).double()
+
+    def greedy(loaded, token: int, n: int) -> list[int]:
+        answer = []
+        for _ in range(n):
+            row = logits(loaded, token)
+            if loaded is vlm:  # the composed model never generates its image token
+                row[image_token] = -torch.inf
+            token = int(row.argmax())
+            answer.append(token)
+        return answer
+
+    def by_hand(questions: list[str], n: int) -> dict[str, float]:
+        identical, prefixes, kls, agree = 0, [], [], 0
+        for question in questions:
+            prompt = lm.family.build_prompt(question, template="chat", processor=lm.tokenizer)
+            last = lm.tokenizer(prompt, add_special_tokens=False)["input_ids"][-1]
+            a, b = greedy(lm, last, n), greedy(vlm, last, n)
+            identical += a == b
+            prefixes.append(next((i for i in range(n) if a[i] != b[i]), n))
+            kl = 0.0
+            for token in [last, *a[:-1]]:  # the positions that predict the LM's answer tokens
+                p = torch.log_softmax(logits(lm, token), -1)
+                q = torch.log_softmax(logits(vlm, token), -1)[: p.shape[-1]]
+                kl += float((p.exp() * (p - q)).sum())
+                agree += int(p.argmax() == q.argmax())
+            kls.append(kl / n)
+        count = len(questions)
+        return {
+            "greedy_identical": identical / count,
+            "mean_common_prefix": sum(prefixes) / count,
+            "mean_kl": sum(kls) / count,
+            "top1_agreement": agree / (n * count),
+        }
+
+    questions, n = ["What is it?", "Tell me more."], 4
+    with torch.no_grad():
+        same = text_fidelity(lm, vlm, questions, max_new_tokens=n)
+        expected = by_hand(questions, n)
+        assert (same.prompts, same.new_tokens, len(same.examples)) == (2, n, 2)
+        assert (same.greedy_identical, same.mean_common_prefix, same.top1_agreement) == (1.0, 4.0, 1.0)
+        assert expected["mean_kl"] > 1e-4  # the <image> row's share of each softmax
+        assert same.mean_kl == pytest.approx(expected["mean_kl"], abs=2e-6)  # float32 inside text_fidelity
+        assert [e["lm"] for e in same.examples] == [e["vlm"] for e in same.examples]
+
+        vlm.model.get_submodule(vlm.family.language_model).norm.weight.mul_(-1)
+        apart = text_fidelity(lm, vlm, questions, max_new_tokens=n)
+        expected = by_hand(questions, n)
+        assert expected["greedy_identical"] < 1 and expected["top1_agreement"] < 1
+        for key, value in expected.items():
+            assert getattr(apart, key) == pytest.approx(value, abs=1e-5), key
 
 
 def test_end_of_turn_follows_the_chat_template():

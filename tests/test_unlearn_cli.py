@@ -10,8 +10,9 @@ import yaml
 
 from test_train import write_data
 from unmirage.cli.main import main
+from unmirage.config import load_config
 from unmirage.runs import read_jsonl
-from unmirage.train import load_recipe
+from unmirage.train import Recipe, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,3 +106,15 @@ def test_shipped_recipes_validate(path):
             1.0,
             (5, 6, 7),
         )
+
+
+RESOLVED_BEFORE_PRESETS = Path(__file__).parent / "fixtures" / "recipes_7b_resolved.json"
+
+
+def test_shipped_recipes_resolve_as_before_presets():
+    """The 7B recipes, once 12 full files, now thin recipes over presets: each resolves to exactly the
+    validated Recipe its full file gave (the fixture holds those, dumped before the presets)."""
+    before = json.loads(RESOLVED_BEFORE_PRESETS.read_text())
+    assert sorted(before) == sorted(str(p.relative_to(ROOT)) for p in PAPER_RECIPES)
+    for path in PAPER_RECIPES:
+        assert load_config(Recipe, path).model_dump(mode="json") == before[str(path.relative_to(ROOT))], path

@@ -3,6 +3,10 @@
 Every recipe model derives from `StrictModel` (unknown keys are errors). `load_config` reads a YAML file,
 applies overrides and validates, turning the first problem into a one-line `UnmirageError` that names the
 file and the dotted key.
+
+A recipe composes: `defaults: [a.yaml, b.yaml]` (paths relative to the recipe) reads those files first, each
+with its own `defaults`, deep-merges them in order and then the recipe's own keys over them: a later file
+overrides an earlier one key by key, tables merge, lists and values are replaced (`read_composed`).
 """
 
 from __future__ import annotations
@@ -110,6 +114,41 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """`update` over `base`: tables merge key by key (recursively), anything else in `update` replaces."""
+    merged = _deep_copy(dict(base))
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = _deep_copy(value)
+    return merged
+
+
+def read_composed(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML recipe with its `defaults:` list resolved: the files it names (relative to the recipe,
+    each composed the same way) deep-merged in order, then the recipe's own keys. A missing default or a
+    cycle is a one-line error naming the recipe that lists it."""
+    path = Path(path)
+    data = read_yaml(path)
+    defaults = data.pop("defaults", [])
+    if isinstance(defaults, str):
+        defaults = [defaults]
+    if not isinstance(defaults, list) or not all(isinstance(d, str) and d.strip() for d in defaults):
+        raise UnmirageError("defaults: must be a list of YAML file paths (relative to this file)", file=path)
+    chain = (*_chain, path.resolve())
+    merged: dict[str, Any] = {}
+    for entry in defaults:
+        target = path.parent / entry
+        if not target.is_file():
+            raise UnmirageError(f"defaults: file not found: {entry} (looked for {target})", file=path)
+        if target.resolve() in chain:
+            cycle = " -> ".join(str(p.name) for p in (*chain, target.resolve()))
+            raise UnmirageError(f"defaults: {entry} includes itself ({cycle})", file=path)
+        merged = deep_merge(merged, read_composed(target, chain))
+    return deep_merge(merged, data)
+
+
 def validate(model: type[T], data: Mapping[str, Any], source: str | os.PathLike = "<config>") -> T:
     """Validate `data` against `model`; the first error becomes `file: key.sub: message (got value)`."""
     try:
@@ -142,10 +181,11 @@ def load_config(
     overrides: Iterable[str] = (),
     base: Mapping[str, Any] | None = None,
 ) -> T:
-    """Load a recipe: YAML file (or `base`), then overrides, then validation against `model`."""
+    """Load a recipe: YAML file with its `defaults:` (or `base`), then overrides, then validation against
+    `model`."""
     data = dict(base or {})
     if path is not None:
-        data.update(read_yaml(path))
+        data.update(read_composed(path))
     data = apply_overrides(data, overrides)
     return validate(model, data, source=path or "<command line>")
 

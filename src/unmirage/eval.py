@@ -486,9 +486,7 @@ class HFGenerate:
 
     def generator(self, root: Path | None, prefix: str | None = None) -> Any:
         if (root, prefix) not in self._generators:
-            from unmirage.data.images import ImageLoader
-            from unmirage.generate import GenerationConfig
-            from unmirage.generate.backends import make_generator
+            from unmirage.generate import GenerationConfig, make_answerer
 
             s = self.settings
             config = GenerationConfig(
@@ -498,8 +496,7 @@ class HFGenerate:
                 placeholder_images=s.placeholder_images,
                 assistant_prefix=prefix,
             )
-            loader = ImageLoader(root=root) if root is not None else ImageLoader()
-            self._generators[(root, prefix)] = make_generator(self.loaded(), config, image_loader=loader)
+            self._generators[(root, prefix)] = make_answerer(self.loaded(), config, image_root=root)
         return self._generators[(root, prefix)]
 
     def throughput(self) -> dict[str, float]:

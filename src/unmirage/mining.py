@@ -57,25 +57,26 @@ class ModelCandidateGenerator:
         self._generator: Any = None
 
     def _load(self) -> Any:
-        from unmirage.generate import BatchedGenerator, GenerationConfig
-        from unmirage.models import load_model
+        from unmirage.generate import GenerationConfig, make_answerer
 
-        loaded = load_model(self.source, dtype=self.dtype, device_map=self.device_map)
-        if self.placeholder_images:
-            images = ImageLoader(placeholder=placeholder_size(loaded.processor))
-        else:
-            images = ImageLoader(root=self.image_root)
         config = GenerationConfig(
-            template=self.template, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size
+            template=self.template,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
+            placeholder_images=self.placeholder_images,
         )
-        return BatchedGenerator(loaded, config, image_loader=images)
+        root = None if self.placeholder_images else self.image_root
+        return make_answerer(self.source, config, image_root=root, dtype=self.dtype, device=self.device_map)
 
     def __call__(self, batch: Sequence[Sample]) -> list[str]:
         from unmirage.generate import GenItem
 
         if self._generator is None:
             self._generator = self._load()
-        items = [GenItem(id=s.id, question=s.question, image=s.image) for s in batch]
+        images = [None if self.placeholder_images else s.image for s in batch]  # None: the grey placeholder
+        items = [
+            GenItem(id=s.id, question=s.question, image=image) for s, image in zip(batch, images, strict=True)
+        ]
         return [row["answer"] for row in self._generator(items)]
 
     def close(self) -> None:

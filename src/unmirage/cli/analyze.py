@@ -170,8 +170,7 @@ def triggers(
     from unmirage.data.images import ImageLoader
     from unmirage.data.vlguard import load_vlguard
     from unmirage.errors import UnmirageError
-    from unmirage.generate import BatchedGenerator, GenerationConfig
-    from unmirage.models import load_model, resolve_device
+    from unmirage.generate import GenerationConfig, make_answerer
     from unmirage.outputs import claim_folder, file_identity, folder_path, model_identity
     from unmirage.runs import atomic_write_json, write_manifest
 
@@ -190,20 +189,19 @@ def triggers(
         limit=limit,
         seed=seed,
     )
-    images = ImageLoader(root=image_root) if image_root is not None else ImageLoader()
-    images.verify([(q.id, q.image) for q in queries if q.image is not None])
+    ImageLoader(root=image_root).verify([(q.id, q.image) for q in queries if q.image is not None])
     identity = {"model": model_identity(model), "dtype": dtype, "data": file_identity(data)}
     identity |= {"image_root": folder_path(image_root), "placeholder_images": placeholder_images}
     identity |= {"template": template, "max_new_tokens": max_new_tokens}
     claim_folder(out, command="analyze triggers", identity=identity, overwrite=overwrite, inputs=[data])
-    loaded = load_model(model, dtype=dtype, device_map=resolve_device())
     config = GenerationConfig(
         template=template,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         placeholder_images=placeholder_images,
     )
-    answer = model_answerer(BatchedGenerator(loaded, config, image_loader=images), out / "generations.jsonl")
+    generator = make_answerer(model, config, image_root=image_root, dtype=dtype)
+    answer = model_answerer(generator, out / "generations.jsonl")
     result = discover_triggers(queries, chosen, answer, is_refusal)
     result["settings"] = {
         "model": model,

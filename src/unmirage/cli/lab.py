@@ -41,7 +41,9 @@ def run(
 ) -> None:
     import time
 
-    from unmirage.lab.run import load_lab_config, run_lab, table_markdown
+    from unmirage.lab.config import load_lab_config
+    from unmirage.lab.narrative import table_markdown
+    from unmirage.lab.run import run_lab
 
     start = time.perf_counter()
     lab_config = load_lab_config(quick=quick, path=config, overrides=overrides or [])

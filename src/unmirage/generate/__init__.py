@@ -1,6 +1,7 @@
 """Batched, resumable generation (Hugging Face backend; vLLM optional), and `unmirage generate` over VLGuard
-files (`generate.vlguard`)."""
+files (`generate.vlguard`). `make_answerer` loads a model and builds its generator in one call."""
 
+from unmirage.generate.backends import make_answerer
 from unmirage.generate.batched import (
     BatchedGenerator,
     GenerationConfig,
@@ -9,4 +10,11 @@ from unmirage.generate.batched import (
     run_generation,
 )
 
-__all__ = ["BatchedGenerator", "GenItem", "GenerationConfig", "merge_shards", "run_generation"]
+__all__ = [
+    "BatchedGenerator",
+    "GenItem",
+    "GenerationConfig",
+    "make_answerer",
+    "merge_shards",
+    "run_generation",
+]

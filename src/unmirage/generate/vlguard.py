@@ -126,7 +126,7 @@ def generate_vlguard(
     """
     from unmirage.data.images import ImageLoader
     from unmirage.data.vlguard import load_samples
-    from unmirage.generate.backends import load_for_generation, make_generator
+    from unmirage.generate.backends import make_answerer
     from unmirage.models import resolve_device
     from unmirage.outputs import claim_file, file_identity, folder_path, model_identity
     from unmirage.runs import write_manifest
@@ -143,9 +143,8 @@ def generate_vlguard(
         keep = set(list(dict.fromkeys(s.id for s in samples))[:limit])
         samples = [s for s in samples if s.id in keep]
     items = items_from_samples(samples, case=subset, with_images=not placeholder_images)
-    loader = ImageLoader(root=Path(image_root)) if image_root is not None else ImageLoader()
     if image_root is not None:
-        loader.verify([(s.id, s.image) for s in samples], progress=progress)
+        ImageLoader(root=Path(image_root)).verify([(s.id, s.image) for s in samples], progress=progress)
     processes = processes or current_processes()
     identity = {
         "model": model_identity(model),
@@ -175,8 +174,9 @@ def generate_vlguard(
     device_map = resolve_device()
     if processes.world > 1:  # every rank on its own device
         device_map = None if str(processes.state.device).startswith("cpu") else str(processes.state.device)
-    loaded = load_for_generation(model, backend=backend, dtype=dtype, device_map=device_map, adapter=adapter)
-    generator = make_generator(loaded, config, image_loader=loader)
+    generator = make_answerer(
+        model, config, image_root=image_root, backend=backend, dtype=dtype, device=device_map, adapter=adapter
+    )
     run_generation(generator, items, out, progress=progress, rank=processes.rank, world=processes.world)
     processes.wait()
     if processes.main:

@@ -319,7 +319,7 @@ class HFBackend:
         """The `BatchedGenerator` for a request's system text and reply length (one per distinct pair)."""
         key = (request.system, request.max_tokens)
         if key not in self._generators:
-            from unmirage.generate import BatchedGenerator, GenerationConfig
+            from unmirage.generate import GenerationConfig, make_answerer
 
             config = GenerationConfig(
                 template=self.template,
@@ -327,7 +327,7 @@ class HFBackend:
                 max_new_tokens=request.max_tokens,
                 batch_size=self.batch_size,
             )
-            self._generators[key] = BatchedGenerator(self.loaded, config)
+            self._generators[key] = make_answerer(self.loaded, config)
         return self._generators[key]
 
     def prompt(self, request: ChatRequest) -> str:
