@@ -128,7 +128,8 @@ def _hand_built(source, config, loader):
 
 def test_make_answerer_answers_as_the_hand_built_generator(tmp_path):
 
-    from unmirage.data.images import ImageLoader, placeholder_size
+    from unmirage.data.images import ImageLoader
+    from unmirage.placeholder import placeholder_size
     from unmirage.generate import make_answerer
 
     for i in range(len(QUESTIONS)):
