@@ -8,7 +8,7 @@ from typing import Literal
 import pytest
 import typer
 
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_help_lists_settings, assert_one_line_error, run_cli
 from unmirage.cli.settings import flag_name, option, settings_command
 from unmirage.config import StrictModel, setting
 from unmirage.errors import UnmirageError
@@ -137,30 +137,10 @@ def test_a_settings_field_may_not_shadow_a_command_option():
 # --- the commands built from settings ---------------------------------------------------------------
 
 
-def listed_flags(command: list[str], capsys, monkeypatch) -> str:
-    monkeypatch.setenv("COLUMNS", "250")
-    result = run_cli([*command, "--help"], capsys)
-    assert result.code == 0
-    return result.out
-
-
-def expected_flags(model: type[StrictModel]) -> list[str]:
-    flags = []
-    for name, info in model.model_fields.items():
-        extra = info.json_schema_extra or {}
-        if extra.get("cli", True):
-            flags.append(flag_name(name, info))
-        for sub in extra.get("options", ()):
-            flags.append(f"--{extra['prefix']}-{sub}".replace("_", "-"))
-    return flags
-
-
 def test_eval_help_lists_every_setting(capsys, monkeypatch):
     from unmirage.eval import EvalSettings
 
-    text = listed_flags(["eval"], capsys, monkeypatch)
-    for flag in expected_flags(EvalSettings):
-        assert f" {flag} " in text, flag
+    text = assert_help_lists_settings(["eval"], EvalSettings, capsys, monkeypatch)
     for panel in ("Model", "Cases", "Attacks", "Judges", "Utility", "Settings file"):
         assert f" {panel} " in text
 
