@@ -46,7 +46,8 @@ def assert_help_lists_settings(
     assert result.code == 0
     for name, info in model.model_fields.items():
         extra = info.json_schema_extra or {}
-        flags = [flag_name(name, info)] if extra.get("cli", True) else []
+        shown = name.upper() if extra.get("argument") else flag_name(name, info)
+        flags = [shown] if extra.get("cli", True) else []
         flags += [f"--{extra['prefix']}-{sub}".replace("_", "-") for sub in extra.get("options", ())]
         for flag in flags:
             assert f" {flag} " in result.out, flag

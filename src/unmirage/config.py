@@ -35,6 +35,7 @@ def setting(
     panel: str | None = None,
     flag: str | None = None,
     cli: bool = True,
+    argument: bool = False,
     options: Iterable[str] = (),
     prefix: str | None = None,
     **field: Any,
@@ -43,11 +44,13 @@ def setting(
 
     `help` is the field's description (name other settings in backticks: the CLI shows them as flags);
     `panel` groups its option in `--help`; `flag` renames the option (`judge` for `asr_methods`);
-    `cli=False` keeps it off the command line (a secret read from the environment instead). A nested,
+    `cli=False` keeps it off the command line (a secret read from the environment instead); `argument=True`
+    makes it the command's positional argument (a data file). A nested,
     optional settings model becomes an on/off flag plus one `--PREFIX-NAME` option per field in `options`.
     Other keywords go to `pydantic.Field` (`ge`, `default_factory`, `exclude`).
     """
     extra = {"panel": panel, "flag": flag, "cli": None if cli else False, "prefix": prefix}
+    extra["argument"] = True if argument else None
     extra = {key: value for key, value in extra.items() if value is not None}
     if options:
         extra["options"] = list(options)

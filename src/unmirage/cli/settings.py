@@ -31,6 +31,8 @@ M = TypeVar("M", bound=BaseModel)
 
 CONFIG_PANEL = "Settings file"
 """The help panel of `--config` and the `key=value` overrides."""
+_OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*=.*")
+"""A `key.sub=value` override (told apart from a file given as a positional argument)."""
 _GIVEN = {"COMMANDLINE", "ENVIRONMENT", "PROMPT"}
 """Where a value comes from when the user gave it (click's `ParameterSource` names; typer bundles click)."""
 
@@ -73,6 +75,9 @@ def _option(
         help_text += " Required (here or in --config)."
     else:
         default = info.get_default(call_default_factory=True)
+    if _extra(info).get("argument"):
+        given = typer.Argument(default, help=help_text, metavar=name.upper(), show_default=False)
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=given, annotation=annotation)
     decls = [f"{flag}/--no-{flag[2:]}" if annotation is bool else flag]
     option = typer.Option(default, *decls, help=help_text, rich_help_panel=panel)
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
@@ -85,6 +90,7 @@ class _Plan:
         self.model = model
         self.parameters: list[inspect.Parameter] = []
         self.fields: list[str] = []
+        self.arguments: list[str] = []
         self.nested: dict[str, dict[str, str]] = {}
         """field -> {option parameter -> field of its nested model}"""
         fields = {n: i for n, i in model.model_fields.items() if _extra(i).get("cli", True)}
@@ -100,6 +106,8 @@ class _Plan:
                 continue
             self.parameters.append(_option(name, info, flags, panel))
             self.fields.append(name)
+            if _extra(info).get("argument"):
+                self.arguments.append(name)
 
     def _nested(
         self,
@@ -137,7 +145,11 @@ class _Plan:
             return source is not None and source.name in _GIVEN
 
         data = read_yaml(config) if config is not None else {}
-        data |= {name: values[name] for name in self.fields if given(name)}
+        for name in self.arguments:
+            # `analyze spurious --benchmark x ngram=2`: the optional argument took the first override
+            if given(name) and _OVERRIDE.fullmatch(str(values[name])) and not Path(values[name]).exists():
+                overrides = [str(values.pop(name)), *overrides]
+        data |= {name: values[name] for name in self.fields if name in values and given(name)}
         for name, subs in self.nested.items():
             if given(name):
                 data[name] = (data.get(name) or {}) if values[name] else None
