@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from unmirage.errors import UnmirageError
-from unmirage.gcg_settings import GCGConfig
+from unmirage.settings import GCGConfig
 
 if TYPE_CHECKING:
     from unmirage.models import LoadedModel

@@ -36,7 +36,6 @@ from pydantic import field_validator, model_validator
 
 from unmirage.config import StrictModel, setting
 from unmirage.errors import UnmirageError
-from unmirage.gcg_settings import GCGConfig
 from unmirage.judges import needs_backend
 from unmirage.metrics import (
     ASR_METHODS,
@@ -48,6 +47,7 @@ from unmirage.metrics import (
     checks_safe,
     judges_needed,
 )
+from unmirage.settings import GCGConfig
 
 if TYPE_CHECKING:
     from unmirage.models import LoadedModel

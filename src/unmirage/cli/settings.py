@@ -199,7 +199,8 @@ def settings_command(
         default=typer.Argument(
             None,
             metavar="KEY=VALUE",
-            help="Settings overrides, e.g. seed=3 gcg_build.steps=50 (applied last).",
+            help="Settings overrides, applied last: a setting's name with underscores, = and a YAML value "
+            "(e.g. batch_size=4, a nested one as a.b=1).",
             show_default=False,
         ),
         annotation=list[str] | None,
