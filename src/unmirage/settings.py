@@ -53,8 +53,8 @@ class GCGConfig(StrictModel):
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-INPUT, MODEL, DECODING = "Input", "Model", "Decoding"
-"""The help panels of `unmirage generate`'s options."""
+INPUT, MODEL, DECODING, JUDGE = "Input", "Model", "Decoding", "Judge"
+"""The help panels of `unmirage generate`'s and `unmirage data mine-harmful`'s options."""
 
 
 class GenerateSettings(StrictModel):
@@ -100,4 +100,52 @@ class GenerateSettings(StrictModel):
     def _images_or_placeholders(self) -> GenerateSettings:
         if (self.image_root is None) == (not self.placeholder_images):
             raise ValueError("give either image_root or placeholder_images (for text-only experiments)")
+        return self
+
+
+class MineSettings(StrictModel):
+    """`unmirage data mine-harmful` (`data.mine_models.run_mine_harmful`): generators, judge, decoding."""
+
+    vlguard: Path = setting(
+        help="VLGuard training file (train.json); its unsafe records are mined.", panel=INPUT
+    )
+    generators: list[str] = setting(
+        min_length=1,
+        help="A model that answers the unsafe queries (Hub id, local folder or tiny-*); repeat for several.",
+        panel=MODEL,
+        flag="generator",
+    )
+    image_root: Path | None = setting(
+        None, help="Folder the records' image paths are relative to.", panel=INPUT
+    )
+    placeholder_images: bool = setting(
+        False,
+        help="Use grey placeholder images instead of real ones (text-only experiments; recorded).",
+        panel=INPUT,
+    )
+    template: str = setting("v1", help="Generators' prompt template: v1 (reference) or chat.", panel=DECODING)
+    max_new_tokens: int = setting(256, ge=1, help="New tokens per candidate answer (greedy).", panel=DECODING)
+    batch_size: int = setting(
+        16, ge=1, help="Samples per generation batch (and per resumable step).", panel=DECODING
+    )
+    dtype: str = setting("auto", help="Model dtype: auto, float32, bfloat16 or float16.", panel=MODEL)
+    device: str = setting("auto", help="auto (GPU if present), cpu, or a device such as cuda:1.", panel=MODEL)
+    judge: str | None = setting(
+        None,
+        help="Text model that picks the most harmful candidate (needed with several `generators`).",
+        panel=JUDGE,
+    )
+    judge_template: str = setting(
+        "chat", help="Judge's prompt template: chat (reference) or v1.", panel=JUDGE
+    )
+    judge_max_new_tokens: int = setting(100, ge=1, help="New tokens of the judge's reply.", panel=JUDGE)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MineSettings:
+        if len(set(self.generators)) != len(self.generators):
+            raise ValueError("each of generators must be a different model")
+        if len(self.generators) > 1 and self.judge is None:
+            raise ValueError("several generators need a judge to choose among their answers")
+        if self.image_root is not None and self.placeholder_images:
+            raise ValueError("give either image_root or placeholder_images, not both")
         return self
