@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from unmirage.analysis.spurious import SpuriousSettings
-from unmirage.cli.settings import option, settings_command
+from unmirage.cli.settings import out_option, overwrite_option, settings_command
 
 analyze_app = typer.Typer(
     help="Diagnose the safety mirage: spurious words in data, trigger words in a model.", no_args_is_help=True
@@ -45,18 +45,8 @@ analyze_app.command(
         SpuriousSettings,
         spurious,
         extra=[
-            option(
-                "out",
-                Path,
-                typer.Option(
-                    ..., "--out", help="Output folder (spurious.json, spurious.png, manifest.json)."
-                ),
-            ),
-            option(
-                "overwrite",
-                bool,
-                typer.Option(False, "--overwrite", help="Replace --out if it holds another analysis."),
-            ),
+            out_option("Output folder (spurious.json, spurious.png, manifest.json)."),
+            overwrite_option("Replace --out if it holds another analysis."),
         ],
     )
 )

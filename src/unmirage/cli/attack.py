@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from unmirage.attacks import LLM_PANEL, AttackBuildSettings
-from unmirage.cli.settings import option, settings_command
+from unmirage.cli.settings import option, out_option, settings_command
 
 attack_app = typer.Typer(
     help="Build one-word and K-shot rewrite attacks and GCG suffixes.", no_args_is_help=True
@@ -43,11 +43,7 @@ attack_app.command(
         AttackBuildSettings,
         build,
         extra=[
-            option(
-                "out",
-                Path,
-                typer.Option(..., "--out", help="Attack JSON file; the report goes to <stem>.report.json."),
-            ),
+            out_option("Attack JSON file; the report goes to <stem>.report.json."),
             option(
                 "api_key_env",
                 str,

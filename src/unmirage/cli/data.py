@@ -7,7 +7,7 @@ from typing import cast
 
 import typer
 
-from unmirage.cli.settings import option, settings_command
+from unmirage.cli.settings import out_option, settings_command
 from unmirage.errors import UnmirageError
 from unmirage.settings import MineSettings
 
@@ -154,12 +154,8 @@ def mine_harmful(settings: MineSettings, *, out: Path) -> None:
     typer.echo(f"wrote {run_mine_harmful(settings, out)}")
 
 
-MINE_OUT = typer.Option(
-    ..., help="Answers file to write (work files go to OUT.work/, a killed run resumes from them)."
-)
-data_app.command("mine-harmful")(
-    settings_command(MineSettings, mine_harmful, extra=[option("out", Path, MINE_OUT)])
-)
+MINE_OUT = out_option("Answers file to write (work files go to OUT.work/, a killed run resumes from them).")
+data_app.command("mine-harmful")(settings_command(MineSettings, mine_harmful, extra=[MINE_OUT]))
 
 
 @fetch_app.command("vlguard")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from unmirage.cli.settings import option, settings_command
+from unmirage.cli.settings import option, out_option, overwrite_option, settings_command
 
 if TYPE_CHECKING:
     from unmirage.eval import EvalSettings
@@ -29,20 +29,8 @@ def register(app: typer.Typer) -> None:
 
 
 OWN_OPTIONS = [
-    option(
-        "out",
-        Path,
-        typer.Option(..., help="Output folder (metrics.json, generations/, judged/, manifest.json)."),
-    ),
-    option(
-        "overwrite",
-        bool,
-        typer.Option(
-            False,
-            "--overwrite",
-            help="Replace OUT if it holds a run (a rerun otherwise resumes the same run only).",
-        ),
-    ),
+    out_option("Output folder (metrics.json, generations/, judged/, manifest.json)."),
+    overwrite_option("Replace OUT if it holds a run (a rerun otherwise resumes the same run only)."),
     option(
         "judge_api_key_env",
         str,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from unmirage.cli.settings import option, settings_command
+from unmirage.cli.settings import out_option, overwrite_option, settings_command
 from unmirage.settings import GenerateSettings
 
 
@@ -17,20 +17,8 @@ def register(app: typer.Typer) -> None:
 
 
 OWN_OPTIONS = [
-    option(
-        "out",
-        Path,
-        typer.Option(..., help="Output JSON-lines file; <stem>.manifest.json goes next to it."),
-    ),
-    option(
-        "overwrite",
-        bool,
-        typer.Option(
-            False,
-            "--overwrite",
-            help="Replace --out if it exists (a rerun otherwise resumes the same run only).",
-        ),
-    ),
+    out_option("Output JSON-lines file; <stem>.manifest.json goes next to it."),
+    overwrite_option("Replace --out if it exists (a rerun otherwise resumes the same run only)."),
 ]
 
 

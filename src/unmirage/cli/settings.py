@@ -225,3 +225,13 @@ def settings_command(
 def option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
     """A command's own option (not a setting), for `settings_command(extra=...)`."""
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+def out_option(help: str) -> inspect.Parameter:
+    """The required `--out` of a command that writes one output (folder or file)."""
+    return option("out", Path, typer.Option(..., "--out", help=help))
+
+
+def overwrite_option(help: str) -> inspect.Parameter:
+    """`--overwrite`: replace an output that holds another run instead of refusing it."""
+    return option("overwrite", bool, typer.Option(False, "--overwrite", help=help))

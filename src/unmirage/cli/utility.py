@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from unmirage.cli.settings import option, settings_command
+from unmirage.cli.settings import out_option, settings_command
 from unmirage.lmeval import LmEvalSettings
 
 utility_app = typer.Typer(help="Utility benchmarks: lm-evaluation-harness tasks.", no_args_is_help=True)
@@ -27,10 +27,7 @@ def lm_eval_command(settings: LmEvalSettings, *, out: Path) -> None:
     typer.echo(f"-> {out / 'lm_eval.json'}")
 
 
-OUT = typer.Option(
-    ...,
-    help="Folder for lm_eval.json; an `unmirage eval` folder also gets utility.lm_eval in metrics.json.",
+OUT = out_option(
+    "Folder for lm_eval.json; an `unmirage eval` folder also gets utility.lm_eval in metrics.json."
 )
-utility_app.command("lm-eval")(
-    settings_command(LmEvalSettings, lm_eval_command, extra=[option("out", Path, OUT)])
-)
+utility_app.command("lm-eval")(settings_command(LmEvalSettings, lm_eval_command, extra=[OUT]))
