@@ -87,7 +87,6 @@ class _Plan:
     """The generated options of one settings model and how to turn their values back into settings data."""
 
     def __init__(self, model: type[BaseModel], reserved: Sequence[str]) -> None:
-        self.model = model
         self.parameters: list[inspect.Parameter] = []
         self.fields: list[str] = []
         self.arguments: list[str] = []
