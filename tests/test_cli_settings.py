@@ -61,7 +61,7 @@ def test_help_shows_types_defaults_help_text_and_panels(monkeypatch, capsys):
         "--tag <list[str]> A tag, repeatable. [default: a]",
         "--loud --no-loud Say more.",
         "--path <path> A file.",
-        "--mode <fast|slow> Speed. [default: fast]",
+        "--mode fast|slow Speed. [default: fast]",
         "--name <str> The run's name. Required (here or in --config).",
         "--inner --no-inner Go deeper.",
         "--in-depth <int> --inner: How deep. [default: 2]",
@@ -125,6 +125,10 @@ def test_bad_values_are_one_line_errors_naming_the_setting(tmp_path):
     config.write_text("name: x\ncount: -1\n")
     with pytest.raises(UnmirageError, match=r"bad.yaml: count: .*greater than or equal to 0"):
         call(["--out", "o", "--config", str(config)])
+    with pytest.raises(
+        UnmirageError, match=r"^command line: mode: Input should be 'fast' or 'slow' \(got 'medium'\)$"
+    ):
+        call(["--name", "x", "--out", "o", "--mode", "medium"])  # a choice is checked by the model too
     with pytest.raises(UnmirageError, match="must look like key.sub=value"):
         call(["--name", "x", "--out", "o", "justaword"])
 

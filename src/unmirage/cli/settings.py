@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable, Sequence
 from copy import copy
 from pathlib import Path
-from typing import Any, TypeVar, get_args
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import typer
 from pydantic import BaseModel
@@ -50,6 +50,14 @@ def _nested_model(info: FieldInfo) -> type[BaseModel] | None:
     return None
 
 
+def _choices(annotation: Any) -> list[str]:
+    """The values of a `Literal[...]` (or `Literal[...] | None`) annotation, else []."""
+    for arg in (annotation, *get_args(annotation)):
+        if get_origin(arg) is Literal:
+            return [str(value) for value in get_args(arg)]
+    return []
+
+
 def flag_name(name: str, info: FieldInfo) -> str:
     """The option of a field: `--judge` for `asr_methods` declared with flag="judge", else `--max-new-tokens`."""
     return "--" + (_extra(info).get("flag") or name).replace("_", "-")
@@ -79,7 +87,12 @@ def _option(
         given = typer.Argument(default, help=help_text, metavar=name.upper(), show_default=False)
         return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=given, annotation=annotation)
     decls = [f"{flag}/--no-{flag[2:]}" if annotation is bool else flag]
-    option = typer.Option(default, *decls, help=help_text, rich_help_panel=panel)
+    choices = _choices(annotation)
+    if choices:
+        # the model checks the choice, so a wrong one is the same one-line error as from --config
+        annotation = str | None if default is None else str
+    metavar = "|".join(choices) if choices else None
+    option = typer.Option(default, *decls, help=help_text, rich_help_panel=panel, metavar=metavar)
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
 
 
