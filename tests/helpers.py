@@ -35,6 +35,25 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> CliResult:
     return CliResult(code, captured.out, captured.err)
 
 
+def assert_help_lists_settings(
+    command: list[str], model: type, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """`unmirage COMMAND --help` lists an option for every settings field of `model` the CLI shows."""
+    from unmirage.cli.settings import flag_name
+
+    monkeypatch.setenv("COLUMNS", "250")
+    result = run_cli([*command, "--help"], capsys)
+    assert result.code == 0
+    for name, info in model.model_fields.items():
+        extra = info.json_schema_extra or {}
+        shown = name.upper() if extra.get("argument") else flag_name(name, info)
+        flags = [shown] if extra.get("cli", True) else []
+        flags += [f"--{extra['prefix']}-{sub}".replace("_", "-") for sub in extra.get("options", ())]
+        for flag in flags:
+            assert f" {flag} " in result.out, flag
+    return result.out
+
+
 def assert_one_line_error(code: int, err: str, *needles: str) -> None:
     """A user error: status 2, one line `error: ...` (the last on stderr, after any progress bar)."""
     lines = [line for line in err.splitlines() if line.strip()]

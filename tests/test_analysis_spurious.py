@@ -4,10 +4,19 @@ import json
 import math
 
 import pytest
+from pydantic import ValidationError
 
-from helpers import assert_one_line_error, run_cli, safe_record, unsafe_record, write_jsonl
+from helpers import (
+    assert_help_lists_settings,
+    assert_one_line_error,
+    run_cli,
+    safe_record,
+    unsafe_record,
+    write_jsonl,
+)
 from unmirage.analysis.spurious import (
     LabelledText,
+    SpuriousSettings,
     analyze_file,
     fisher_p,
     token_table,
@@ -88,7 +97,7 @@ def test_tokens_and_positions():
 
 
 def test_vlguard_train_facts(vlguard_dir):
-    result = analyze_file(vlguard_dir / "train.json")
+    result = analyze_file(SpuriousSettings(file=vlguard_dir / "train.json"))
     assert result.n_texts == {"unsafe": 1023, "safe": 977}
     strongest_safe = result.top(1, "negative")[0]
     assert strongest_safe["token"] == "what"
@@ -97,7 +106,9 @@ def test_vlguard_train_facts(vlguard_dir):
     assert share["counts"] == {"unsafe": 195, "safe": 0}
     assert result.top(1, "positive")[0]["token"] == "share"
     assert share["z"] > 5 and share["p"] < 1e-40
-    with_unsafe_questions = analyze_file(vlguard_dir / "train.json", include_safe_unsafes=True)
+    with_unsafe_questions = analyze_file(
+        SpuriousSettings(file=vlguard_dir / "train.json", with_safe_unsafes=True)
+    )
     assert with_unsafe_questions.n_texts == {"unsafe": 2000, "safe": 977}
     assert _row(with_unsafe_questions, "please")["counts"] == {"unsafe": 124, "safe": 1}
     assert with_unsafe_questions.top(1, "negative")[0]["token"] == "what"
@@ -108,16 +119,16 @@ def test_generic_jsonl_and_llava_with_a_judge(tmp_path):
     rows += [{"text": "Share more", "label": 1}, {"text": "What else", "label": False}]
     path = tmp_path / "rows.jsonl"
     write_jsonl(path, rows)
-    result = analyze_file(path)
+    result = analyze_file(SpuriousSettings(file=path))
     assert result.settings["format"] == "jsonl" and result.settings["label_by"] == "field"
     assert _row(result, "share")["counts"] == {"positive": 2, "negative": 0}
-    assert analyze_file(path, text_field="text").tokens == result.tokens
+    assert analyze_file(SpuriousSettings(file=path, field="text")).tokens == result.tokens
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"text": "x", "label": "maybe"}) + "\n" + json.dumps({"text": "y", "label": 0}))
     with pytest.raises(UnmirageError, match="maybe"):
-        analyze_file(bad)
-    custom = analyze_file(bad, positive_values=["maybe"])
+        analyze_file(SpuriousSettings(file=bad))
+    custom = analyze_file(SpuriousSettings(file=bad, positive=["maybe"]))
     assert custom.n_texts == {"positive": 1, "negative": 1}
 
     llava = [
@@ -146,14 +157,14 @@ def test_generic_jsonl_and_llava_with_a_judge(tmp_path):
         seen.extend(answers)
         return [a == "No." for a in answers]
 
-    result = analyze_file(lpath, judge=judge)
+    result = analyze_file(SpuriousSettings(file=lpath), judge=judge)
     assert seen == ["No.", "A cat."]
     assert result.labels == ("refusal", "compliant")
     assert _row(result, "share")["counts"] == {"refusal": 1, "compliant": 0}
     with pytest.raises(UnmirageError, match="judge"):
-        analyze_file(lpath)
+        analyze_file(SpuriousSettings(file=lpath))
     with pytest.raises(UnmirageError, match="both labels"):
-        analyze_file(lpath, judge=lambda answers: [True] * len(answers))
+        analyze_file(SpuriousSettings(file=lpath), judge=lambda answers: [True] * len(answers))
 
 
 def test_vlguard_records_go_through_the_data_layer(tmp_path):
@@ -161,14 +172,14 @@ def test_vlguard_records_go_through_the_data_layer(tmp_path):
     safe["instr-resp"].reverse()  # the data layer finds each instruction wherever it stands
     rows = tmp_path / "vl.jsonl"
     write_jsonl(rows, [safe, unsafe, dict(unsafe, id="u2")])
-    result = analyze_file(rows)
+    result = analyze_file(SpuriousSettings(file=rows))
     assert result.settings["format"] == "vlguard" and result.n_texts == {"unsafe": 2, "safe": 1}
-    both = analyze_file(rows, include_safe_unsafes=True)
+    both = analyze_file(SpuriousSettings(file=rows, with_safe_unsafes=True))
     assert _row(both, "how")["counts"] == {"unsafe": 1, "safe": 0}
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([safe, {k: v for k, v in unsafe.items() if k != "harmful_category"}]))
     with pytest.raises(UnmirageError, match=r"bad.json: record 1 \(id u\): field 'harmful_category'"):
-        analyze_file(bad)
+        analyze_file(SpuriousSettings(file=bad))
 
 
 def test_cli_writes_table_chart_and_fails_cleanly(tmp_path, capsys):
@@ -250,7 +261,7 @@ def test_spurious_words_of_a_benchmarks_prompts(tmp_path, capsys):
     # FigStep has harmful questions only: next to XSTest's safe prompts
     both = analyze_benchmarks(["figstep", "xstest"], tmp_path)
     assert both.n_texts == {"unsafe": 4, "safe": 2}
-    with pytest.raises(UnmirageError, match="figstep: no safe .refusal cases. prompts.*--benchmark xstest"):
+    with pytest.raises(UnmirageError, match="figstep: no safe .refusal cases. prompts.*e.g. xstest"):
         analyze_benchmarks(["figstep"], tmp_path)
     out = tmp_path / "out"
     argv = ["analyze", "spurious", "--benchmark", "xstest", "--data-root", str(tmp_path), "--out", str(out)]
@@ -258,4 +269,21 @@ def test_spurious_words_of_a_benchmarks_prompts(tmp_path, capsys):
     table = json.loads((out / "spurious.json").read_text())
     assert table["format"] == "benchmark" and table["top_unsafe"][0] == "where"
     code, _, err = run_cli([*argv[:2], str(out / "spurious.json"), *argv[2:]], capsys)
-    assert_one_line_error(code, err, "either a data FILE or --benchmark")
+    assert_one_line_error(code, err, "give either a data file or benchmarks")
+
+
+def test_spurious_settings_help_and_overrides_after_no_file(tmp_path, capsys, monkeypatch):
+    from test_benchmarks import _xstest
+    from unmirage.benchmarks import get_benchmark
+
+    assert_help_lists_settings(["analyze", "spurious"], SpuriousSettings, capsys, monkeypatch)
+    xstest = get_benchmark("xstest")
+    _xstest(xstest, xstest.paths(tmp_path))
+    out = tmp_path / "out"
+    argv = ["analyze", "spurious", "--benchmark", "xstest", "--data-root", str(tmp_path), "--out", str(out)]
+    assert run_cli([*argv, "top=2", "ngram=1"], capsys).code == 0  # no FILE: the overrides stay overrides
+    assert json.loads((out / "manifest.json").read_text())["identity"]["top"] == 2
+    code, _, err = run_cli([*argv, "--overwrite", "ngram=0"], capsys)
+    assert_one_line_error(code, err, "ngram: Input should be greater than or equal to 1")
+    with pytest.raises(ValidationError, match="give either a data file or benchmarks"):
+        SpuriousSettings()

@@ -129,8 +129,8 @@ def _hand_built(source, config, loader):
 def test_make_answerer_answers_as_the_hand_built_generator(tmp_path):
 
     from unmirage.data.images import ImageLoader
-    from unmirage.placeholder import placeholder_size
     from unmirage.generate import make_answerer
+    from unmirage.placeholder import placeholder_size
 
     for i in range(len(QUESTIONS)):
         png(tmp_path / "img" / f"{i}.png", size=(24, 16), color=(30 * i, 90, 200 - 20 * i))

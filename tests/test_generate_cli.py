@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from helpers import assert_one_line_error, png, run_cli, safe_record, unsafe_record, write_json
+from helpers import (
+    assert_help_lists_settings,
+    assert_one_line_error,
+    png,
+    run_cli,
+    safe_record,
+    unsafe_record,
+    write_json,
+)
 
 
 @pytest.fixture
@@ -103,8 +111,8 @@ def test_clear_errors(tiny_dir, files, tmp_path, capsys) -> None:
             "unknown subset 'everything' (choose from safe_safes, safe_unsafes, unsafes)",
         ),
         (["--subset", "safe_safes", *root], "subset 'safe_safes' is empty"),
-        ([], "pass either --image-root or --placeholder-images"),
-        ([*root, "--placeholder-images"], "pass either --image-root or --placeholder-images"),
+        ([], "give either image_root or placeholder_images"),
+        ([*root, "--placeholder-images"], "give either image_root or placeholder_images"),
         (["--image-root", str(tmp_path)], "record id u1: image not found"),
         ([*root, "--template", "v2"], "unknown prompt template 'v2'"),
     ]:
@@ -124,22 +132,28 @@ class FakeState:
 
 
 def test_two_ranks_write_shards_and_rank_zero_merges(tiny_dir, files, tmp_path) -> None:
-    from unmirage.generate import GenerationConfig
     from unmirage.generate.vlguard import Processes, generate_vlguard
+    from unmirage.settings import GenerateSettings
 
-    config = GenerationConfig(max_new_tokens=3, batch_size=1)
-    common = {
-        "subset": "unsafes",
-        "image_root": files["root"],
-        "config": config,
-        "dtype": "float32",
-        "progress": False,
-    }
-    single = generate_vlguard(str(tiny_dir), files["kshot"], tmp_path / "one" / "g.jsonl", **common)
+    settings = GenerateSettings(
+        model=str(tiny_dir),
+        data=files["kshot"],
+        image_root=files["root"],
+        max_new_tokens=3,
+        batch_size=1,
+        dtype="float32",
+    )
+    single = generate_vlguard(settings, tmp_path / "one" / "g.jsonl", progress=False)
     sharded = tmp_path / "two" / "g.jsonl"
-    generate_vlguard(str(tiny_dir), files["kshot"], sharded, processes=Processes(1, 2, FakeState()), **common)
+    generate_vlguard(settings, sharded, processes=Processes(1, 2, FakeState()), progress=False)
     assert not sharded.exists() and len(_lines(sharded.with_name("g.jsonl.rank1"))) == 2
-    generate_vlguard(str(tiny_dir), files["kshot"], sharded, processes=Processes(0, 2, FakeState()), **common)
+    generate_vlguard(settings, sharded, processes=Processes(0, 2, FakeState()), progress=False)
     assert _lines(sharded) == sorted(_lines(single), key=lambda r: (r["id"], r["variant"]))  # item order
     assert not list(sharded.parent.glob("*.rank*"))
     assert json.loads((sharded.parent / "g.manifest.json").read_text())["processes"] == 2
+
+
+def test_generate_help_lists_every_setting(capsys, monkeypatch) -> None:
+    from unmirage.settings import GenerateSettings
+
+    assert_help_lists_settings(["generate"], GenerateSettings, capsys, monkeypatch)

@@ -23,7 +23,10 @@ SRC = Path(unmirage.__file__).resolve().parent
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "stats", "text", "version", "machine"),  # leaves: need nothing of unmirage (text: pure text)
     ("config", "placeholder", "runs"),  # errors / version only
-    ("outputs",),  # run identity and ownership, over runs
+    (
+        "outputs",
+        "settings",
+    ),  # run identity and ownership, over runs; settings of the torch-heavy commands, over config
     ("models",),  # loading, families, tiny models
     ("data",),  # records, conversations, images, forget/retain sets, collation
     ("methods",),

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import ValidationError
 
+from helpers import assert_help_lists_settings
 from unmirage.errors import UnmirageError
-from unmirage.lmeval import harness_model_type, run_lm_eval, scores
+from unmirage.lmeval import LmEvalSettings, harness_model_type, run_lm_eval, scores
 from unmirage.metrics import METRICS_SCHEMA
 
 VQA_TASK = """task: tiny_vqa
@@ -109,23 +111,24 @@ def test_multimodal_and_causal_models_through_the_harness(tasks, tmp_path, tiny_
             }
         )
     )
-    found = run_lm_eval(
-        str(vlm), ["tiny_vqa"], run, include_path=tasks / "tasks", dtype="float32", device="cpu", batch_size=2
+    settings = LmEvalSettings(
+        model=str(vlm),
+        tasks=["tiny_vqa"],
+        include_path=tasks / "tasks",
+        dtype="float32",
+        device="cpu",
+        batch_size=2,
     )
+    found = run_lm_eval(settings, run)
     assert 0.0 <= found["tiny_vqa"]["exact_match"] <= 1.0
     record = json.loads((run / "lm_eval.json").read_text())
+    assert record["settings"]["tasks"] == ["tiny_vqa"] and record["settings"]["batch_size"] == 2
     assert record["model_type"] == "hf-multimodal" and record["results"]["tiny_vqa"]["sample_len"] == 3
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["utility"]["lm_eval"]["tiny_vqa"]["exact_match"] == found["tiny_vqa"]["exact_match"]
 
     found = run_lm_eval(
-        str(lm),
-        ["tiny_mc"],
-        tmp_path / "lm-run",
-        include_path=tasks / "tasks",
-        dtype="float32",
-        device="cpu",
-        batch_size=2,
+        settings.model_copy(update={"model": str(lm), "tasks": ["tiny_mc"]}), tmp_path / "lm-run"
     )
     assert found["tiny_mc"]["acc"] in (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -136,8 +139,19 @@ def test_multimodal_and_causal_models_through_the_harness(tasks, tmp_path, tiny_
 
 def test_bad_requests(tasks, tmp_path):
     with pytest.raises(UnmirageError, match="unknown lm-eval task"):
-        run_lm_eval("tiny-llava", ["no_such_task_here"], tmp_path, include_path=tasks / "tasks")
+        run_lm_eval(
+            LmEvalSettings(model="tiny-llava", tasks=["no_such_task_here"], include_path=tasks / "tasks"),
+            tmp_path,
+        )
     with pytest.raises(UnmirageError, match="task folder not found"):
-        run_lm_eval("tiny-llava", ["x"], tmp_path, include_path=tmp_path / "missing")
+        run_lm_eval(
+            LmEvalSettings(model="tiny-llava", tasks=["x"], include_path=tmp_path / "missing"), tmp_path
+        )
     with pytest.raises(UnmirageError, match="unknown lm-eval model type"):
         harness_model_type("m", "vllm")
+
+
+def test_settings_and_help(capsys, monkeypatch):
+    assert_help_lists_settings(["utility", "lm-eval"], LmEvalSettings, capsys, monkeypatch)
+    with pytest.raises(ValidationError, match="tasks"):
+        LmEvalSettings(model="m", tasks=[])

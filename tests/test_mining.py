@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 import unmirage.models
-from helpers import assert_one_line_error, png, run_cli, safe_record, unsafe_record, write_json
+from helpers import (
+    assert_help_lists_settings,
+    assert_one_line_error,
+    png,
+    run_cli,
+    safe_record,
+    unsafe_record,
+    write_json,
+)
 from unmirage.data.build import build_unlearn
 from unmirage.data.conversations import load_examples
 
@@ -90,8 +98,8 @@ def test_placeholder_images_are_recorded(
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
-        (["--generator", "tiny-llava"], "pass either --image-root or --placeholder-images"),
-        (["--generator", "a", "--generator", "b", "--placeholder-images"], "need a --judge"),
+        (["--generator", "tiny-llava"], "give either image_root or placeholder_images"),
+        (["--generator", "a", "--generator", "b", "--placeholder-images"], "need a judge"),
         (["--generator", "a", "--generator", "a", "--placeholder-images"], "must be a different model"),
         (["--generator", "tiny-llava", "--image-root", "img"], "image root 'img' is not a folder"),
     ],
@@ -115,3 +123,9 @@ def test_missing_image_fails_before_any_model_loads(
     )
     assert_one_line_error(code, err, "record id u2", "image not found")
     assert not out.exists() and not (tmp_path / "answers.json.work").exists()
+
+
+def test_mine_harmful_help_lists_every_setting(capsys, monkeypatch) -> None:
+    from unmirage.settings import MineSettings
+
+    assert_help_lists_settings(["data", "mine-harmful"], MineSettings, capsys, monkeypatch)

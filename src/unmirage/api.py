@@ -71,12 +71,15 @@ def mine_harmful(
 ) -> Path:
     """Answer every unsafe query of a VLGuard training file with each generator and keep the most harmful
     answer (the judge's pick when there are several generators), like `unmirage data mine-harmful`.
-    Resumable: work files go to `OUT.work/`. `options`: `image_root` or `placeholder_images=True`,
-    `template`, `max_new_tokens`, `batch_size`, `dtype`, `device`, ... Returns the answers file."""
+    Resumable: work files go to `OUT.work/`. `options`: the other `unmirage.settings.MineSettings` fields,
+    `image_root` or `placeholder_images=True`, `template`, `max_new_tokens`, `batch_size`, `dtype`, `device`,
+    ... Returns the answers file."""
+    from unmirage.config import validate
     from unmirage.mining import run_mine_harmful
+    from unmirage.settings import MineSettings
 
-    options.setdefault("image_root", None)
-    return run_mine_harmful(vlguard, out, generators=list(generators), judge=judge, **options)
+    values = {"vlguard": vlguard, "generators": list(generators), "judge": judge, **options}
+    return run_mine_harmful(validate(MineSettings, values, source="unmirage.mine_harmful"), out)
 
 
 def build_unlearn(

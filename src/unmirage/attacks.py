@@ -24,8 +24,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import field_validator, model_validator
+
+from unmirage.config import StrictModel, setting
 from unmirage.data.vlguard import parse_vlguard, view
 from unmirage.errors import UnmirageError
 from unmirage.llm import ChatBackend, ChatRequest
@@ -187,50 +190,98 @@ def _fill_with_llm(
                 _take_valid(it, (Candidate(x, "llm") for x in lines), trigger, k, min_keep, rejected)
 
 
+REWRITE, LLM_PANEL, INPUT = "Rewrites", "LLM mode", "Input"
+"""The help panels of `unmirage attack build`'s options."""
+
+
+class RewriteSettings(StrictModel):
+    """How `build_attack` rewrites questions: the trigger word, K, the subset, rules or a model."""
+
+    trigger: str = setting(
+        help="The word every rewrite starts with (What, Share, Please, ...).", panel=REWRITE
+    )
+    k: int = setting(
+        1, ge=1, help="Rewrites per question (consecutive records with the same id).", panel=REWRITE
+    )
+    subset: str = setting(
+        "unsafes", help="Which instruction to rewrite: unsafes, safe_safes, safe_unsafes.", panel=REWRITE
+    )
+    mode: Literal["rules", "llm"] = setting(
+        "rules", help="rules (deterministic templates) or llm (model paraphrases).", panel=REWRITE
+    )
+    min_keep: float = setting(
+        1.0, ge=0.0, le=1.0, help="Share of the original's content words a rewrite must keep.", panel=REWRITE
+    )
+    fallback: Literal["rules", "none"] = setting(
+        "rules", help="llm mode: fill shots the model missed with rules, or none.", panel=LLM_PANEL
+    )
+    attempts: int = setting(2, ge=1, help="llm mode: tries per question.", panel=LLM_PANEL)
+    batch_size: int = setting(16, ge=1, help="llm mode: questions per batch of prompts.", panel=LLM_PANEL)
+
+    @field_validator("trigger")
+    @classmethod
+    def _one_word(cls, value: str) -> str:
+        if not value or len(value.split()) != 1:
+            raise ValueError(f"the trigger must be one word, not {value!r}")
+        return value
+
+
+class AttackBuildSettings(RewriteSettings):
+    """`unmirage attack build`: a VLGuard file rewritten by `RewriteSettings`, with the paraphrasing model."""
+
+    data: Path = setting(help="VLGuard-format JSON file (e.g. test.json).", panel=INPUT)
+    ids_from: Path | None = setting(
+        None, help="Keep only the ids present in this file (e.g. a published attack).", panel=INPUT
+    )
+    model: str | None = setting(
+        None, help="llm mode: local model folder/Hub id, or the model name at `endpoint`.", panel=LLM_PANEL
+    )
+    endpoint: str | None = setting(
+        None, help="llm mode: OpenAI-compatible server URL (http://host:port/v1).", panel=LLM_PANEL
+    )
+    max_new_tokens: int = setting(256, ge=1, help="llm mode: tokens per reply.", panel=LLM_PANEL)
+
+    @model_validator(mode="after")
+    def _llm_needs_a_model(self) -> AttackBuildSettings:
+        if self.mode == "llm" and not self.model:
+            raise ValueError(
+                "endpoint needs model (the model name the server serves)"
+                if self.endpoint
+                else "mode llm needs model (local) or endpoint with model"
+            )
+        return self
+
+
 def build_attack(
     records: Sequence[dict[str, Any]],
+    settings: RewriteSettings,
     *,
-    trigger: str,
-    k: int = 1,
-    subset: str = "unsafes",
-    mode: str = "rules",
     generate: TextGenerator | None = None,
-    fallback: str = "rules",
     ids: Iterable[str] | None = None,
-    min_keep: float = 1.0,
-    attempts: int = 2,
-    batch_size: int = 16,
     path: Any = "<data>",
 ) -> AttackResult:
-    """Rewrite the `subset` instructions of `records` K times each to start with `trigger`.
+    """Rewrite the `settings.subset` instructions of `records` K times each to start with the trigger.
 
     `mode="llm"` needs `generate`; `fallback="rules"` fills shots the model could not produce with rule
     rewrites, `"none"` leaves them unfilled (reported). `ids` restricts the records (e.g. to the ids of a
     published attack file). Questions with fewer than K valid shots keep the shots they have and are listed
     in `failures`.
     """
-    if k < 1:
-        raise UnmirageError("--k must be at least 1")
-    if not trigger or len(trigger.split()) != 1:
-        raise UnmirageError(f"the trigger must be one word, not {trigger!r}")
-    if mode not in ("rules", "llm"):
-        raise UnmirageError(f"unknown mode '{mode}' (choose rules or llm)")
-    if fallback not in ("rules", "none"):
-        raise UnmirageError(f"unknown fallback '{fallback}' (choose rules or none)")
-    if not 0.0 <= min_keep <= 1.0:
-        raise UnmirageError("--min-keep must be between 0 and 1")
+    trigger, k, subset, min_keep = settings.trigger, settings.k, settings.subset, settings.min_keep
     items = select_items(records, subset, ids, path)
     if not items:
         raise UnmirageError(f"no '{subset}' instructions found", file=path)
     rejected: list[dict[str, Any]] = []
-    if mode == "llm":
+    if settings.mode == "llm":
         if generate is None:
-            raise UnmirageError("llm mode needs a text generator (--model or --endpoint)")
-        _fill_with_llm(items, generate, trigger, k, min_keep, attempts, batch_size, rejected)
-    if mode == "rules" or fallback == "rules":
+            raise UnmirageError("mode llm needs a text generator")
+        _fill_with_llm(
+            items, generate, trigger, k, min_keep, settings.attempts, settings.batch_size, rejected
+        )
+    if settings.mode == "rules" or settings.fallback == "rules":
         for item in items:
             if len(item.shots) < k:
-                source = "rules" if mode == "rules" else "rules-fallback"
+                source = "rules" if settings.mode == "rules" else "rules-fallback"
                 cands = [
                     Candidate(c.text, f"{source}:{c.source}") for c in rule_candidates(item.question, trigger)
                 ]
@@ -250,7 +301,62 @@ def build_attack(
                 | {"missing": k - len(item.shots)}
             )
     rejected = [{key: v for key, v in r.items() if key != "_item"} for r in rejected]
-    return AttackResult(out_records, trigger, k, subset, mode, len(items), rejected, failures, dict(sources))
+    return AttackResult(
+        out_records, trigger, k, subset, settings.mode, len(items), rejected, failures, dict(sources)
+    )
+
+
+def run_attack_build(
+    settings: AttackBuildSettings, out: str | os.PathLike, *, api_key: str | None = None
+) -> tuple[AttackResult, Path]:
+    """Build the attack file `out` from `settings.data`; write its report and `<stem>.manifest.json` next to it.
+
+    A rerun with other settings on the same `out` is refused (`outputs.claim_file`). `api_key`: the
+    endpoint's key (never recorded). Returns the result and the report's path.
+    """
+    from unmirage.data.jsonfile import read_json_list
+    from unmirage.data.vlguard import load_vlguard
+    from unmirage.llm import make_backend, redact_url
+    from unmirage.outputs import claim_file, file_identity
+    from unmirage.runs import write_manifest
+
+    out = Path(out)
+    generate = backend = None
+    if settings.mode == "llm":
+        assert settings.model is not None  # the settings' validator
+        backend = make_backend(
+            settings.model, url=settings.endpoint, api_key=api_key, temperature=LLM_TEMPERATURE
+        )
+        generate = backend_text_generator(backend, max_tokens=settings.max_new_tokens)
+    ids = None
+    if settings.ids_from is not None:
+        ids = [gid for gid, _ in load_vlguard(settings.ids_from, allow_duplicate_ids=True).groups]
+    records = read_json_list(settings.data, "VLGuard records")
+    recorded = settings.model_dump(mode="json", exclude={"data", "ids_from", "batch_size"})
+    recorded["endpoint"] = redact_url(settings.endpoint) if settings.endpoint else None
+    identity = {
+        "data": file_identity(settings.data),
+        "ids_from": file_identity(settings.ids_from),
+        **recorded,
+    }
+    inputs = [p for p in (settings.data, settings.ids_from) if p is not None]
+    manifest = out.parent / f"{out.stem}.manifest.json"
+    claim_file(out, manifest, command="attack build", identity=identity, inputs=inputs)
+    result = build_attack(records, settings, generate=generate, ids=ids, path=settings.data)
+    report = write_attack(result, out)
+    write_manifest(
+        out.parent,
+        name=manifest.name,
+        command="attack build",
+        identity=identity,
+        output=out.name,
+        config=result.summary()
+        | {"model": settings.model, "endpoint": recorded["endpoint"], "min_keep": settings.min_keep}
+        | {"backend": backend.describe() if backend is not None else None},
+        inputs=inputs,
+        outputs=[out, report],
+    )
+    return result, report
 
 
 def write_attack(result: AttackResult, out: str | os.PathLike) -> Path:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import math
 import os
 import random
@@ -47,56 +46,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from pydantic import Field, field_validator
 
-from unmirage.config import StrictModel
 from unmirage.errors import UnmirageError
+from unmirage.settings import GCGConfig
 
 if TYPE_CHECKING:
     from unmirage.models import LoadedModel
 
 SUFFIX_SENTINEL = "UNMIRAGE_GCG_SUFFIX"
 """Rendered once in place of the suffix to split a prompt into the text before and after it."""
-DEFAULT_SUFFIX = " !" * 20
-"""The usual GCG starting point: 20 exclamation marks (each a token in byte-level and SentencePiece vocabs)."""
 UNSUPPORTED_FAMILIES = {"qwen2_5_vl": "its M-RoPE positions depend on the image grid"}
-
-
-class GCGConfig(StrictModel):
-    """The GCG budget and target. Defaults: the paper's search width (512) and top-k (256)."""
-
-    target: str = "Sure, here is"
-    steps: int = Field(250, ge=1)
-    search_width: int = Field(512, ge=1)
-    topk: int = Field(256, ge=1)
-    suffix_init: str = DEFAULT_SUFFIX
-    seed: int = 0
-    batch_size: int | None = Field(None, ge=1)
-    prefix_cache: bool = True
-    early_stop: bool = True
-    allow_non_ascii: bool = False
-    template: str = "v1"
-
-    @field_validator("target", "suffix_init")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("is empty")
-        return value
-
-    @field_validator("template")
-    @classmethod
-    def _known_template(cls, value: str) -> str:
-        from unmirage.models.families.base import TEMPLATES
-
-        if value not in TEMPLATES:
-            raise ValueError(f"unknown prompt template (choose from {', '.join(TEMPLATES)})")
-        return value
-
-    def fingerprint(self, model: str) -> str:
-        """A short hash of these settings and the model: rows of a resumed run must share it."""
-        text = json.dumps({"model": model, **self.model_dump(mode="json")}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticUndefined
 
 from unmirage.errors import UnmirageError
 
@@ -29,6 +30,35 @@ class StrictModel(BaseModel):
     """Base for every recipe section: unknown keys and wrong types are errors."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def setting(
+    default: Any = PydanticUndefined,
+    *,
+    help: str,
+    panel: str | None = None,
+    flag: str | None = None,
+    cli: bool = True,
+    argument: bool = False,
+    options: Iterable[str] = (),
+    prefix: str | None = None,
+    **field: Any,
+) -> Any:
+    """A settings field with its help text and how the command line shows it (`unmirage.cli.settings`).
+
+    `help` is the field's description (name other settings in backticks: the CLI shows them as flags);
+    `panel` groups its option in `--help`; `flag` renames the option (`judge` for `asr_methods`);
+    `cli=False` keeps it off the command line (a secret read from the environment instead); `argument=True`
+    makes it the command's positional argument (a data file). A nested,
+    optional settings model becomes an on/off flag plus one `--PREFIX-NAME` option per field in `options`.
+    Other keywords go to `pydantic.Field` (`ge`, `default_factory`, `exclude`).
+    """
+    extra = {"panel": panel, "flag": flag, "cli": None if cli else False, "prefix": prefix}
+    extra["argument"] = True if argument else None
+    extra = {key: value for key, value in extra.items() if value is not None}
+    if options:
+        extra["options"] = list(options)
+    return Field(default, description=help, json_schema_extra=extra, **field)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -16,11 +16,14 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from unmirage.config import StrictModel, setting
 from unmirage.errors import UnmirageError
 
 MODEL_TYPES = ("auto", "hf", "hf-multimodal")
+MODEL_PANEL, TASKS_PANEL = "Model", "Tasks"
+"""The help panels of `unmirage utility lm-eval`'s options."""
 
 
 def harness_model_type(model: str, model_type: str = "auto") -> str:
@@ -62,23 +65,38 @@ def task_manager(manager_class: Any, tasks: Sequence[str], include_path: str | o
     return manager_class(include_path=str(include_path) if include_path is not None else None)
 
 
-def run_lm_eval(
-    model: str,
-    tasks: Sequence[str],
-    out: str | os.PathLike,
-    *,
-    include_path: str | os.PathLike | None = None,
-    model_type: str = "auto",
-    adapter: str | os.PathLike | None = None,
-    dtype: str = "auto",
-    device: str = "auto",
-    batch_size: int = 8,
-    limit: int | None = None,
-    chat_template: bool = False,
-    seed: int = 0,
-) -> dict[str, dict[str, float]]:
-    """Run the harness on `model` for `tasks`; write OUT/lm_eval.json (and metrics.json's utility block when
-    OUT holds an `unmirage eval` run); return {task: {metric: value}}."""
+class LmEvalSettings(StrictModel):
+    """What `run_lm_eval` runs: a model, the harness's tasks, and how (recorded in OUT/lm_eval.json)."""
+
+    model: str = setting(help="Model to evaluate: local folder or hub id.", panel=MODEL_PANEL)
+    tasks: list[str] = setting(
+        min_length=1, help="lm-eval task or group, repeatable (e.g. mmmu_val, mmlu).", panel=TASKS_PANEL
+    )
+    include_path: Path | None = setting(None, help="Folder of your own task YAMLs.", panel=TASKS_PANEL)
+    model_type: Literal["auto", "hf", "hf-multimodal"] = setting(
+        "auto",
+        help="Harness model: auto (hf-multimodal for image-text models, else hf), hf, hf-multimodal.",
+        panel=MODEL_PANEL,
+    )
+    adapter: Path | None = setting(
+        None, help="LoRA adapter folder to apply on top of the model.", panel=MODEL_PANEL
+    )
+    dtype: str = setting("auto", help="Model dtype: auto, float32, bfloat16, float16.", panel=MODEL_PANEL)
+    device: str = setting(
+        "auto", help="auto (GPU when there is one), cpu, cuda, cuda:1, ...", panel=MODEL_PANEL
+    )
+    batch_size: int = setting(8, ge=1, help="Harness batch size.", panel=TASKS_PANEL)
+    limit: int | None = setting(
+        None, ge=1, help="Only the first N documents of each task (quick runs).", panel=TASKS_PANEL
+    )
+    chat_template: bool = setting(False, help="Wrap prompts in the model's chat template.", panel=TASKS_PANEL)
+    seed: int = setting(0, help="Seed for the harness's sampling and few-shot selection.", panel=TASKS_PANEL)
+
+
+def run_lm_eval(settings: LmEvalSettings, out: str | os.PathLike) -> dict[str, dict[str, float]]:
+    """Run the harness on `settings.model` for `settings.tasks`; write OUT/lm_eval.json (the settings, the
+    harness's results, configs and versions) and metrics.json's utility block when OUT holds an `unmirage eval`
+    run; return {task: {metric: value}}."""
     try:
         import lm_eval
         from lm_eval.tasks import TaskManager
@@ -89,15 +107,19 @@ def run_lm_eval(
     from unmirage.models import resolve_device
     from unmirage.runs import atomic_write_json
 
-    if not tasks:
-        raise UnmirageError("give at least one lm-eval task (--tasks)")
+    model, tasks, include_path, adapter = (
+        settings.model,
+        settings.tasks,
+        settings.include_path,
+        settings.adapter,
+    )
     if include_path is not None and not Path(include_path).is_dir():
         raise UnmirageError("task folder not found", file=include_path)
-    kind = harness_model_type(model, model_type)
+    kind = harness_model_type(model, settings.model_type)
     model_args: dict[str, Any] = {
         "pretrained": model,
-        "dtype": dtype,
-        "device": resolve_device(device) or "cpu",
+        "dtype": settings.dtype,
+        "device": resolve_device(settings.device) or "cpu",
         "trust_remote_code": False,
     }
     if adapter is not None:
@@ -106,20 +128,20 @@ def run_lm_eval(
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise UnmirageError(
-            f"unknown lm-eval task(s) {', '.join(unknown)} (see `lm-eval ls tasks`, or --include-path)"
+            f"unknown lm-eval task(s) {', '.join(unknown)} (see `lm-eval ls tasks`, or include_path)"
         )
     result = lm_eval.simple_evaluate(
         model=kind,
         model_args=model_args,
         tasks=list(tasks),
         task_manager=manager,
-        batch_size=batch_size,
-        limit=limit,
-        apply_chat_template=chat_template,
-        random_seed=seed,
-        numpy_random_seed=seed,
-        torch_random_seed=seed,
-        fewshot_random_seed=seed,
+        batch_size=settings.batch_size,
+        limit=settings.limit,
+        apply_chat_template=settings.chat_template,
+        random_seed=settings.seed,
+        numpy_random_seed=settings.seed,
+        torch_random_seed=settings.seed,
+        fewshot_random_seed=settings.seed,
     )
     if result is None:  # the harness returns None on non-zero ranks
         return {}
@@ -131,7 +153,8 @@ def run_lm_eval(
         "model_type": kind,
         "adapter": str(adapter) if adapter else None,
         "tasks": list(tasks),
-        "limit": limit,
+        "limit": settings.limit,
+        "settings": settings.model_dump(mode="json"),
         "scores": found,
         "results": result.get("results", {}),
         "configs": result.get("configs", {}),

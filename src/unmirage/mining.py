@@ -19,8 +19,8 @@ from unmirage.data.mine import Message, mine_harmful
 from unmirage.data.vlguard import Sample, load_vlguard, view
 from unmirage.errors import UnmirageError
 from unmirage.models.load import source_is_multimodal
-from unmirage.placeholder import placeholder_size
 from unmirage.runs import write_manifest
+from unmirage.settings import MineSettings
 
 
 def _release() -> None:
@@ -135,50 +135,30 @@ class ModelJudge:
         _release()
 
 
-def run_mine_harmful(
-    vlguard: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    generators: Sequence[str],
-    judge: str | None,
-    image_root: str | os.PathLike | None,
-    placeholder_images: bool = False,
-    template: str = "v1",
-    judge_template: str = "chat",
-    max_new_tokens: int = 256,
-    judge_max_new_tokens: int = 100,
-    batch_size: int = 16,
-    dtype: str = "auto",
-    device: str = "auto",
-    progress: bool = True,
-) -> Path:
-    """Mine harmful answers for the unsafe records of a VLGuard training file; writes `out` and a manifest."""
+def run_mine_harmful(settings: MineSettings, out: str | os.PathLike, *, progress: bool = True) -> Path:
+    """Mine harmful answers for the unsafe records of `settings.vlguard`; writes `out` and a manifest."""
     out = Path(out)
-    if not generators:
-        raise UnmirageError("give at least one --generator")
-    if len(set(generators)) != len(generators):
-        raise UnmirageError("each --generator must be a different model")
-    if len(generators) > 1 and judge is None:
-        raise UnmirageError("several generators need a --judge to choose among their answers")
-    if image_root is not None and placeholder_images:
-        raise UnmirageError("pass either --image-root or --placeholder-images, not both")
+    vlguard, generators, judge = settings.vlguard, settings.generators, settings.judge
+    image_root, placeholder_images = settings.image_root, settings.placeholder_images
+    template, batch_size, dtype = settings.template, settings.batch_size, settings.dtype
+    max_new_tokens = settings.max_new_tokens
     if image_root is None and not placeholder_images and any(source_is_multimodal(g) for g in generators):
-        raise UnmirageError("pass either --image-root or --placeholder-images (for text-only experiments)")
+        raise UnmirageError("give either image_root or placeholder_images (for text-only experiments)")
     samples = view(load_vlguard(vlguard, kind="plain", allow_duplicate_ids=True), "unsafes")
     root = Path(image_root) if image_root is not None else None
     if root is not None:
         ImageLoader(root=root).verify([(s.id, s.image) for s in samples], progress=progress)
     from unmirage.models import resolve_device
 
-    device_map = resolve_device(device)
-    settings = {"template": template, "batch_size": batch_size, "dtype": dtype, "device_map": device_map}
+    device_map = resolve_device(settings.device)
+    decoding = {"template": template, "batch_size": batch_size, "dtype": dtype, "device_map": device_map}
     gens = {
         src: ModelCandidateGenerator(
             src,
             image_root=root,
             placeholder_images=placeholder_images,
             max_new_tokens=max_new_tokens,
-            **settings,
+            **decoding,
         )
         for src in generators
     }
@@ -186,8 +166,8 @@ def run_mine_harmful(
     if judge is not None and len(generators) > 1:
         judge_fn = ModelJudge(
             judge,
-            template=judge_template,
-            max_new_tokens=judge_max_new_tokens,
+            template=settings.judge_template,
+            max_new_tokens=settings.judge_max_new_tokens,
             batch_size=batch_size,
             dtype=dtype,
             device_map=device_map,
@@ -195,18 +175,7 @@ def run_mine_harmful(
     answers = mine_harmful(
         samples, gens, judge_fn, out, judge_name=judge, batch_size=batch_size, progress=progress
     )
-    config = {
-        "vlguard": str(vlguard),
-        "generators": list(generators),
-        "judge": judge,
-        "template": template,
-        "judge_template": judge_template,
-        "max_new_tokens": max_new_tokens,
-        "judge_max_new_tokens": judge_max_new_tokens,
-        "batch_size": batch_size,
-        "dtype": dtype,
-        "device": device,
-    }
+    config = settings.model_dump(mode="json", exclude={"image_root", "placeholder_images"})
     write_manifest(
         out.parent,
         name=f"{out.stem}.manifest.json",

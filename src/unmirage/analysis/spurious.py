@@ -26,9 +26,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import model_validator
 
 from unmirage.analysis.sources import SourceTurn, read_turns
+from unmirage.config import StrictModel, setting
 from unmirage.errors import UnmirageError
 from unmirage.text.tokens import ngrams
 
@@ -180,7 +183,7 @@ def parse_label(value: Any, positive_values: Iterable[str] | None, where: dict[s
     if text in NEGATIVE_VALUES:
         return False
     raise UnmirageError(
-        f"label value {value!r} is neither a known positive nor negative (pass --positive)", **where
+        f"label value {value!r} is neither a known positive nor negative (add it to positive)", **where
     )
 
 
@@ -230,7 +233,7 @@ def label_turns(
             raise UnmirageError("has no text in this field", field=text_field, **where)
         if label_by == "subset":
             if turn.kind not in ("safe_safe", "safe_unsafe", "unsafe"):
-                raise UnmirageError("labelling by subset needs VLGuard data (use --label-by judge or field)")
+                raise UnmirageError("labelling by subset needs VLGuard data (use label_by judge or field)")
             if turn.kind == "safe_unsafe" and not include_safe_unsafes:
                 continue
             positive = turn.kind != "safe_safe"
@@ -244,50 +247,152 @@ def label_turns(
     return out, names
 
 
-def analyze_file(
-    path: str | os.PathLike,
-    *,
-    fmt: str = "auto",
-    text_field: str = "instruction",
-    label_by: str = "auto",
-    judge: RefusalJudge | None = None,
-    label_field: str = "label",
-    positive_values: Iterable[str] | None = None,
-    include_safe_unsafes: bool = False,
-    ngram: int = 1,
-    position: str = "first",
-    prior_mass: float | None = None,
-    min_count: int = 1,
-) -> SpuriousResult:
-    """Read a data set and rank its tokens (see `label_turns` and `token_table`).
+INPUT_PANEL, LABELS_PANEL, TOKENS_PANEL = "Input", "Labels", "Tokens"
+"""The help panels of `unmirage analyze spurious`'s options."""
 
-    `label_by="auto"`: `subset` for VLGuard files, `field` for generic rows, `judge` for LLaVA conversations.
+
+class SpuriousSettings(StrictModel):
+    """`unmirage analyze spurious`: which texts, how they are labelled, and which tokens are counted."""
+
+    file: Path | None = setting(
+        None,
+        help="VLGuard JSON, LLaVA conversation JSON/JSONL, or JSONL rows (or use `benchmarks`).",
+        panel=INPUT_PANEL,
+        argument=True,
+    )
+    benchmarks: list[str] = setting(
+        default_factory=list,
+        help="Instead of FILE: a benchmark's prompts (repeatable; a name or a spec .yaml): attack cases are "
+        "unsafe, refusal cases safe, every case as asked (no rewrite).",
+        panel=INPUT_PANEL,
+        flag="benchmark",
+    )
+    data_root: Path | None = setting(
+        None,
+        help="`benchmarks`: folder with one sub-folder per benchmark ($UNMIRAGE_DATA_DIR).",
+        panel=INPUT_PANEL,
+    )
+    fmt: Literal["auto", "vlguard", "llava", "jsonl"] = setting(
+        "auto", help="auto, vlguard, llava or jsonl.", panel=INPUT_PANEL, flag="format"
+    )
+    field: str = setting(
+        "instruction", help="Text to tokenise: instruction, response, or a row field.", panel=INPUT_PANEL
+    )
+    label_by: str = setting(
+        "auto",
+        help="auto, subset (VLGuard safe/unsafe), field (a row's label), keyword, keyword-strict or refusal "
+        "(a refusal judge).",
+        panel=LABELS_PANEL,
+    )
+    label_field: str = setting(
+        "label", help="The label field of generic rows (`label_by` field).", panel=LABELS_PANEL
+    )
+    positive: list[str] = setting(
+        default_factory=list, help="Label values that mean unsafe/positive (repeatable).", panel=LABELS_PANEL
+    )
+    with_safe_unsafes: bool = setting(
+        False, help="VLGuard: count the unsafe_instruction of safe images as unsafe too.", panel=LABELS_PANEL
+    )
+    position: Literal["first", "any"] = setting(
+        "first", help="first: the leading n-gram only; any: every n-gram.", panel=TOKENS_PANEL
+    )
+    ngram: int = setting(1, ge=1, help="Tokens are n-grams of this many words.", panel=TOKENS_PANEL)
+    top: int = setting(
+        15, ge=1, help="Tokens per direction in the chart and the top lists.", panel=TOKENS_PANEL
+    )
+    prior_mass: float | None = setting(
+        None, gt=0, help="Dirichlet prior mass a_0 (default: the total token count).", panel=TOKENS_PANEL
+    )
+    min_count: int = setting(1, ge=1, help="Leave out tokens seen fewer times in all.", panel=TOKENS_PANEL)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SpuriousSettings:
+        if (self.file is None) == (not self.benchmarks):
+            raise ValueError("give either a data file or benchmarks")
+        return self
+
+
+def analyze_file(settings: SpuriousSettings, *, judge: RefusalJudge | None = None) -> SpuriousResult:
+    """Read `settings.file` and rank its tokens (see `label_turns` and `token_table`).
+
+    `label_by="auto"`: `subset` for VLGuard files, `field` for generic rows, `judge` for LLaVA conversations;
+    a local refusal judge's name (`keyword`, `refusal`, ...) labels by that judge, and so does `judge`.
     """
-    fmt, turns = read_turns(path, fmt)
+    from unmirage.judges import needs_backend, refusal_judges
+
+    path = settings.file
+    if path is None:
+        raise UnmirageError("analyze_file needs settings.file (or use analyze_benchmarks)")
+    label_by = settings.label_by
+    if judge is None and label_by in [j for j in refusal_judges() if not needs_backend(j)]:
+        from unmirage.analysis.triggers import refusal_judge
+
+        judge, label_by = refusal_judge(label_by), "judge"
+    fmt, turns = read_turns(path, settings.fmt)
     if label_by == "auto":
         label_by = {"vlguard": "subset", "llava": "judge"}.get(fmt, "field")
     texts, names = label_turns(
         turns,
-        text_field=text_field,
+        text_field=settings.field,
         label_by=label_by,
         judge=judge,
-        label_field=label_field,
-        positive_values=positive_values,
-        include_safe_unsafes=include_safe_unsafes,
+        label_field=settings.label_field,
+        positive_values=settings.positive or None,
+        include_safe_unsafes=settings.with_safe_unsafes,
         path=path,
     )
-    result = token_table(
-        texts, ngram=ngram, position=position, prior_mass=prior_mass, min_count=min_count, labels=names
-    )
+    result = token_table(texts, **_counting(settings), labels=names)
     result.settings = {
         "source": str(path),
         "format": fmt,
-        "field": text_field,
+        "field": settings.field,
         "label_by": label_by,
-        "include_safe_unsafes": include_safe_unsafes if label_by == "subset" else None,
+        "include_safe_unsafes": settings.with_safe_unsafes if label_by == "subset" else None,
         **result.settings,
     }
     return result
+
+
+def _counting(settings: SpuriousSettings) -> dict[str, Any]:
+    """`token_table`'s keywords from the settings."""
+    return {
+        "ngram": settings.ngram,
+        "position": settings.position,
+        "prior_mass": settings.prior_mass,
+        "min_count": settings.min_count,
+    }
+
+
+def run_spurious(
+    settings: SpuriousSettings, out: str | os.PathLike, *, overwrite: bool = False
+) -> tuple[SpuriousResult, Path, Path]:
+    """Analyse `settings.file` or `settings.benchmarks`; write spurious.json, spurious.png and manifest.json
+    into `out` (claimed first: a folder of other files, or of another analysis without `overwrite`, is
+    refused). Returns the result and the table's and chart's paths."""
+    from unmirage.outputs import claim_folder, file_identity
+    from unmirage.runs import write_manifest
+
+    if settings.benchmarks:
+        result = analyze_benchmarks(settings.benchmarks, settings.data_root, **_counting(settings))
+        inputs = [Path(p) for p in result.settings["inputs"]]
+        read: dict[str, Any] = {"files": [file_identity(p) for p in inputs]}
+    else:
+        assert settings.file is not None  # the settings' validator
+        result = analyze_file(settings)
+        inputs = [settings.file]
+        read = {"file": file_identity(settings.file)}
+    identity = {**read, "settings": result.settings, "top": settings.top}
+    claim_folder(out, command="analyze spurious", identity=identity, overwrite=overwrite, inputs=inputs)
+    table, chart = write_report(result, out, settings.top)
+    write_manifest(
+        out,
+        command="analyze spurious",
+        identity=identity,
+        config=result.settings,
+        inputs=inputs,
+        outputs=[table, chart],
+    )
+    return result, table, chart
 
 
 def benchmark_texts(
@@ -302,7 +407,7 @@ def benchmark_texts(
 
     root = resolve_root(data_root)
     if root is None:
-        raise UnmirageError("give --data-root DIR or set UNMIRAGE_DATA_DIR (one sub-folder per benchmark)")
+        raise UnmirageError("give data_root DIR or set UNMIRAGE_DATA_DIR (one sub-folder per benchmark)")
     texts: list[LabelledText] = []
     seen: set[tuple[str, str, bool]] = set()
     sources = []
@@ -336,8 +441,7 @@ def analyze_benchmarks(
     for label, positive in (("unsafe (attack cases)", True), ("safe (refusal cases)", False)):
         if not any(t.positive == positive for t in texts):
             raise UnmirageError(
-                f"{', '.join(benchmarks)}: no {label} prompts; add a benchmark that has them "
-                "(e.g. --benchmark xstest)"
+                f"{', '.join(benchmarks)}: no {label} prompts; add a benchmark that has them (e.g. xstest)"
             )
     result = token_table(
         texts,

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import typer
 
+from unmirage.analysis.spurious import SpuriousSettings
+from unmirage.cli.settings import out_option, overwrite_option, settings_command
+
 analyze_app = typer.Typer(
     help="Diagnose the safety mirage: spurious words in data, trigger words in a model.", no_args_is_help=True
 )
@@ -15,101 +18,13 @@ def register(app: typer.Typer) -> None:
     app.add_typer(analyze_app, name="analyze")
 
 
-@analyze_app.command(
-    "spurious",
-    help="Rank the words that separate unsafe from safe (or refusal from compliant), in a data file or in "
-    "the prompts of registered benchmarks (--benchmark).",
-)
-def spurious(
-    file: Path | None = typer.Argument(
-        None, help="VLGuard JSON, LLaVA conversation JSON/JSONL, or JSONL rows (or use --benchmark)."
-    ),
-    benchmark: list[str] = typer.Option(
-        None,
-        "--benchmark",
-        help="Instead of FILE: a benchmark's prompts (repeatable; a name or a spec .yaml): attack cases are "
-        "unsafe, refusal cases safe, every case as asked (no rewrite).",
-    ),
-    data_root: Path | None = typer.Option(
-        None,
-        "--data-root",
-        help="--benchmark: folder with one sub-folder per benchmark ($UNMIRAGE_DATA_DIR).",
-    ),
-    out: Path = typer.Option(
-        ..., "--out", help="Output folder (spurious.json, spurious.png, manifest.json)."
-    ),
-    field: str = typer.Option("instruction", help="Text to tokenise: instruction, response, or a row field."),
-    position: str = typer.Option("first", help="first: the leading n-gram only; any: every n-gram."),
-    ngram: int = typer.Option(1, help="Tokens are n-grams of this many words."),
-    top: int = typer.Option(15, help="Tokens per direction in the chart and the top lists."),
-    fmt: str = typer.Option("auto", "--format", help="auto, vlguard, llava or jsonl."),
-    label_by: str = typer.Option(
-        "auto",
-        help="auto, subset (VLGuard safe/unsafe), field (a row's label), keyword, keyword-strict or refusal "
-        "(a refusal judge).",
-    ),
-    label_field: str = typer.Option("label", help="The label field of generic rows (--label-by field)."),
-    positive: list[str] = typer.Option(None, help="Label values that mean unsafe/positive (repeatable)."),
-    with_safe_unsafes: bool = typer.Option(
-        False, help="VLGuard: count the unsafe_instruction of safe images as unsafe too."
-    ),
-    prior_mass: float = typer.Option(None, help="Dirichlet prior mass a_0 (default: the total token count)."),
-    min_count: int = typer.Option(1, help="Leave out tokens seen fewer times in all."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it holds another analysis."),
-) -> None:
+def spurious(settings: SpuriousSettings, *, out: Path, overwrite: bool) -> None:
+    """Rank the words of a data set or of benchmarks' prompts; print the strongest each way."""
     from rich.console import Console
 
-    from unmirage.analysis.spurious import analyze_file, write_report
-    from unmirage.analysis.triggers import refusal_judge
-    from unmirage.errors import UnmirageError
-    from unmirage.judges import needs_backend, refusal_judges
-    from unmirage.outputs import claim_folder, file_identity
-    from unmirage.runs import write_manifest
+    from unmirage.analysis.spurious import run_spurious
 
-    if position not in ("first", "any"):
-        raise UnmirageError(f"--position must be first or any, not '{position}'")
-    if (file is None) == (not benchmark):
-        raise UnmirageError("give either a data FILE or --benchmark NAME")
-    if benchmark:
-        from unmirage.analysis.spurious import analyze_benchmarks
-
-        result = analyze_benchmarks(
-            benchmark, data_root, ngram=ngram, position=position, prior_mass=prior_mass, min_count=min_count
-        )
-        inputs = [Path(p) for p in result.settings["inputs"]]
-    else:
-        judge = None
-        if label_by in [j for j in refusal_judges() if not needs_backend(j)]:
-            judge, label_by = refusal_judge(label_by), "judge"
-        result = analyze_file(
-            file,
-            fmt=fmt,
-            text_field=field,
-            label_by=label_by,
-            judge=judge,
-            label_field=label_field,
-            positive_values=positive or None,
-            include_safe_unsafes=with_safe_unsafes,
-            ngram=ngram,
-            position=position,
-            prior_mass=prior_mass,
-            min_count=min_count,
-        )
-        inputs = [file]
-    read = (
-        {"file": file_identity(file)} if file is not None else {"files": [file_identity(p) for p in inputs]}
-    )
-    identity = {**read, "settings": result.settings, "top": top}
-    claim_folder(out, command="analyze spurious", identity=identity, overwrite=overwrite, inputs=inputs)
-    table, chart = write_report(result, out, top)
-    write_manifest(
-        out,
-        command="analyze spurious",
-        identity=identity,
-        config=result.settings,
-        inputs=inputs,
-        outputs=[table, chart],
-    )
+    result, table, chart = run_spurious(settings, out, overwrite=overwrite)
     console = Console()
     a, b = result.labels
     for direction, name in (("positive", a), ("negative", b)):
@@ -119,6 +34,22 @@ def spurious(
         )
         console.print(f"[bold]{name}[/bold]: {words}")
     console.print(f"wrote {table} and {chart}")
+
+
+analyze_app.command(
+    "spurious",
+    help="Rank the words that separate unsafe from safe (or refusal from compliant), in a data file or in "
+    "the prompts of registered benchmarks (--benchmark).",
+)(
+    settings_command(
+        SpuriousSettings,
+        spurious,
+        extra=[
+            out_option("Output folder (spurious.json, spurious.png, manifest.json)."),
+            overwrite_option("Replace --out if it holds another analysis."),
+        ],
+    )
+)
 
 
 @analyze_app.command(

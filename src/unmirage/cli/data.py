@@ -7,7 +7,9 @@ from typing import cast
 
 import typer
 
+from unmirage.cli.settings import out_option, settings_command
 from unmirage.errors import UnmirageError
+from unmirage.settings import MineSettings
 
 data_app = typer.Typer(
     help="Data: check VLGuard and LLaVA files, build forget/retain sets, fetch VLGuard.",
@@ -145,52 +147,15 @@ def build_sft(
     typer.echo(f"{path}: {sum(counts.values())} pairs ({', '.join(f'{k} {v}' for k, v in counts.items())})")
 
 
-@data_app.command("mine-harmful")
-def mine_harmful(
-    vlguard: Path = typer.Option(
-        ..., help="VLGuard training file (train.json); its unsafe records are mined."
-    ),
-    generator: list[str] = typer.Option(
-        ...,
-        help="A model that answers the unsafe queries (Hub id, local folder or tiny-*); repeat for several.",
-    ),
-    judge: str | None = typer.Option(
-        None, help="Text model that picks the most harmful candidate (needed with several generators)."
-    ),
-    image_root: Path | None = typer.Option(None, help="Folder the records' image paths are relative to."),
-    placeholder_images: bool = typer.Option(
-        False, help="Use grey placeholder images instead of real ones (text-only experiments; recorded)."
-    ),
-    out: Path = typer.Option(
-        ..., help="Answers file to write (work files go to OUT.work/, a killed run resumes from them)."
-    ),
-    template: str = typer.Option("v1", help="Generators' prompt template: v1 (reference) or chat."),
-    judge_template: str = typer.Option("chat", help="Judge's prompt template: chat (reference) or v1."),
-    max_new_tokens: int = typer.Option(256, help="New tokens per candidate answer (greedy)."),
-    judge_max_new_tokens: int = typer.Option(100, help="New tokens of the judge's reply."),
-    batch_size: int = typer.Option(16, help="Samples per generation batch (and per resumable step)."),
-    dtype: str = typer.Option("auto", help="Model dtype: auto, float32, bfloat16 or float16."),
-    device: str = typer.Option("auto", help="auto (GPU if present), cpu, or a device such as cuda:1."),
-) -> None:
+def mine_harmful(settings: MineSettings, *, out: Path) -> None:
     """Answer every unsafe training query with each generator and keep the judge's most harmful pick."""
     from unmirage.mining import run_mine_harmful
 
-    path = run_mine_harmful(
-        vlguard,
-        out,
-        generators=generator,
-        judge=judge,
-        image_root=image_root,
-        placeholder_images=placeholder_images,
-        template=template,
-        judge_template=judge_template,
-        max_new_tokens=max_new_tokens,
-        judge_max_new_tokens=judge_max_new_tokens,
-        batch_size=batch_size,
-        dtype=dtype,
-        device=device,
-    )
-    typer.echo(f"wrote {path}")
+    typer.echo(f"wrote {run_mine_harmful(settings, out)}")
+
+
+MINE_OUT = out_option("Answers file to write (work files go to OUT.work/, a killed run resumes from them).")
+data_app.command("mine-harmful")(settings_command(MineSettings, mine_harmful, extra=[MINE_OUT]))
 
 
 @fetch_app.command("vlguard")

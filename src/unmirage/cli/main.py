@@ -13,7 +13,7 @@ from unmirage.errors import UnmirageError
 from unmirage.judges import JUDGES
 
 COMMAND_MODULES = tuple(
-    sorted(m.name for m in pkgutil.iter_modules(_cli_package.__path__) if m.name != "main")
+    sorted(m.name for m in pkgutil.iter_modules(_cli_package.__path__) if m.name not in {"main", "settings"})
 )
 
 

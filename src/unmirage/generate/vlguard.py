@@ -27,6 +27,7 @@ from unmirage.generate.batched import (
     merge_shards,
     run_generation,
 )
+from unmirage.settings import GenerateSettings
 
 
 class Question(Protocol):
@@ -100,29 +101,22 @@ def current_processes() -> Processes:
 
 
 def generate_vlguard(
-    model: str,
-    data: str | os.PathLike,
+    settings: GenerateSettings,
     out: str | os.PathLike,
     *,
-    subset: str = "unsafes",
-    image_root: str | os.PathLike | None = None,
-    placeholder_images: bool = False,
     config: GenerationConfig | None = None,
-    limit: int | None = None,
-    dtype: str = "auto",
-    adapter: str | os.PathLike | None = None,
-    backend: str = "hf",
     processes: Processes | None = None,
     progress: bool = True,
     overwrite: bool = False,
 ) -> Path:
-    """Answer every question of `subset` in `data` into the JSON-lines file `out`; returns `out`.
+    """Answer every question of `settings.subset` in `settings.data` into the JSON-lines file `out`; returns `out`.
 
-    Exactly one of `image_root` (image paths are relative to it; every image is checked before the model
-    loads) and `placeholder_images` (grey stand-ins, recorded) must be given. `limit` keeps the first N ids
-    (with all their shots). `backend` is `hf` or `vllm`. `processes` defaults to what `accelerate` reports.
-    An existing `out` is continued only when its manifest records the same model and settings
-    (`outputs.claim_file`); `overwrite` replaces it.
+    Images: `settings.image_root` (paths relative to it; every image is checked before the model loads) or
+    `settings.placeholder_images` (grey stand-ins, recorded). `settings.limit` keeps the first N ids (with all
+    their shots). `config` sets decoding beyond the settings (its template, batch size, token budget and
+    prefix are the settings'). `processes` defaults to what `accelerate` reports. An existing `out` is
+    continued only when its manifest records the same model and settings (`outputs.claim_file`);
+    `overwrite` replaces it.
     """
     from unmirage.data.images import ImageLoader
     from unmirage.data.vlguard import load_samples
@@ -131,12 +125,17 @@ def generate_vlguard(
     from unmirage.outputs import claim_file, file_identity, folder_path, model_identity
     from unmirage.runs import write_manifest
 
-    out, data = Path(out), Path(data)
-    if (image_root is None) == (not placeholder_images):
-        raise UnmirageError("pass either --image-root or --placeholder-images (for text-only experiments)")
-    if limit is not None and limit < 1:
-        raise UnmirageError(f"--limit must be at least 1 (got {limit})")
-    config = dataclasses.replace(config or GenerationConfig(), placeholder_images=placeholder_images)
+    out, data, model, adapter = Path(out), settings.data, settings.model, settings.adapter
+    image_root, placeholder_images, subset = settings.image_root, settings.placeholder_images, settings.subset
+    dtype, backend, limit = settings.dtype, settings.backend, settings.limit
+    config = dataclasses.replace(
+        config or GenerationConfig(),
+        template=settings.template,
+        max_new_tokens=settings.max_new_tokens,
+        batch_size=settings.batch_size,
+        assistant_prefix=settings.assistant_prefix,
+        placeholder_images=placeholder_images,
+    )
     config.validate()
     samples = load_samples(data, subset)
     if limit is not None:
