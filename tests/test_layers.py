@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "settings",
     ),  # run identity and ownership, over runs; settings of the torch-heavy commands, over config
     ("models",),  # loading, families, tiny models
+    ("settings",),  # settings of the torch-heavy commands (their prompt templates come from models)
     ("data",),  # records, conversations, images, forget/retain sets, collation
     ("methods",),
     ("train",),
