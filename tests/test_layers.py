@@ -23,10 +23,7 @@ SRC = Path(unmirage.__file__).resolve().parent
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "stats", "text", "version", "machine"),  # leaves: need nothing of unmirage (text: pure text)
     ("config", "placeholder", "runs"),  # errors / version only
-    (
-        "outputs",
-        "settings",
-    ),  # run identity and ownership, over runs; settings of the torch-heavy commands, over config
+    ("outputs",),  # run identity and ownership, over runs
     ("models",),  # loading, families, tiny models
     ("settings",),  # settings of the torch-heavy commands (their prompt templates come from models)
     ("data",),  # records, conversations, images, forget/retain sets, collation
