@@ -23,14 +23,19 @@ class CliResult(NamedTuple):
     err: str
 
 
+def cli_status(argv: list[str]) -> int:
+    """Run `unmirage ARGV` in-process; returns its exit status (what it prints goes to pytest's capture)."""
+    try:
+        main(argv)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    return 0
+
+
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> CliResult:
     """Run `unmirage ARGV` in-process; returns (exit status, stdout, stderr) and empties the capture."""
     capsys.readouterr()
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    code = cli_status(argv)
     captured = capsys.readouterr()
     return CliResult(code, captured.out, captured.err)
 

@@ -17,7 +17,7 @@ from unmirage.methods import (
     masked_mse,
     sequence_nll,
 )
-from unmirage.methods.base import add_retain_ce
+from unmirage.methods.base import add_retain_ce, answer_positions
 from unmirage.methods.npo import NPOConfig, log_ratio, npo_loss
 from unmirage.methods.rmu import RMUConfig, control_vector, rmu_loss
 from unmirage.methods.simnpo import SimNPOConfig, simnpo_loss
@@ -55,6 +55,11 @@ def test_sequence_nll_matches_token_cross_entropy():
     hf = F.cross_entropy(logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1), ignore_index=-100)
     torch.testing.assert_close(stats.batch_mean(), hf)
     assert stats.per_example_mean()[1] == 0
+    # the answer positions' logits alone (what the trainer's forward returns) give the same statistics
+    answers = sequence_nll(logits[answer_positions(labels)], labels)
+    torch.testing.assert_close(answers.total, stats.total)
+    with pytest.raises(ValueError, match="answer positions"):
+        sequence_nll(logits[:, :-1].reshape(-1, 11), labels)
 
 
 @pytest.mark.parametrize("reduction", ["batch_mean", "sum", "mean"])

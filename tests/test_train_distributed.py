@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import free_port
 from test_train import overrides, run, write_data
 
 WORKER = Path(__file__).with_name("dist_worker.py")
@@ -23,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 
 def launch(tmp_path: Path, args: list[str], timeout: int = 400) -> None:
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    """Two ranks (`dist_worker.py` forks them with torchrun's environment) running the recipe `args`."""
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -31,19 +30,7 @@ def launch(tmp_path: Path, args: list[str], timeout: int = 400) -> None:
         "DS_ACCELERATOR": "cpu",
         "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
     }
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [
-        torchrun,
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(port),
-        str(WORKER),
-        str(tmp_path / "rank"),
-        *args,
-    ]
+    command = [sys.executable, str(WORKER), str(tmp_path / "rank"), str(free_port()), *args]
     proc = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-4000:]
 

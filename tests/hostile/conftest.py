@@ -17,9 +17,9 @@ KINDS = ("refuse", "survive")
 _TALLY: dict[str, int] = {}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def models(tmp_path_factory) -> dict[str, Path]:
-    """Two tiny LLaVA folders: A, and B (other weights)."""
+    """Two tiny LLaVA folders: A, and B (other weights), made once per test process (tests only read them)."""
     root = tmp_path_factory.mktemp("models")
     for name, hidden in (("A", 64), ("B", 32)):
         with pytest.raises(SystemExit) as stop:

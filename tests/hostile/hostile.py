@@ -1,4 +1,8 @@
-"""Helpers of the hostile suite: snapshots that prove nothing was lost, clean-refusal checks, kill -9 runs."""
+"""Helpers of the hostile suite: snapshots that prove nothing was lost, clean-refusal checks, kill -9 runs.
+
+Only the run that is killed needs a process of its own; the uninterrupted run it is compared with and the
+resumed run go through `helpers.cli_status` in the test's process (no second start of torch and the model).
+"""
 
 from __future__ import annotations
 
@@ -61,8 +65,3 @@ def run_killed(target: str, nth: int, when: str, argv: list[str], cwd: Path) -> 
         text=True,
         timeout=600,
     )
-
-
-def run_child(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """Run `unmirage ARGV` in a child process to the end."""
-    return run_killed("unmirage.errors:UnmirageError.__init__", 10**9, "after", argv, cwd)

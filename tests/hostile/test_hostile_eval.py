@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ScriptedServer, run_cli
-from hostile import FAST_DECODING, assert_untouched, refused, run_child, run_killed, snapshot
+from helpers import ScriptedServer, cli_status, run_cli
+from hostile import FAST_DECODING, assert_untouched, refused, run_killed, snapshot
 from test_eval import vlguard_files
 
 KILL_POINTS = {
@@ -27,7 +27,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
 def whole(models, files, tmp_path_factory) -> dict:
     """metrics.json of an uninterrupted run of model A."""
     run = tmp_path_factory.mktemp("whole") / "run"
-    assert run_child(argv(models["A"], files, run), run.parent).returncode == 0
+    assert cli_status(argv(models["A"], files, run)) == 0
     return stable(run / "metrics.json")
 
 
@@ -126,8 +126,7 @@ def test_kill_9_resumes_to_identical_metrics(models, files, whole, tmp_path, sta
     child = run_killed(target, nth, when, argv(models["A"], files, killed), tmp_path)
     assert child.returncode == -9, child.stderr[-2000:]
     assert not (killed / "metrics.json").exists()
-    done = run_child(argv(models["A"], files, killed), tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert cli_status(argv(models["A"], files, killed)) == 0
     assert stable(killed / "metrics.json") == whole
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import png, run_cli, safe_record, unsafe_record, write_json
-from hostile import FAST_DECODING, assert_untouched, refused, run_child, run_killed, snapshot
+from helpers import cli_status, png, run_cli, safe_record, unsafe_record, write_json
+from hostile import FAST_DECODING, assert_untouched, refused, run_killed, snapshot
 
 
 @pytest.fixture
@@ -125,13 +125,13 @@ def test_foreign_jsonl_with_a_torn_middle_is_not_truncated(tmp_path) -> None:
 @pytest.mark.survive
 def test_kill_9_between_batches_resumes_to_identical_lines(models, data, tmp_path) -> None:
     whole, killed = tmp_path / "whole.jsonl", tmp_path / "killed.jsonl"
-    assert run_child(argv(models["A"], data, whole), tmp_path).returncode == 0
+    assert cli_status(argv(models["A"], data, whole)) == 0
     child = run_killed(
         "unmirage.runs:JsonlAppender.write_many", 2, "after", argv(models["A"], data, killed), tmp_path
     )
     assert child.returncode == -9, child.stderr
     assert len(lines(killed)) == 4  # two batches of two
-    assert run_child(argv(models["A"], data, killed), tmp_path).returncode == 0
+    assert cli_status(argv(models["A"], data, killed)) == 0
     assert killed.read_bytes() == whole.read_bytes()
 
 

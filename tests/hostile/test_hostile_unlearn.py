@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
-from helpers import run_cli
-from hostile import assert_untouched, refused, run_child, run_killed, snapshot
+from helpers import cli_status, run_cli
+from hostile import assert_untouched, refused, run_killed, snapshot
 from test_train import write_data
 
 
@@ -132,7 +132,7 @@ def finished(tmp_path_factory) -> tuple[Path, Path]:
     """A finished 2-step run (checkpoints at steps 1 and 2): (recipe, output_dir)."""
     tmp = tmp_path_factory.mktemp("finished")
     path = recipe(tmp)
-    assert run_child(["unlearn", str(path)], tmp).returncode == 0
+    assert cli_status(["unlearn", str(path)]) == 0
     return path, tmp / "run"
 
 
@@ -198,8 +198,7 @@ def test_half_written_checkpoint_falls_back_to_the_last_complete_one(finished, t
     child = run_killed("transformers:Trainer._save_rng_state", 2, "before", argv, tmp_path)
     assert child.returncode == -9, child.stderr[-2000:]
     assert (out / "checkpoint-2").is_dir() and not (out / "checkpoint-2" / "trainer_state.json").exists()
-    done = run_child([*argv, "--auto-resume"], tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert cli_status([*argv, "--auto-resume"]) == 0
     got, want = load_file(out / "model.safetensors"), load_file(whole / "model.safetensors")
     assert got.keys() == want.keys()
     assert all(torch.equal(got[k], want[k]) for k in want)

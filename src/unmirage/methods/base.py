@@ -77,19 +77,33 @@ class SequenceNLL:
         return SequenceNLL(self.total.detach(), self.count.detach())
 
 
+def answer_positions(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """`[batch, seq]` bool: the positions whose logits score a labelled token (position t predicts label t+1;
+    the last position predicts nothing). What `logits_to_keep` gets so the LM head runs at these only."""
+    keep = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
+    keep[:, :-1] = labels[:, 1:] != ignore_index
+    return keep
+
+
 def sequence_nll(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> SequenceNLL:
     """Causal-LM NLL per example: position t predicts label t+1; positions labelled `ignore_index` are skipped.
 
-    Only the answer positions' logits are turned into log-probabilities (in float32), so memory grows with
-    the number of answer tokens, not with the sequence length.
+    `logits` are either every position's, `[batch, seq, vocab]`, or only those of `answer_positions(labels)`,
+    `[answer tokens, vocab]` in row-major order (what `unmirage.train.forward.forward` returns: the LM head
+    applied at those positions only). Only the answer positions' logits are turned into log-probabilities
+    (in float32), so memory grows with the number of answer tokens, not with the sequence length.
     """
-    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
-        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not match")
-    targets = labels[:, 1:]
-    keep = targets != ignore_index
-    rows = torch.arange(targets.shape[0], device=targets.device).unsqueeze(1).expand_as(targets)[keep]
-    picked = logits[:, :-1][keep].float()
-    token_nll = F.cross_entropy(picked, targets[keep], reduction="none")
+    keep = answer_positions(labels, ignore_index)
+    if logits.dim() == 3 and labels.shape == logits.shape[:2]:
+        logits = logits[keep]
+    elif logits.dim() != 2 or labels.dim() != 2 or logits.shape[0] != int(keep.sum()):
+        raise ValueError(
+            f"logits {tuple(logits.shape)} are neither every position's nor the answer positions' of "
+            f"labels {tuple(labels.shape)}"
+        )
+    targets = labels[:, 1:][keep[:, :-1]]
+    token_nll = F.cross_entropy(logits.float(), targets, reduction="none")
+    rows = keep.nonzero()[:, 0]
     total = torch.zeros(labels.shape[0], dtype=torch.float32, device=logits.device)
     total = total.index_add(0, rows, token_nll)
     count = keep.sum(dim=1).to(torch.float32)

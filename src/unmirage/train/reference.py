@@ -97,7 +97,8 @@ class Reference(abc.ABC):
 
     @abc.abstractmethod
     def _forward(self, model: nn.Module, batch: dict[str, Any], layer: int | None) -> tuple[Any, Any]:
-        """`(logits, hidden)` of the reference (called under `torch.no_grad()`)."""
+        """`(logits, hidden)` of the reference (called under `torch.no_grad()`): the answer positions' logits
+        for `nll` (`layer` None), decoder layer `layer`'s output for `hidden` (then no logits)."""
 
     def nll(self, model: nn.Module, batch: dict[str, Any], side: str) -> SequenceNLL:
         """Per-example answer NLL of the reference on `batch`."""
@@ -130,7 +131,7 @@ class AdapterReference(Reference):
     def _forward(self, model: nn.Module, batch: dict[str, Any], layer: int | None) -> tuple[Any, Any]:
         peft = peft_model_of(model)
         with peft.disable_adapter(), eval_mode(peft):
-            return forward(peft, batch, self.family, layer)
+            return forward(peft, batch, self.family, layer, logits=layer is None)
 
 
 class SwapReference(Reference):
@@ -156,7 +157,7 @@ class SwapReference(Reference):
             return torch.func.functional_call(base, self.initial, args=(), kwargs=inputs, strict=False)
 
         with eval_mode(base):
-            return forward(base, batch, self.family, layer, call=call)
+            return forward(base, batch, self.family, layer, call=call, logits=layer is None)
 
 
 class CopyReference(Reference):
@@ -185,7 +186,7 @@ class CopyReference(Reference):
 
     def _forward(self, model: nn.Module, batch: dict[str, Any], layer: int | None) -> tuple[Any, Any]:
         module = self.engine if self.engine is not None else self.model
-        return forward(module, batch, self.family, layer)
+        return forward(module, batch, self.family, layer, logits=layer is None)
 
 
 def deepspeed_frozen(model: nn.Module, accelerator: Any) -> Any:

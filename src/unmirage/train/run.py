@@ -363,7 +363,7 @@ def make_method_inputs(
 
     def hidden(batch: dict[str, Any], layer: int) -> torch.Tensor:
         with torch.no_grad(), eval_mode(model):
-            return forward(model, batch, family, layer)[1]
+            return forward(model, batch, family, layer, logits=False)[1]
 
     context = MethodContext(model, family, seed, forget, collate, hidden)
     return config.extra_inputs(context)

@@ -84,7 +84,8 @@ class UnlearningTrainer(Trainer):
             if want.nll or want.hidden:
                 if model.training:
                     self.tokens_seen += int(batch["attention_mask"].sum())
-                logits, hidden = forward(model, batch, self.family, needs.layer if want.hidden else None)
+                layer = needs.layer if want.hidden else None
+                logits, hidden = forward(model, batch, self.family, layer, logits=want.nll)
                 if want.nll:
                     quantities[f"{side}_nll"] = sequence_nll(logits, batch["labels"])
                 if want.hidden:
