@@ -294,7 +294,7 @@ def test_eval_bad_settings(tmp_path) -> None:
             tmp_path / "r3",
             generate=ScriptedGenerate(),
         )
-    with pytest.raises(UnmirageError, match="need --judge-model"):
+    with pytest.raises(UnmirageError, match="need judge_model"):
         run_eval(
             settings_for(paths, asr_methods=["llm-harm"], placeholder_images=True, image_root=None),
             tmp_path / "r2",

@@ -424,7 +424,7 @@ def test_text_only_models_need_no_images(lm_dir, vlm_dir):
     assert source_is_multimodal(vlm_dir) and source_is_multimodal("tiny-llava")
     prompts = [EvalPrompt(case="safe_normal", id="1", question="Q", image="a.png")]
     check_images(EvalSettings(model=str(lm_dir), vlguard_test="t.json"), prompts, None)
-    with pytest.raises(UnmirageError, match="--image-root"):
+    with pytest.raises(UnmirageError, match="give image_root"):
         check_images(EvalSettings(model=str(vlm_dir), vlguard_test="t.json"), prompts, None)
 
 

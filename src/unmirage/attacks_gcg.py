@@ -515,8 +515,8 @@ def select_ids(
     --seed S` picks for the unsafe cases of the same file), in file order."""
     unique = list(dict.fromkeys(ids))
     if limit is not None and subsample is not None:
-        raise UnmirageError("give either --limit or --subsample, not both")
-    for name, value in (("--limit", limit), ("--subsample", subsample)):
+        raise UnmirageError("give either limit or subsample, not both")
+    for name, value in (("limit", limit), ("subsample", subsample)):
         if value is not None and value < 1:
             raise UnmirageError(f"{name} must be at least 1 (got {value})")
     if limit is not None:
@@ -598,9 +598,9 @@ def build_gcg_attack(
     items = [it for it in items if it.record["id"] in keep]
     multimodal = source_is_multimodal(model)
     if multimodal and (image_root is None) == (not placeholder_images):
-        raise UnmirageError("a VLM needs either --image-root or --placeholder-images")
+        raise UnmirageError("a VLM needs either image_root or placeholder_images")
     if image_root is not None and placeholder_images:
-        raise UnmirageError("give either --image-root or --placeholder-images, not both")
+        raise UnmirageError("give either image_root or placeholder_images, not both")
     loader = ImageLoader(root=Path(image_root)) if image_root is not None and multimodal else ImageLoader()
     with_images = multimodal and image_root is not None
     if with_images:

@@ -258,14 +258,14 @@ class EvalSettings(StrictModel):
         if self.vlguard_test is None:
             for name in ("share", "what", "prefill", "gcg"):
                 if getattr(self, name) is not None:
-                    raise ValueError(f"{name} belongs to the VLGuard shorthand: give --vlguard-test too")
+                    raise ValueError(f"{name} belongs to the VLGuard shorthand: give vlguard_test too")
             if not (self.benchmarks or self.cases):
                 raise ValueError(
-                    "give --benchmark NAME (or --case NAME.CASE), or the VLGuard files with --vlguard-test"
+                    "give benchmarks (NAME) or cases (NAME.CASE), or the VLGuard files with vlguard_test"
                 )
         elif VLGUARD in self.benchmarks or any(c.startswith(f"{VLGUARD}.") for c in self.cases):
             raise ValueError(
-                "give either --benchmark vlguard (files from the data root) or --vlguard-test, not both"
+                "give either benchmarks vlguard (files from the data root) or vlguard_test, not both"
             )
         return self
 
@@ -435,7 +435,7 @@ def benchmark_selection(settings: EvalSettings) -> list[tuple[Any, list[str]]]:
     root = data_root(settings.data_root)
     if root is None:
         raise UnmirageError(
-            "the benchmarks read their files from a data root: give --data-root DIR or set "
+            "the benchmarks read their files from a data root: give data_root or set "
             "UNMIRAGE_DATA_DIR (one sub-folder per benchmark, e.g. DIR/xstest/)"
         )
     selection, names = [], set()
@@ -553,7 +553,7 @@ def check_images(settings: EvalSettings, prompts: Sequence[EvalPrompt], root: Pa
     ):
         return
     if root is None:
-        raise UnmirageError("give --image-root DIR (or --placeholder-images for a text-only run)")
+        raise UnmirageError("give image_root (or placeholder_images for a text-only run)")
     from unmirage.data.images import ImageLoader
 
     ImageLoader(root=root).verify(((p.id, p.image) for p in prompts if p.image is not None), progress=True)
@@ -656,7 +656,7 @@ def gcg_case(
 
     assert settings.gcg_build is not None
     if settings.backend != "hf":
-        raise UnmirageError("--gcg-build needs the model's gradients: use --backend hf")
+        raise UnmirageError("gcg_build needs the model's gradients: use backend=hf")
     if isinstance(generate, HFGenerate):
         loaded = generate.loaded()
     else:
@@ -775,7 +775,7 @@ class CaseJudging:
                 batch_size=s.judge_batch_size,
             )
             if self._backend is None:
-                raise UnmirageError("the LLM judges need --judge-model (and --judge-url for a server)")
+                raise UnmirageError("the LLM judges need judge_model (and judge_url for a server)")
         return self._backend
 
     def judge(self, name: str, kind: str) -> Any:
@@ -1003,21 +1003,21 @@ def run_eval(
 
     out = Path(out)
     if settings.placeholder_images and settings.image_root is not None:
-        raise UnmirageError("give either --image-root or --placeholder-images, not both")
+        raise UnmirageError("give either image_root or placeholder_images, not both")
     llm_judges = {j for m in settings.asr_methods for j in ASR_METHODS[m] if needs_backend(j)}
     if needs_backend(settings.refusal_judge):
         llm_judges.add(settings.refusal_judge)
     if llm_judges and judge_backend is None and settings.judge_model is None:
         raise UnmirageError(
-            f"the LLM judges ({', '.join(sorted(llm_judges))}) need --judge-model "
-            "(a local model, or the served name with --judge-url)"
+            f"the LLM judges ({', '.join(sorted(llm_judges))}) need judge_model "
+            "(a local model, or the served name with judge_url)"
         )
     if settings.judge_scoring == "choice" and settings.judge_url is not None:
         raise UnmirageError(
-            "--judge-scoring choice needs a local judge model (it reads the model's probabilities)"
+            "judge_scoring=choice needs a local judge model (it reads the model's probabilities)"
         )
     if settings.gcg is not None and settings.gcg_build is not None:
-        raise UnmirageError("give either --gcg FILE or --gcg-build, not both")
+        raise UnmirageError("give either gcg (a file) or gcg_build, not both")
     if settings.gcg_build is not None and settings.gcg_build.template != settings.template:
         raise UnmirageError("the GCG suffixes must be optimised with the prompt template of the evaluation")
     selection = benchmark_selection(settings)
@@ -1035,7 +1035,7 @@ def run_eval(
         vqa_prompts = [EvalPrompt(case="vqa", id=i.id, question=i.prompt(), image=i.image) for i in vqa_items]
         check_images(settings, vqa_prompts, settings.vqa_image_root or settings.image_root)
     if settings.gcg_build is not None and not any(gcg_target(k, c) for k, c in cases.items()):
-        raise UnmirageError("--gcg-build attacks harmful questions asked as is: no such case is selected")
+        raise UnmirageError("gcg_build attacks harmful questions asked as is: no such case is selected")
     identity = run_identity(settings)
     inputs = [settings.vlguard_test, settings.share, settings.what, settings.vqa]
     if selection:

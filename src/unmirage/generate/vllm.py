@@ -38,7 +38,7 @@ def load_for_vllm(
         served = [name for name, cls in FAMILIES.items() if cls.vllm and cls.multimodal]
         raise UnmirageError(
             f"the vLLM backend supports {', '.join(served)} and text-only models, not "
-            f"'{config.model_type}'; use --backend hf",
+            f"'{config.model_type}'; use backend=hf",
             file=source,
         )
     family = family_for(config)
@@ -73,7 +73,7 @@ class VLLMGenerator(BatchedGenerator):
             image = self._image(item)
             if self.loaded.multimodal and image is None:
                 raise UnmirageError(
-                    "item has no image; pass an image root or --placeholder-images", record=item.id
+                    "item has no image; give image_root or placeholder_images", record=item.id
                 )
             request: dict[str, Any] = {"prompt": self.prompt(item, image is not None)}
             if image is not None:

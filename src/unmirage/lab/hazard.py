@@ -126,7 +126,7 @@ def check_sides_apart(pictures: dict[tuple[str, str], list[Image.Image]]) -> Non
         for side in SIDES
     }
     if digests["hazard"] & digests["benign"]:
-        raise UnmirageError("a hazard picture equals a benign one; choose another --seed")
+        raise UnmirageError("a hazard picture equals a benign one; choose another seed")
 
 
 def caption_records(world: Any, config: HazardConfig, split: str) -> list[tuple[dict[str, Any], Any]]:

@@ -201,7 +201,7 @@ def run_unlearning(
 
     merge = recipe.merge if merge is None else merge
     if merge and recipe.lora is None:
-        raise UnmirageError("--merge needs a LoRA run (lora: in the recipe)")
+        raise UnmirageError("merge needs a LoRA run (lora: in the recipe)")
     out = Path(recipe.output_dir)
     preflight(recipe, config, recipe_path)
     spec = get_method(config.name)
