@@ -13,7 +13,7 @@ from unmirage.data.collate import IGNORE_INDEX, Collator
 from unmirage.methods import sequence_nll
 from unmirage.methods.base import answer_positions
 from unmirage.models import load_model, tiny_families
-from unmirage.train.data import load_examples
+from unmirage.train.data import load_training_examples
 from unmirage.train.forward import forward, model_inputs
 
 MODELS = [f"tiny-{name}" for name in tiny_families()] + ["causal"]
@@ -47,7 +47,7 @@ def padded_batch(loaded, tmp_path):
         records.append({"id": f"e{i}", "image": f"e{i}.png", "conversations": turns})
     path = tmp_path / "examples.json"
     path.write_text(json.dumps(records))
-    batch = Collator(loaded, placeholder_images=True)(load_examples(path))
+    batch = Collator(loaded, placeholder_images=True)(load_training_examples(path))
     assert (batch["attention_mask"] == 0).any(), "the batch must contain padding"
     return batch
 

@@ -42,6 +42,9 @@ from unmirage.metrics import CASES, Bootstrap, benchmark_case_metrics, build_met
 from unmirage.settings import GCGConfig
 
 if TYPE_CHECKING:
+    from unmirage.benchmarks.spec import BenchmarkPrompt, BenchmarkSpec
+    from unmirage.judges.cache import JudgeCache
+    from unmirage.llm.backends import ChatBackend
     from unmirage.models import LoadedModel
 
 VLGUARD = "vlguard"
@@ -333,7 +336,7 @@ def _draw(ids: set[str], seed: str, n: int) -> set[str]:
     return set(random.Random(seed).sample(pool, min(n, len(pool))))
 
 
-def _eval_prompt(key: str, p: Any) -> EvalPrompt:
+def _eval_prompt(key: str, p: BenchmarkPrompt) -> EvalPrompt:
     """An `EvalPrompt` of case `key` from a `benchmarks.BenchmarkPrompt`."""
     return EvalPrompt(
         case=key,
@@ -353,7 +356,7 @@ def _case_key(benchmark: str, case: str) -> str:
     return case if benchmark == VLGUARD and case in CASES else f"{benchmark}.{case}"
 
 
-def _base_case(spec: Any, case: str) -> str:
+def _base_case(spec: BenchmarkSpec, case: str) -> str:
     """The case a case's questions are drawn from in a subsample: the end of its `pairs_with` chain."""
     seen = {case}
     while spec.cases[case].pairs_with is not None and spec.cases[case].pairs_with not in seen:
@@ -754,10 +757,10 @@ def answers_for(
 class CaseJudging:
     """Runs the refusal judge and the ASR cascades over one case's answers, with one cache for LLM judges."""
 
-    def __init__(self, settings: EvalSettings, cache: Any, backend: Any = None) -> None:
+    def __init__(self, settings: EvalSettings, cache: JudgeCache, backend: ChatBackend | None = None) -> None:
         self.settings = settings
         self.cache = cache
-        self._backend: Any = backend
+        self._backend: ChatBackend | None = backend
         self._judges: dict[tuple[str, bool], Any] = {}
 
     def backend(self) -> Any:
@@ -988,7 +991,7 @@ def run_eval(
     settings: EvalSettings,
     out: str | Path,
     generate: GenerateFn | None = None,
-    judge_backend: Any = None,
+    judge_backend: ChatBackend | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Generate, judge and score every case; write OUT/metrics.json and return it.

@@ -38,6 +38,7 @@ from unmirage.errors import UnmirageError
 from unmirage.stats import wilson_interval
 
 if TYPE_CHECKING:
+    from unmirage.data.vlguard import Sample
     from unmirage.models import LoadedModel
 
 POOLS = ("last", "mean")
@@ -113,7 +114,7 @@ def evaluation_forms(
     return forms
 
 
-def _example(sample: Any, suffix: str = "") -> Example:
+def _example(sample: Sample, suffix: str = "") -> Example:
     """A question of a VLGuard view as a probe example (no answer)."""
     return Example(id=f"{sample.id}{suffix}", question=sample.question, answer="", image=sample.image)
 
@@ -149,7 +150,7 @@ def layer_features(
     captured: dict[int, torch.Tensor] = {}
 
     def hook(position: int) -> Callable[..., None]:
-        def store(_module: Any, _inputs: Any, output: Any) -> None:
+        def store(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
             captured[position] = output[0] if isinstance(output, tuple | list) else output
 
         return store

@@ -9,11 +9,14 @@ are submitted (and written) at a time.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unmirage.errors import UnmirageError
 from unmirage.generate.batched import BatchedGenerator, GenItem
 from unmirage.models.load import LoadedModel
+
+if TYPE_CHECKING:
+    from vllm import LLM
 
 
 def load_for_vllm(
@@ -24,7 +27,7 @@ def load_for_vllm(
     gpu_memory_utilization: float = 0.9,
     tensor_parallel_size: int = 1,
     max_model_len: int | None = None,
-    llm: Any = None,
+    llm: LLM | None = None,
 ) -> LoadedModel:
     """A `LoadedModel` whose `.model` is a `vllm.LLM` (or the given `llm`), with the HF processor and family."""
     from transformers import AutoConfig
