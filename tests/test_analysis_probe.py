@@ -79,11 +79,11 @@ def test_parse_layers():
 
 @pytest.fixture(scope="module")
 def stand_in():
-    from test_smol import _stand_in_lm
+    from helpers import stand_in_smollm2
     from unmirage.models.families import get_family
     from unmirage.models.load import LoadedModel
 
-    model, tok = _stand_in_lm()
+    model, tok = stand_in_smollm2()
     return LoadedModel(model=model, processor=tok, family=get_family("causal"), source="stand-in")
 
 
