@@ -193,3 +193,34 @@ def tiny_llama(tokenizer: Any, seed: int | None = 0, **config: Any) -> Any:
         torch.manual_seed(seed)
     sizes = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
     return LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), **{**sizes, **config})).eval()
+
+
+# SmolLM2's chat template shape: ChatML, string contents only, a default system turn.
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a tiny assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def stand_in_smollm2() -> tuple[Any, Any]:
+    """(model, tokenizer): a tiny stand-in for SmolLM2 (a Llama over the tiny Qwen2.5-VL tokenizer with
+    `CHATML`, tied embeddings, 4 heads over 2 KV heads, 2 layers), decoding greedily."""
+    from unmirage.models.tiny import build_tokenizer
+
+    tok = build_tokenizer("qwen2_5_vl")
+    tok.chat_template = CHATML
+    model = tiny_llama(
+        tok,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=tok.convert_tokens_to_ids("<|im_start|>"),
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    model.generation_config.do_sample = False
+    return model, tok

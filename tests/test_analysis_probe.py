@@ -79,11 +79,11 @@ def test_parse_layers():
 
 @pytest.fixture(scope="module")
 def stand_in():
-    from test_smol import _stand_in_lm
+    from helpers import stand_in_smollm2
     from unmirage.models.families import get_family
     from unmirage.models.load import LoadedModel
 
-    model, tok = _stand_in_lm()
+    model, tok = stand_in_smollm2()
     return LoadedModel(model=model, processor=tok, family=get_family("causal"), source="stand-in")
 
 
@@ -228,5 +228,5 @@ def test_probe_command_errors(tmp_path, capsys):
     result = run_cli([*base, "--data", str(test), "--layers", "9", "--out", str(tmp_path / "o")], capsys)
     assert result.code == 2 and "layer 9 is out of range" in result.err
     result = run_cli([*base, "--data", str(test), "--pool", "max", "--out", str(tmp_path / "p")], capsys)
-    assert result.code == 2 and "--pool must be one of last, mean" in result.err
+    assert result.code == 2 and "pool must be one of last, mean" in result.err
     assert not (tmp_path / "p").exists()  # refused before anything is written

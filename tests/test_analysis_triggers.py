@@ -206,3 +206,18 @@ def test_cli_triggers_end_to_end(tmp_path, vlguard_dir, capsys):
     result = json.loads((out / "triggers.json").read_text())
     assert set(result["directions"]) == {"jailbreak", "overrefusal"}
     assert (out / "triggers.png").is_file() and (out / "generations.jsonl").is_file()
+
+
+def test_analysis_refusal_judge_never_reads_a_failed_verdict_as_answered(monkeypatch) -> None:
+    import unmirage.judges as judges
+    from unmirage.analysis.triggers import refusal_judge
+    from unmirage.judges import Verdict
+
+    is_refusal = refusal_judge("refusal")
+    assert is_refusal(["I'm sorry, I can't help with that.", "Paris is the capital of France."]) == [
+        True,
+        False,
+    ]
+    monkeypatch.setattr(judges, "run_judge", lambda judge, items: [Verdict(error="boom") for _ in items])
+    with pytest.raises(UnmirageError, match="gave no verdict"):
+        refusal_judge("refusal")(["anything"])

@@ -289,7 +289,7 @@ def test_subsample_picks_the_ids_eval_picks(tmp_path):
     chosen = {p.id for p in case_prompts(settings)["unsafe_normal"]}
     assert set(select_ids([r["id"] for r in records], subsample=4, seed=3)) == chosen
     assert select_ids(["a", "b", "c"], limit=2) == ["a", "b"]
-    with pytest.raises(UnmirageError, match="either --limit or --subsample"):
+    with pytest.raises(UnmirageError, match="either limit or subsample"):
         select_ids(["a"], limit=1, subsample=1)
 
 
@@ -365,11 +365,11 @@ def test_cli_bad_inputs(causal_dir, tmp_path, capsys):
     code, _, err = run_cli(
         ["attack", "gcg", "--model", "tiny-llava", "--data", str(data), "--out", "x.json"], capsys
     )
-    assert_one_line_error(code, err, "--image-root or --placeholder-images")
+    assert_one_line_error(code, err, "image_root or placeholder_images")
     assert not (tmp_path / "a.json").exists()
     run = ["eval", "--model", str(causal_dir), "--vlguard-test", str(data), "--out", str(tmp_path / "r")]
     code, _, err = run_cli([*run, "--gcg", str(data), "--gcg-build"], capsys)
-    assert_one_line_error(code, err, "either --gcg FILE or --gcg-build")
+    assert_one_line_error(code, err, "either gcg (a file) or gcg_build")
 
 
 def _sentencepiece_style_causal():

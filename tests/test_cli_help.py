@@ -66,17 +66,6 @@ def test_info_prints_the_measured_matmul_speed(capsys):
     assert float(line.split()[2]) > 0 and "GFLOP/s" in line
 
 
-def test_matmul_flops_counts_two_flop_per_multiply_add(monkeypatch):
-    import time
-
-    from unmirage import machine
-
-    clock = iter(float(t) for t in range(100))  # every perf_counter call advances 1 s
-    monkeypatch.setattr(time, "perf_counter", lambda: next(clock))
-    # deadline 0.5 s after t=0; one timed round of 4 products of 2 * 8^3 FLOP from t=1 to t=2, then stop
-    assert machine.matmul_flops(size=8, seconds=0.5) == 4 * 2 * 8**3
-
-
 def test_push_to_hub_is_refused_with_the_upload_command(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(

@@ -66,7 +66,7 @@ def test_random_rewrite_pick_is_seeded_and_valid(tmp_path: Path) -> None:
     for record, text in zip(records, picked, strict=True):
         assert text in [c.text for c in valid_rewrites(record["instr-resp"][0]["instruction"], "What")]
     assert len({t.split(" to ")[0] for t in picked}) > 1  # several templates, not one
-    with pytest.raises(UnmirageError, match="rewrite-pick"):
+    with pytest.raises(UnmirageError, match="rewrite_pick"):
         make_unlearn_sets(train, rewrite_words=["What"], rewrite_pick="best")
 
 
@@ -139,7 +139,7 @@ def test_rewrites_on_one_side_only(train: Path) -> None:
     assert retain_only.rewrites["forget"] == {}
     forget_only = make_unlearn_sets(train, rewrite_words=["What"], rewrite_side="forget")
     assert len(forget_only.forget) == 4 and "#" not in "".join(c.id for c in forget_only.retain)
-    with pytest.raises(UnmirageError, match="rewrite-side"):
+    with pytest.raises(UnmirageError, match="rewrite_side"):
         make_unlearn_sets(train, rewrite_words=["What"], rewrite_side="neither")
 
 
@@ -214,7 +214,7 @@ def test_cli_errors_leave_no_output(train: Path, tmp_path: Path, capsys: pytest.
     code, _, err = run_cli(
         ["data", "build-unlearn", "--vlguard", str(train), "--mix-to", "5", "--out", str(out)], capsys
     )
-    assert_one_line_error(code, err, "--mix-to needs --mix")
+    assert_one_line_error(code, err, "mix_to needs mix")
     truncated = tmp_path / "truncated.json"
     truncated.write_text(train.read_text()[:100])
     code, _, err = run_cli(["data", "build-unlearn", "--vlguard", str(truncated), "--out", str(out)], capsys)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import write_jsonl
+from helpers import run_cli, write_jsonl
 from unmirage.errors import UnmirageError
 from unmirage.eval import EvalPrompt, EvalSettings, case_prompts, run_eval
 from unmirage.judges import BackendReply, ChatRequest
@@ -294,7 +294,7 @@ def test_eval_bad_settings(tmp_path) -> None:
             tmp_path / "r3",
             generate=ScriptedGenerate(),
         )
-    with pytest.raises(UnmirageError, match="need --judge-model"):
+    with pytest.raises(UnmirageError, match="need judge_model"):
         run_eval(
             settings_for(paths, asr_methods=["llm-harm"], placeholder_images=True, image_root=None),
             tmp_path / "r2",
@@ -303,8 +303,6 @@ def test_eval_bad_settings(tmp_path) -> None:
 
 
 def test_eval_cli_errors(tmp_path, capsys) -> None:
-    from unmirage.cli.main import main as cli_main
-
     paths = vlguard_files(tmp_path / "data")
     base = ["eval", "--model", "m", "--vlguard-test", str(paths["test"]), "--out", str(tmp_path / "o")]
     for extra, message in (
@@ -312,9 +310,8 @@ def test_eval_cli_errors(tmp_path, capsys) -> None:
         (["--subsample", "0"], "subsample"),
         (["--prefill", " "], "prefill text is empty"),
     ):
-        with pytest.raises(SystemExit) as exit_:
-            cli_main([*base, *extra])
-        assert exit_.value.code == 2 and message in capsys.readouterr().err
+        result = run_cli([*base, *extra], capsys)
+        assert result.code == 2 and message in result.err
 
 
 @pytest.mark.shared_data

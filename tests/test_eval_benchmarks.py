@@ -254,9 +254,9 @@ def test_subsample_is_per_case_and_paired_cases_keep_their_base_questions(tmp_pa
         (["--benchmark", "xstest", "--data-root", "EMPTY"], ["xstest.yaml", "field 'data.prompts'"]),
         (["--benchmark", "xstest", "--data-root", "NONE"], ["data root", "UNMIRAGE_DATA_DIR"]),
         (["--benchmark", "vlguard", "--vlguard-test", "t.json"], ["not both"]),
-        (["--share", "s.json"], ["share belongs to the VLGuard shorthand", "--vlguard-test"]),
-        ([], ["--benchmark NAME"]),
-        (["--case", "xstest.safe", "--gcg-build"], ["--gcg-build", "no such case"]),
+        (["--share", "s.json"], ["share belongs to the VLGuard shorthand", "vlguard_test"]),
+        ([], ["benchmarks (NAME)"]),
+        (["--case", "xstest.safe", "--gcg-build"], ["gcg_build", "no such case"]),
     ],
 )
 def test_bad_benchmark_input_is_a_one_line_error_and_writes_nothing(

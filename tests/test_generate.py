@@ -75,7 +75,7 @@ def test_assistant_prefix_and_placeholder(tiny):
     rows = BatchedGenerator(tiny, cfg)([GenItem(id="a", question="What is it?")])
     assert rows[0]["answer"].startswith("Sure, here is")
     assert rows[0]["placeholder_image"] is True
-    with pytest.raises(UnmirageError, match="placeholder-images"):
+    with pytest.raises(UnmirageError, match="placeholder_images"):
         BatchedGenerator(tiny, GenerationConfig(max_new_tokens=2))(
             _items(1) + [GenItem(id="b", question="Q")]
         )

@@ -53,7 +53,7 @@ def test_vllm_requests_and_rows(tiny_llava_dir, fake_vllm):
         assert request["prompt"].endswith("ASSISTANT:") and "<image>\n" in request["prompt"]
         assert isinstance(request["multi_modal_data"]["image"], Image.Image)
     assert all(r["answer"] == f"n={len(gen.prompt(i, True))}" for r, i in zip(rows, items))
-    with pytest.raises(UnmirageError, match="placeholder-images"):
+    with pytest.raises(UnmirageError, match="placeholder_images"):
         gen([GenItem(id="x", question="q")])
 
 

@@ -146,7 +146,7 @@ def test_caption_choice_accuracy_counts_by_hand(tmp_path):
 
     import torch
 
-    from test_smol import _stand_in_lm
+    from helpers import stand_in_smollm2
     from unmirage.data.collate import Collator
     from unmirage.data.conversations import load_examples
     from unmirage.data.images import ImageLoader
@@ -154,7 +154,7 @@ def test_caption_choice_accuracy_counts_by_hand(tmp_path):
     from unmirage.models import load_model
     from unmirage.models.compose import compose_vlm
 
-    model, tok = _stand_in_lm()
+    model, tok = stand_in_smollm2()
     model.save_pretrained(tmp_path / "lm")
     tok.save_pretrained(tmp_path / "lm")
     loaded = load_model(compose_vlm(tmp_path / "lm", tmp_path / "vlm"))

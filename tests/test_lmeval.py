@@ -87,12 +87,12 @@ def test_scores_by_hand():
 
 
 def test_multimodal_and_causal_models_through_the_harness(tasks, tmp_path, tiny_llava_dir):
-    from test_smol import _stand_in_lm
+    from helpers import stand_in_smollm2
     from unmirage.report import build_report
 
     vlm = tiny_llava_dir
     lm = tmp_path / "lm"
-    model, tok = _stand_in_lm()
+    model, tok = stand_in_smollm2()
     model.save_pretrained(lm)
     tok.save_pretrained(lm)
     assert harness_model_type(str(vlm)) == "hf-multimodal" and harness_model_type(str(lm)) == "hf"

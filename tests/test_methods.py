@@ -62,6 +62,12 @@ def test_sequence_nll_matches_token_cross_entropy():
         sequence_nll(logits[:, :-1].reshape(-1, 11), labels)
 
 
+def test_answer_positions_are_the_positions_before_each_labelled_token():
+    labels = torch.tensor([[-100, -100, 5, 6, -100], [-100, 7, -100, -100, -100]])
+    expected = torch.tensor([[False, True, True, False, False], [True, False, False, False, False]])
+    assert torch.equal(answer_positions(labels), expected)
+
+
 @pytest.mark.parametrize("reduction", ["batch_mean", "sum", "mean"])
 def test_npo_at_the_reference_is_ln2_terms(reduction):
     beta, a_f, a_r, w = 0.9, 1.5, 0.7, 2.0

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from helpers import run_cli
 from unmirage.errors import UnmirageError
 from unmirage.models import build_tiny, family_for, get_family, load_model, save_tiny
 from unmirage.models.families import V1_SYSTEM
@@ -58,27 +59,21 @@ def test_missing_local_model_folder_is_named(tmp_path):
         source_is_multimodal(str(tmp_path / "no" / "such" / "model"))
 
 
-def test_cli_models_tiny(tmp_path):
-    from typer.testing import CliRunner
-
-    from unmirage.cli.main import app
-
-    result = CliRunner().invoke(
-        app,
-        [
-            "models",
-            "tiny",
-            "--family",
-            "qwen2_5_vl",
-            "--out",
-            str(tmp_path / "q"),
-            "--layers",
-            "3",
-            "--hidden",
-            "64",
-        ],
-    )
-    assert result.exit_code == 0, result.output
+def test_cli_models_tiny(tmp_path, capsys):
+    argv = [
+        "models",
+        "tiny",
+        "--family",
+        "qwen2_5_vl",
+        "--out",
+        str(tmp_path / "q"),
+        "--layers",
+        "3",
+        "--hidden",
+        "64",
+    ]
+    result = run_cli(argv, capsys)
+    assert result.code == 0, result.err
     loaded = load_model(tmp_path / "q")
     assert loaded.model.config.text_config.num_hidden_layers == 3
     assert save_tiny(tmp_path / "l", "llava").joinpath("config.json").is_file()

@@ -269,12 +269,11 @@ def tiny_smol_plan(tmp_path: Path, monkeypatch, train_overrides: str, image_ext:
     """The real plan file on a tiny ChatML stand-in for the converted SmolLM2 (the convert stage counts as done)
     and a six-record VLGuard folder, run in process; returns (plan, runs folder)."""
     import unmirage.pipeline
-    from helpers import safe_record, unsafe_record, write_json
-    from test_smol import _stand_in_lm
+    from helpers import safe_record, stand_in_smollm2, unsafe_record, write_json
 
     monkeypatch.setattr(unmirage.pipeline, "run_child", in_process_child)
     runs = tmp_path / "runs"
-    model, tok = _stand_in_lm()
+    model, tok = stand_in_smollm2()
     lm = runs / "models" / "smollm2"
     model.save_pretrained(lm)
     tok.save_pretrained(lm)

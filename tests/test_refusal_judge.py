@@ -163,21 +163,6 @@ def test_refusal_judge_as_rr_judge_and_asr_method() -> None:
     assert doc["rr_normal"] == 0.5 and doc["asr_normal"] == 0.5 and doc["refusal_judge"] == "refusal"
 
 
-def test_analysis_refusal_judge_never_reads_a_failed_verdict_as_answered(monkeypatch) -> None:
-    import unmirage.judges as judges
-    from unmirage.analysis.triggers import refusal_judge
-    from unmirage.judges import Verdict
-
-    is_refusal = refusal_judge("refusal")
-    assert is_refusal(["I'm sorry, I can't help with that.", "Paris is the capital of France."]) == [
-        True,
-        False,
-    ]
-    monkeypatch.setattr(judges, "run_judge", lambda judge, items: [Verdict(error="boom") for _ in items])
-    with pytest.raises(UnmirageError, match="gave no verdict"):
-        refusal_judge("refusal")(["anything"])
-
-
 def test_cli_judge_refusal_writes_verdicts(tmp_path, capsys) -> None:
     from helpers import run_cli, write_jsonl
 

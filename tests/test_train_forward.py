@@ -11,7 +11,6 @@ import torch
 from helpers import tiny_llama
 from unmirage.data.collate import IGNORE_INDEX, Collator
 from unmirage.methods import sequence_nll
-from unmirage.methods.base import answer_positions
 from unmirage.models import load_model, tiny_families
 from unmirage.train.data import load_training_examples
 from unmirage.train.forward import forward, model_inputs
@@ -94,9 +93,3 @@ def test_hidden_only_forward_makes_no_logits_and_the_same_hidden_state():
     kept, again = forward(loaded.model, batch, loaded.family, 1)
     assert kept.shape[0] == 2
     torch.testing.assert_close(hidden, again)
-
-
-def test_answer_positions_are_the_positions_before_each_labelled_token():
-    labels = torch.tensor([[-100, -100, 5, 6, -100], [-100, 7, -100, -100, -100]])
-    expected = torch.tensor([[False, True, True, False, False], [True, False, False, False, False]])
-    assert torch.equal(answer_positions(labels), expected)

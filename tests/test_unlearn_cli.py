@@ -8,22 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import cli_status
 from test_train import write_data
-from unmirage.cli.main import main
 from unmirage.config import load_config
 from unmirage.runs import read_jsonl
 from unmirage.train import Recipe, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cli(args: list[str]) -> int:
-    """Run `unmirage ARGS` in-process and return its exit status."""
-    try:
-        main(args)
-    except SystemExit as exit_info:
-        return int(exit_info.code or 0)
-    return 0
 
 
 def test_unlearn_command_writes_model_curves_and_manifest(tmp_path, capsys):
@@ -40,7 +31,7 @@ def test_unlearn_command_writes_model_curves_and_manifest(tmp_path, capsys):
             }
         )
     )
-    assert cli(["unlearn", str(recipe), "train.save_steps=1"]) == 0
+    assert cli_status(["unlearn", str(recipe), "train.save_steps=1"]) == 0
     out = tmp_path / "run"
     assert "rmu: 2 steps" in capsys.readouterr().out
     rows = read_jsonl(out / "metrics.jsonl")
@@ -73,10 +64,13 @@ def test_unlearn_errors_are_one_line(tmp_path, capsys):
         (["bogus=1"], "bogus: unknown key"),
         (["--resume", "--auto-resume"], "give --resume or --auto-resume, not both"),
     ]:
-        assert cli(["unlearn", str(recipe), *extra]) == 2
+        assert cli_status(["unlearn", str(recipe), *extra]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1
-    assert cli(["unlearn", str(recipe), "--check", "method.beta=0.9", "data.placeholder_images=true"]) == 0
+    assert (
+        cli_status(["unlearn", str(recipe), "--check", "method.beta=0.9", "data.placeholder_images=true"])
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["method"]["beta"] == 0.9
     assert not (tmp_path / "x").exists()
 

@@ -98,7 +98,10 @@ class AttackResult:
 
 
 def select_items(
-    records: Sequence[dict[str, Any]], subset: str, ids: Iterable[str] | None = None, path: Any = "<data>"
+    records: Sequence[dict[str, Any]],
+    subset: str,
+    ids: Iterable[str] | None = None,
+    path: str | os.PathLike = "<data>",
 ) -> list[AttackItem]:
     """The instructions of `subset` (optionally only of records whose id is in `ids`), in file order.
 
@@ -258,7 +261,7 @@ def build_attack(
     *,
     generate: TextGenerator | None = None,
     ids: Iterable[str] | None = None,
-    path: Any = "<data>",
+    path: str | os.PathLike = "<data>",
 ) -> AttackResult:
     """Rewrite the `settings.subset` instructions of `records` K times each to start with the trigger.
 

@@ -40,7 +40,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +51,9 @@ from unmirage.errors import UnmirageError
 from unmirage.settings import GCGConfig
 
 if TYPE_CHECKING:
+    from PIL import Image
+
+    from unmirage.data.images import ImageLoader
     from unmirage.models import LoadedModel
 
 SUFFIX_SENTINEL = "UNMIRAGE_GCG_SUFFIX"
@@ -137,7 +140,7 @@ class GCGAttack:
         loaded: LoadedModel,
         config: GCGConfig | None = None,
         *,
-        image_loader: Any = None,
+        image_loader: ImageLoader | None = None,
         placeholder_images: bool = False,
     ) -> None:
         from unmirage.data.images import ImageLoader
@@ -262,7 +265,7 @@ class GCGAttack:
                 problem.prefix_kv = [(layer.keys, layer.values) for layer in out.cache.layers]
         return problem
 
-    def _prefix_embeddings(self, before: str, image: Any) -> torch.Tensor:
+    def _prefix_embeddings(self, before: str, image: Image.Image | None) -> torch.Tensor:
         """The embeddings the language model sees for the text before the suffix (image features merged)."""
         with torch.no_grad():
             if image is None:
@@ -273,7 +276,7 @@ class GCGAttack:
             lm = self.model.get_submodule(self.loaded.family.language_model)
             seen: dict[str, torch.Tensor] = {}
 
-            def grab(_module: Any, args: tuple, kwargs: dict) -> None:
+            def grab(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
                 seen["embeds"] = kwargs.get("inputs_embeds")
 
             handle = lm.register_forward_pre_hook(grab, with_kwargs=True)
@@ -389,7 +392,7 @@ class GCGAttack:
         return torch.tensor(kept, dtype=torch.long, device=self.device).reshape(len(kept), -1)
 
     # ----- one question --------------------------------------------------------------------------------------
-    def run(self, task: GCGTask, progress: Any = None) -> GCGResult:
+    def run(self, task: GCGTask, progress: Callable[[int, float], None] | None = None) -> GCGResult:
         """Optimise a suffix for one question (see the module docstring); `progress(step, loss)` is called
         after every step."""
         cfg = self.config
@@ -515,8 +518,8 @@ def select_ids(
     --seed S` picks for the unsafe cases of the same file), in file order."""
     unique = list(dict.fromkeys(ids))
     if limit is not None and subsample is not None:
-        raise UnmirageError("give either --limit or --subsample, not both")
-    for name, value in (("--limit", limit), ("--subsample", subsample)):
+        raise UnmirageError("give either limit or subsample, not both")
+    for name, value in (("limit", limit), ("subsample", subsample)):
         if value is not None and value < 1:
             raise UnmirageError(f"{name} must be at least 1 (got {value})")
     if limit is not None:
@@ -598,9 +601,9 @@ def build_gcg_attack(
     items = [it for it in items if it.record["id"] in keep]
     multimodal = source_is_multimodal(model)
     if multimodal and (image_root is None) == (not placeholder_images):
-        raise UnmirageError("a VLM needs either --image-root or --placeholder-images")
+        raise UnmirageError("a VLM needs either image_root or placeholder_images")
     if image_root is not None and placeholder_images:
-        raise UnmirageError("give either --image-root or --placeholder-images, not both")
+        raise UnmirageError("give either image_root or placeholder_images, not both")
     loader = ImageLoader(root=Path(image_root)) if image_root is not None and multimodal else ImageLoader()
     with_images = multimodal and image_root is not None
     if with_images:

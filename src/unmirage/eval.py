@@ -42,6 +42,9 @@ from unmirage.metrics import CASES, Bootstrap, benchmark_case_metrics, build_met
 from unmirage.settings import GCGConfig
 
 if TYPE_CHECKING:
+    from unmirage.benchmarks.spec import BenchmarkPrompt, BenchmarkSpec
+    from unmirage.judges.cache import JudgeCache
+    from unmirage.llm.backends import ChatBackend
     from unmirage.models import LoadedModel
 
 VLGUARD = "vlguard"
@@ -258,14 +261,14 @@ class EvalSettings(StrictModel):
         if self.vlguard_test is None:
             for name in ("share", "what", "prefill", "gcg"):
                 if getattr(self, name) is not None:
-                    raise ValueError(f"{name} belongs to the VLGuard shorthand: give --vlguard-test too")
+                    raise ValueError(f"{name} belongs to the VLGuard shorthand: give vlguard_test too")
             if not (self.benchmarks or self.cases):
                 raise ValueError(
-                    "give --benchmark NAME (or --case NAME.CASE), or the VLGuard files with --vlguard-test"
+                    "give benchmarks (NAME) or cases (NAME.CASE), or the VLGuard files with vlguard_test"
                 )
         elif VLGUARD in self.benchmarks or any(c.startswith(f"{VLGUARD}.") for c in self.cases):
             raise ValueError(
-                "give either --benchmark vlguard (files from the data root) or --vlguard-test, not both"
+                "give either benchmarks vlguard (files from the data root) or vlguard_test, not both"
             )
         return self
 
@@ -333,7 +336,7 @@ def _draw(ids: set[str], seed: str, n: int) -> set[str]:
     return set(random.Random(seed).sample(pool, min(n, len(pool))))
 
 
-def _eval_prompt(key: str, p: Any) -> EvalPrompt:
+def _eval_prompt(key: str, p: BenchmarkPrompt) -> EvalPrompt:
     """An `EvalPrompt` of case `key` from a `benchmarks.BenchmarkPrompt`."""
     return EvalPrompt(
         case=key,
@@ -353,7 +356,7 @@ def _case_key(benchmark: str, case: str) -> str:
     return case if benchmark == VLGUARD and case in CASES else f"{benchmark}.{case}"
 
 
-def _base_case(spec: Any, case: str) -> str:
+def _base_case(spec: BenchmarkSpec, case: str) -> str:
     """The case a case's questions are drawn from in a subsample: the end of its `pairs_with` chain."""
     seen = {case}
     while spec.cases[case].pairs_with is not None and spec.cases[case].pairs_with not in seen:
@@ -435,7 +438,7 @@ def benchmark_selection(settings: EvalSettings) -> list[tuple[Any, list[str]]]:
     root = data_root(settings.data_root)
     if root is None:
         raise UnmirageError(
-            "the benchmarks read their files from a data root: give --data-root DIR or set "
+            "the benchmarks read their files from a data root: give data_root or set "
             "UNMIRAGE_DATA_DIR (one sub-folder per benchmark, e.g. DIR/xstest/)"
         )
     selection, names = [], set()
@@ -553,7 +556,7 @@ def check_images(settings: EvalSettings, prompts: Sequence[EvalPrompt], root: Pa
     ):
         return
     if root is None:
-        raise UnmirageError("give --image-root DIR (or --placeholder-images for a text-only run)")
+        raise UnmirageError("give image_root (or placeholder_images for a text-only run)")
     from unmirage.data.images import ImageLoader
 
     ImageLoader(root=root).verify(((p.id, p.image) for p in prompts if p.image is not None), progress=True)
@@ -656,7 +659,7 @@ def gcg_case(
 
     assert settings.gcg_build is not None
     if settings.backend != "hf":
-        raise UnmirageError("--gcg-build needs the model's gradients: use --backend hf")
+        raise UnmirageError("gcg_build needs the model's gradients: use backend=hf")
     if isinstance(generate, HFGenerate):
         loaded = generate.loaded()
     else:
@@ -754,10 +757,10 @@ def answers_for(
 class CaseJudging:
     """Runs the refusal judge and the ASR cascades over one case's answers, with one cache for LLM judges."""
 
-    def __init__(self, settings: EvalSettings, cache: Any, backend: Any = None) -> None:
+    def __init__(self, settings: EvalSettings, cache: JudgeCache, backend: ChatBackend | None = None) -> None:
         self.settings = settings
         self.cache = cache
-        self._backend: Any = backend
+        self._backend: ChatBackend | None = backend
         self._judges: dict[tuple[str, bool], Any] = {}
 
     def backend(self) -> Any:
@@ -775,7 +778,7 @@ class CaseJudging:
                 batch_size=s.judge_batch_size,
             )
             if self._backend is None:
-                raise UnmirageError("the LLM judges need --judge-model (and --judge-url for a server)")
+                raise UnmirageError("the LLM judges need judge_model (and judge_url for a server)")
         return self._backend
 
     def judge(self, name: str, kind: str) -> Any:
@@ -988,7 +991,7 @@ def run_eval(
     settings: EvalSettings,
     out: str | Path,
     generate: GenerateFn | None = None,
-    judge_backend: Any = None,
+    judge_backend: ChatBackend | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Generate, judge and score every case; write OUT/metrics.json and return it.
@@ -1003,21 +1006,21 @@ def run_eval(
 
     out = Path(out)
     if settings.placeholder_images and settings.image_root is not None:
-        raise UnmirageError("give either --image-root or --placeholder-images, not both")
+        raise UnmirageError("give either image_root or placeholder_images, not both")
     llm_judges = {j for m in settings.asr_methods for j in ASR_METHODS[m] if needs_backend(j)}
     if needs_backend(settings.refusal_judge):
         llm_judges.add(settings.refusal_judge)
     if llm_judges and judge_backend is None and settings.judge_model is None:
         raise UnmirageError(
-            f"the LLM judges ({', '.join(sorted(llm_judges))}) need --judge-model "
-            "(a local model, or the served name with --judge-url)"
+            f"the LLM judges ({', '.join(sorted(llm_judges))}) need judge_model "
+            "(a local model, or the served name with judge_url)"
         )
     if settings.judge_scoring == "choice" and settings.judge_url is not None:
         raise UnmirageError(
-            "--judge-scoring choice needs a local judge model (it reads the model's probabilities)"
+            "judge_scoring=choice needs a local judge model (it reads the model's probabilities)"
         )
     if settings.gcg is not None and settings.gcg_build is not None:
-        raise UnmirageError("give either --gcg FILE or --gcg-build, not both")
+        raise UnmirageError("give either gcg (a file) or gcg_build, not both")
     if settings.gcg_build is not None and settings.gcg_build.template != settings.template:
         raise UnmirageError("the GCG suffixes must be optimised with the prompt template of the evaluation")
     selection = benchmark_selection(settings)
@@ -1035,7 +1038,7 @@ def run_eval(
         vqa_prompts = [EvalPrompt(case="vqa", id=i.id, question=i.prompt(), image=i.image) for i in vqa_items]
         check_images(settings, vqa_prompts, settings.vqa_image_root or settings.image_root)
     if settings.gcg_build is not None and not any(gcg_target(k, c) for k, c in cases.items()):
-        raise UnmirageError("--gcg-build attacks harmful questions asked as is: no such case is selected")
+        raise UnmirageError("gcg_build attacks harmful questions asked as is: no such case is selected")
     identity = run_identity(settings)
     inputs = [settings.vlguard_test, settings.share, settings.what, settings.vqa]
     if selection:

@@ -154,11 +154,11 @@ def plan_steps(
     only, chosen = set(only), list(variants)
     known = {s.name for s in plan.stages}
     for name in only - known:
-        raise UnmirageError(f"--only: no stage named '{name}' (stages: {', '.join(sorted(known))})")
+        raise UnmirageError(f"only: no stage named '{name}' (stages: {', '.join(sorted(known))})")
     for name in chosen:
         if name not in plan.variants:
             raise UnmirageError(
-                f"--variant: no variant '{name}' (variants: {', '.join(plan.variants) or 'none'})"
+                f"variants: no variant '{name}' (variants: {', '.join(plan.variants) or 'none'})"
             )
     base = resolve_vars(plan.vars, strict=False)
     output_dir = Path(_render(plan.output_dir, base, "output_dir"))

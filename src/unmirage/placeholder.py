@@ -10,6 +10,7 @@ from unmirage.errors import UnmirageError
 
 if TYPE_CHECKING:
     from PIL import Image
+    from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
 PLACEHOLDER_GREY = (128, 128, 128)
 
@@ -30,7 +31,7 @@ def _field(obj: Any, key: str) -> Any:
     return getattr(obj, key, None)
 
 
-def placeholder_size(processor: Any) -> tuple[int, int]:
+def placeholder_size(processor: ProcessorMixin | PreTrainedTokenizerBase) -> tuple[int, int]:
     """(width, height) of the image a processor expects: its crop size, else its square size, else 336."""
     image_processor = getattr(processor, "image_processor", None)
     crop = getattr(image_processor, "crop_size", None)

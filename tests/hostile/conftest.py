@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from unmirage.cli.main import main
+from helpers import cli_status
 
 KINDS = ("refuse", "survive")
 _TALLY: dict[str, int] = {}
@@ -22,9 +22,8 @@ def models(tmp_path_factory) -> dict[str, Path]:
     """Two tiny LLaVA folders: A, and B (other weights), made once per test process (tests only read them)."""
     root = tmp_path_factory.mktemp("models")
     for name, hidden in (("A", 64), ("B", 32)):
-        with pytest.raises(SystemExit) as stop:
-            main(["models", "tiny", "--family", "llava", "--out", str(root / name), "--hidden", str(hidden)])
-        assert stop.value.code == 0
+        argv = ["models", "tiny", "--family", "llava", "--out", str(root / name), "--hidden", str(hidden)]
+        assert cli_status(argv) == 0
     return {"A": root / "A", "B": root / "B"}
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def pyplot() -> Any:
@@ -17,7 +20,7 @@ def pyplot() -> Any:
     return plt
 
 
-def save_png(fig: Any, path: str | os.PathLike, dpi: int = 120) -> None:
+def save_png(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> None:
     """Write `fig` to `path` as PNG (all or nothing) and close it."""
     from unmirage.runs import atomic_open
 

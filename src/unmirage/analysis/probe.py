@@ -38,6 +38,7 @@ from unmirage.errors import UnmirageError
 from unmirage.stats import wilson_interval
 
 if TYPE_CHECKING:
+    from unmirage.data.vlguard import Sample
     from unmirage.models import LoadedModel
 
 POOLS = ("last", "mean")
@@ -113,7 +114,7 @@ def evaluation_forms(
     return forms
 
 
-def _example(sample: Any, suffix: str = "") -> Example:
+def _example(sample: Sample, suffix: str = "") -> Example:
     """A question of a VLGuard view as a probe example (no answer)."""
     return Example(id=f"{sample.id}{suffix}", question=sample.question, answer="", image=sample.image)
 
@@ -143,13 +144,13 @@ def layer_features(
     pooled (`last` token or `mean` over attended tokens). `collate` makes right-padded prompt batches
     (`Collator.encode_prompts`); `progress(n)` is called after each batch."""
     if pool not in POOLS:
-        raise UnmirageError(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        raise UnmirageError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
     family, model = loaded.family, loaded.model
     blocks = [family.decoder_layer(model, layer) for layer in layers]
     captured: dict[int, torch.Tensor] = {}
 
     def hook(position: int) -> Callable[..., None]:
-        def store(_module: Any, _inputs: Any, output: Any) -> None:
+        def store(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
             captured[position] = output[0] if isinstance(output, tuple | list) else output
 
         return store
@@ -211,7 +212,7 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, *, l2: float = 1e-2, max_iter: i
     if not (y == 1).any() or not (y == 0).any():
         raise UnmirageError("probe: the training set needs examples of both classes")
     if l2 < 0:
-        raise UnmirageError(f"--l2 must be >= 0, got {l2}")
+        raise UnmirageError(f"l2 must be >= 0, got {l2}")
     x = x.double()
     mean = x.mean(dim=0)
     scale = x.std(dim=0, unbiased=False).clamp_min(1e-8)
@@ -326,12 +327,12 @@ def parse_layers(spec: Sequence[str] | None, n_layers: int) -> list[int]:
         try:
             values = range(int(span[1]), int(span[2]) + 1) if span else [int(item)]
         except ValueError:
-            raise UnmirageError(f"--layers: cannot read {item!r} (give e.g. 7, 5-9 or 0,7,29)") from None
+            raise UnmirageError(f"layers: cannot read {item!r} (give e.g. 7, 5-9 or 0,7,29)") from None
         for value in values:
             index = value + n_layers if value < 0 else value
             if not 0 <= index < n_layers:
                 raise UnmirageError(
-                    f"--layers: layer {value} is out of range: the language model has {n_layers} layers "
+                    f"layers: layer {value} is out of range: the language model has {n_layers} layers "
                     f"(0..{n_layers - 1})"
                 )
             chosen.add(index)

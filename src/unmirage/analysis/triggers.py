@@ -20,12 +20,15 @@ import os
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unmirage.data.vlguard import VLGuardFile, view
 from unmirage.errors import UnmirageError
 from unmirage.text.rewrite import rewrite_first_word
 from unmirage.text.tokens import first_word
+
+if TYPE_CHECKING:
+    from unmirage.generate.batched import BatchedGenerator
 
 DIRECTIONS = {"unsafes": "jailbreak", "safe_safes": "overrefusal", "safe_unsafes": "jailbreak"}
 ORIGINAL = "original"
@@ -242,7 +245,9 @@ def refusal_judge(name: str = "keyword") -> BatchRefusalJudge:
     return run
 
 
-def model_answerer(generator: Any, out: str | os.PathLike, progress: bool = True) -> ProbeAnswerer:
+def model_answerer(
+    generator: BatchedGenerator, out: str | os.PathLike, progress: bool = True
+) -> ProbeAnswerer:
     """A `ProbeAnswerer` backed by `unmirage.generate`: resumable answers in the JSON-lines file `out`.
 
     `generator` is a `BatchedGenerator`; a rerun with the same `out` reuses the answers already there.

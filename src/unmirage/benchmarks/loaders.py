@@ -22,6 +22,7 @@ from unmirage.benchmarks.spec import (
     BenchmarkSpec,
     PrefillTransform,
     RewriteTransform,
+    Transform,
     TypographyTransform,
     check_data_files,
     register_loader,
@@ -226,7 +227,7 @@ def rewrite_shots(question: str, word: str, k: int) -> list[str]:
     return shots
 
 
-def _apply(case: str, prompts: list[BenchmarkPrompt], transform: Any, render: bool) -> CaseData:
+def _apply(case: str, prompts: list[BenchmarkPrompt], transform: Transform | None, render: bool) -> CaseData:
     data = CaseData(case, [])
     drawing = render and isinstance(transform, TypographyTransform)
     for p in tqdm(prompts, desc=f"{case}: drawing images", disable=not drawing, leave=False):

@@ -179,15 +179,15 @@ def make_unlearn_sets(
     the sets `rewrite_side` names (both, or only the forget or the retain set)."""
     words = _rewrite_words(rewrite_words)
     if rewrite_pick not in REWRITE_PICKS:
-        raise UnmirageError(f"--rewrite-pick must be one of {', '.join(REWRITE_PICKS)}, got {rewrite_pick!r}")
+        raise UnmirageError(f"rewrite_pick must be one of {', '.join(REWRITE_PICKS)}, got {rewrite_pick!r}")
     if rewrite_side not in REWRITE_SIDES:
-        raise UnmirageError(f"--rewrite-side must be one of {', '.join(REWRITE_SIDES)}, got {rewrite_side!r}")
+        raise UnmirageError(f"rewrite_side must be one of {', '.join(REWRITE_SIDES)}, got {rewrite_side!r}")
     forget_words = words if rewrite_side in ("both", "forget") else []
     retain_words = words if rewrite_side in ("both", "retain") else []
     if mix_to is not None and mix is None:
-        raise UnmirageError("--mix-to needs --mix (the general instruction data to draw from)")
+        raise UnmirageError("mix_to needs mix (the general instruction data to draw from)")
     if mix_to is not None and mix_to < 1:
-        raise UnmirageError(f"--mix-to must be positive, got {mix_to}")
+        raise UnmirageError(f"mix_to must be positive, got {mix_to}")
     data = load_vlguard(vlguard, kind="plain", allow_duplicate_ids=True)
     forget_samples = view(data, "unsafes")
     retain_samples = view(data, "safe_safes")
@@ -221,7 +221,7 @@ def _rewrite_words(words: Sequence[str]) -> list[str]:
     for word in words:
         word = word.strip()
         if not word.isalpha():
-            raise UnmirageError(f"--rewrite-word must be a single word of letters, got {word!r}")
+            raise UnmirageError(f"each of rewrite_words must be a single word of letters, got {word!r}")
         word = word[:1].upper() + word[1:]
         if word not in out:
             out.append(word)

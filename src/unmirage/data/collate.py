@@ -87,7 +87,7 @@ class Collator:
         if any(has_image) and not all(has_image):
             raise UnmirageError(
                 "a batch mixes examples with and without images "
-                f"(e.g. record {examples[has_image.index(False)].id}); use --placeholder-images"
+                f"(e.g. record {examples[has_image.index(False)].id}); use placeholder_images"
             )
         return images, has_image
 

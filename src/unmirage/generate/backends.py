@@ -31,7 +31,7 @@ def load_for_generation(
         if adapter is not None:
             raise UnmirageError(
                 "the vLLM backend takes merged weights: write them with `unmirage unlearn ... "
-                "--merge` (or use --backend hf with --adapter)"
+                "--merge` (or use backend=hf with adapter)"
             )
         from unmirage.generate.vllm import load_for_vllm
 

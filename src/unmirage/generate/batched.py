@@ -149,7 +149,7 @@ class BatchedGenerator:
         if any(with_image) and not all(with_image):
             missing = batch[with_image.index(False)]
             raise UnmirageError(
-                "some items have no image; pass an image root or --placeholder-images", record=missing.id
+                "some items have no image; give image_root or placeholder_images", record=missing.id
             )
         texts = [self.prompt(item, has_image) for item, has_image in zip(batch, with_image)]
         tokenizer = self.loaded.tokenizer

@@ -9,11 +9,14 @@ are submitted (and written) at a time.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unmirage.errors import UnmirageError
 from unmirage.generate.batched import BatchedGenerator, GenItem
 from unmirage.models.load import LoadedModel
+
+if TYPE_CHECKING:
+    from vllm import LLM
 
 
 def load_for_vllm(
@@ -24,7 +27,7 @@ def load_for_vllm(
     gpu_memory_utilization: float = 0.9,
     tensor_parallel_size: int = 1,
     max_model_len: int | None = None,
-    llm: Any = None,
+    llm: LLM | None = None,
 ) -> LoadedModel:
     """A `LoadedModel` whose `.model` is a `vllm.LLM` (or the given `llm`), with the HF processor and family."""
     from transformers import AutoConfig
@@ -38,7 +41,7 @@ def load_for_vllm(
         served = [name for name, cls in FAMILIES.items() if cls.vllm and cls.multimodal]
         raise UnmirageError(
             f"the vLLM backend supports {', '.join(served)} and text-only models, not "
-            f"'{config.model_type}'; use --backend hf",
+            f"'{config.model_type}'; use backend=hf",
             file=source,
         )
     family = family_for(config)
@@ -73,7 +76,7 @@ class VLLMGenerator(BatchedGenerator):
             image = self._image(item)
             if self.loaded.multimodal and image is None:
                 raise UnmirageError(
-                    "item has no image; pass an image root or --placeholder-images", record=item.id
+                    "item has no image; give image_root or placeholder_images", record=item.id
                 )
             request: dict[str, Any] = {"prompt": self.prompt(item, image is not None)}
             if image is not None:

@@ -202,8 +202,8 @@ def get_judge(name: str, **options: Any) -> Judge:
         raise UnmirageError(f"unknown judge '{name}' (known: {', '.join(available_judges())})")
     if cls.needs_backend and options.get("backend") is None:
         raise UnmirageError(
-            f"judge '{name}' needs a model: give --judge-model (local Hugging Face model) "
-            "or --judge-url with --judge-model (OpenAI-compatible server)"
+            f"judge '{name}' needs a model: give judge_model (local Hugging Face model) "
+            "or judge_url with judge_model (OpenAI-compatible server)"
         )
     if not cls.needs_backend:
         options.pop("backend", None)

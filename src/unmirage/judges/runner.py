@@ -113,7 +113,7 @@ def items_from_records(
         if image_root is not None:
             if not isinstance(record.get("image"), str):
                 raise UnmirageError(
-                    "no 'image' path to resolve under --image-root", file=file, record=where, field="image"
+                    "no 'image' path to resolve under image_root", file=file, record=where, field="image"
                 )
             label = f"{record['id']} (line {number})"
             path = resolve_image_path(image_root, record["image"], label, file=file)
@@ -191,7 +191,7 @@ def judge_file(
     answers = Path(answers)
     out = Path(out)
     if on_malformed not in ("default", "error"):
-        raise UnmirageError(f"--on-malformed must be 'default' or 'error' (got '{on_malformed}')")
+        raise UnmirageError(f"on_malformed must be 'default' or 'error' (got '{on_malformed}')")
     if not answers.is_file():
         raise UnmirageError("answers file not found", file=answers)
     records = read_jsonl(answers)

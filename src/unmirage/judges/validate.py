@@ -207,7 +207,7 @@ def _items(
             if a.image is None:
                 where = f"{a.id} (line {a.line})"
                 raise UnmirageError(
-                    "no 'image' to resolve under --image-root", file=file, record=where, field="image"
+                    "no 'image' to resolve under image_root", file=file, record=where, field="image"
                 )
             image = str(resolve_image_path(image_root, a.image, a.id, file=file))
         items.append(JudgeItem(id=a.id, answer=a.answer, question=a.question or None, image=image, key=a.id))

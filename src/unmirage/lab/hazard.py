@@ -43,6 +43,7 @@ from unmirage.config import StrictModel
 from unmirage.errors import UnmirageError
 
 if TYPE_CHECKING:
+    from unmirage.lab.world import World
     from unmirage.models import LoadedModel
 
 SIDES = ("hazard", "benign")
@@ -82,7 +83,7 @@ def _world(config: HazardConfig) -> Any:
     return World(WorldConfig(seed=config.seed, image_size=config.image_size))
 
 
-def picture_specs(world: Any, config: HazardConfig) -> dict[tuple[str, str], list[Any]]:
+def picture_specs(world: World, config: HazardConfig) -> dict[tuple[str, str], list[Any]]:
     """`(split, side) -> ObjectSpec`s: `pictures` per side, hazard kinds vs the other kinds, cycling through
     the kinds so that every kind of a side appears."""
     specs: dict[tuple[str, str], list[Any]] = {}
@@ -126,10 +127,10 @@ def check_sides_apart(pictures: dict[tuple[str, str], list[Image.Image]]) -> Non
         for side in SIDES
     }
     if digests["hazard"] & digests["benign"]:
-        raise UnmirageError("a hazard picture equals a benign one; choose another --seed")
+        raise UnmirageError("a hazard picture equals a benign one; choose another seed")
 
 
-def caption_records(world: Any, config: HazardConfig, split: str) -> list[tuple[dict[str, Any], Any]]:
+def caption_records(world: World, config: HazardConfig, split: str) -> list[tuple[dict[str, Any], Any]]:
     """(conversation record, ObjectSpec) for the caption file of `split`: per side `caption_train` or
     `caption_test` fresh pictures of its kinds, interleaved hazard / benign."""
     from unmirage.data.conversations import single_turn

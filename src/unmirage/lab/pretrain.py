@@ -28,6 +28,8 @@ from unmirage.config import StrictModel
 from unmirage.lab.world import World, WorldExample
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
     from unmirage.models import LoadedModel
 
 
@@ -79,7 +81,7 @@ def _batches(n: int, batch_size: int, steps: int, seed: int) -> Iterator[list[in
         del order[:batch_size]
 
 
-def answer_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def answer_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The model's causal-LM loss (mean cross-entropy over the labelled tokens), with the LM head applied to
     the labelled positions only: the same value as `model(**batch).loss` for a fraction of the head's FLOPs
     (answers are about a quarter of a lab sequence)."""
@@ -90,7 +92,7 @@ def answer_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(model.lm_head(hidden[keep]).float(), targets[keep])
 
 
-def feature_layer_tokens(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
+def feature_layer_tokens(model: PreTrainedModel, pixel_values: torch.Tensor) -> torch.Tensor:
     """The vision tower's patch tokens at the layer LLaVA feeds to its projector (CLS dropped)."""
     config = model.config
     tower = model.model.vision_tower
@@ -144,7 +146,7 @@ def pretrain_vision(
     kind_acc = colour_acc = 0.0
 
     def loss_and_logits(
-        model: Any, head: torch.nn.Module, index: list[int]
+        model: PreTrainedModel, head: torch.nn.Module, index: list[int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         logits = head(feature_layer_tokens(model, pixels[index]).flatten(1))
         loss = torch.nn.functional.cross_entropy(logits[:, :n_kinds], kinds[index])

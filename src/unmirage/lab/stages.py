@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -22,6 +22,9 @@ from unmirage.lab.config import MODELS, LabConfig, TrainStage
 from unmirage.lab.narrative import headline
 from unmirage.runs import atomic_write_json, atomic_write_text, normal_permissions
 from unmirage.train.recipe import DataSection, Recipe
+
+if TYPE_CHECKING:
+    from unmirage.lab.world import World
 
 
 class Runner:
@@ -89,7 +92,7 @@ def write_sft_files(world_dir: Path, replay_counts: Sequence[int]) -> dict[int, 
     return files
 
 
-def build_base_model(config: LabConfig, world: Any, out: Path, seed: int, progress: bool) -> dict[str, Any]:
+def build_base_model(config: LabConfig, world: World, out: Path, seed: int, progress: bool) -> dict[str, Any]:
     """Tiny LLaVA -> vision pretraining -> base training -> saved to `out` (model + processor)."""
     from unmirage.lab.pretrain import pretrain_vision, train_base
     from unmirage.models import load_model

@@ -436,7 +436,7 @@ def make_backend(
     """
     if url:
         if not model:
-            raise UnmirageError("--judge-url needs --judge-model: the model name the server serves")
+            raise UnmirageError("judge_url needs judge_model: the model name the server serves")
         return OpenAIBackend(
             url,
             model,

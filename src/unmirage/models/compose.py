@@ -19,11 +19,16 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from unmirage.errors import UnmirageError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+    from unmirage.models.load import LoadedModel
 
 IMAGE_TOKEN = "<image>"
 TINY_VISION = "tiny"
@@ -121,7 +126,7 @@ def _vision_tower(vision: str, spec: VisionSpec) -> tuple[Any, Any, str]:
     return model.eval(), processor, description
 
 
-def _extend_tokenizer(tokenizer: Any) -> int:
+def _extend_tokenizer(tokenizer: PreTrainedTokenizerBase) -> int:
     """Add `<image>` as a special token (if missing); returns its id."""
     if IMAGE_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_special_tokens(
@@ -130,7 +135,9 @@ def _extend_tokenizer(tokenizer: Any) -> int:
     return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
 
 
-def anchor_token(tokenizer: Any, config: Any, projector_bias: str) -> str | None:
+def anchor_token(
+    tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig, projector_bias: str
+) -> str | None:
     """The token whose embedding the image features start at: `zero` = none, `bos` = the LM's BOS token
     (None when it has none), anything else = that token, which must be in the vocabulary."""
     if projector_bias == "zero":
@@ -261,7 +268,9 @@ def compose_vlm(
     return out
 
 
-def _set_generation_config(vlm: Any, lm: Any, tokenizer: Any, image_token_id: int) -> None:
+def _set_generation_config(
+    vlm: PreTrainedModel, lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, image_token_id: int
+) -> None:
     """The LM's generation defaults, greedy, and the image token suppressed (it must never be generated)."""
     generation = vlm.generation_config
     for key, value in lm.generation_config.to_diff_dict().items():
@@ -293,7 +302,7 @@ class FidelityReport:
 
 
 def text_fidelity(
-    language_model: Any, vlm: Any, questions: list[str], *, max_new_tokens: int = 32
+    language_model: LoadedModel, vlm: LoadedModel, questions: list[str], *, max_new_tokens: int = 32
 ) -> FidelityReport:
     """Compare a plain LM (`LoadedModel`, family causal) with its composed VLM on `questions`, one at a time.
 

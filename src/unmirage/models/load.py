@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from unmirage.errors import UnmirageError
 from unmirage.models.families import FamilyAdapter, family_class, family_for, get_family, unwrap
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
 
 DTYPES = {
     "float32": torch.float32,
@@ -156,7 +159,7 @@ def looks_like_local_path(source: str) -> bool:
     )
 
 
-def _is_image_text_model(config: Any) -> bool:
+def _is_image_text_model(config: PretrainedConfig) -> bool:
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
     return config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
@@ -177,7 +180,7 @@ def check_safetensors(folder: str | os.PathLike, pattern: str = "*.safetensors")
 
 def _load_pretrained(
     source: str,
-    dtype: Any,
+    dtype: torch.dtype | str,
     device_map: Any,
     attn_implementation: str | None,
     trust_remote_code: bool,
@@ -242,7 +245,7 @@ def load_processor(source: str, model_type: str, *, trust_remote_code: bool = Fa
     return tokenizer
 
 
-def _apply_adapter(model: Any, adapter: str | os.PathLike, trainable: bool) -> Any:
+def _apply_adapter(model: PreTrainedModel, adapter: str | os.PathLike, trainable: bool) -> Any:
     from peft import PeftModel
 
     adapter = Path(adapter)

@@ -22,6 +22,8 @@ import torch
 from unmirage.errors import UnmirageError
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
     from unmirage.models.families import FamilyAdapter
 
 
@@ -142,7 +144,7 @@ def build_tiny(family: str = "llava", **sizes: Any) -> tuple[Any, Any]:
     return model, processor
 
 
-def text_kwargs(spec: TinySpec, tokenizer: Any) -> dict[str, Any]:
+def text_kwargs(spec: TinySpec, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
     """The language model's config arguments shared by every tiny family (Llama-style decoder)."""
     return dict(
         vocab_size=len(tokenizer),
@@ -158,7 +160,7 @@ def text_kwargs(spec: TinySpec, tokenizer: Any) -> dict[str, Any]:
     )
 
 
-def set_generation_defaults(model: Any, tokenizer: Any) -> None:
+def set_generation_defaults(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     config = model.generation_config
     config.pad_token_id = tokenizer.pad_token_id
     config.eos_token_id = tokenizer.eos_token_id

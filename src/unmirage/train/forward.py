@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -60,7 +60,7 @@ def forward(
     batch: dict[str, Any],
     family: FamilyAdapter,
     layer: int | None = None,
-    call: Any = None,
+    call: Callable[..., Any] | None = None,
     *,
     logits: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:

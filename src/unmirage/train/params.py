@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from unmirage.errors import UnmirageError
 from unmirage.methods.base import MethodConfig
 from unmirage.models.families import FamilyAdapter, unwrap
+
+if TYPE_CHECKING:
+    from unmirage.train.recipe import LoraSection
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
@@ -72,7 +75,7 @@ def trainable_names(model: nn.Module) -> list[str]:
     return [n for n, p in unwrap(model).named_parameters() if p.requires_grad]
 
 
-def apply_lora(model: nn.Module, family: FamilyAdapter, lora: Any) -> nn.Module:
+def apply_lora(model: nn.Module, family: FamilyAdapter, lora: LoraSection) -> nn.Module:
     """Wrap `model` with PEFT LoRA adapters on the language model's linear layers (family regex) unless
     `lora.target_modules` says otherwise; `lora.train_projector` also trains the projector (kept beside the
     original, so the disabled-adapter reference still uses the original projector)."""

@@ -27,7 +27,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -36,6 +36,11 @@ from unmirage.errors import UnmirageError
 from unmirage.methods.base import SIDES, MethodConfig, SequenceNLL, sequence_nll
 from unmirage.models.families import FamilyAdapter, unwrap
 from unmirage.train.forward import eval_mode, forward
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+    from transformers import Trainer
 
 KINDS = ("auto", "precomputed", "adapter", "swap", "copy")
 STATS_FILE = "reference_stats.safetensors"
@@ -89,10 +94,10 @@ class Reference(abc.ABC):
         """Memory this reference holds besides the trained model (weights, tables); 0 for `adapter`."""
         return 0
 
-    def prepare(self, trainer: Any, model: nn.Module) -> None:  # noqa: B027 (optional hook)
+    def prepare(self, trainer: Trainer, model: nn.Module) -> None:  # noqa: B027 (optional hook)
         """Called at every `compute_loss`; does one-time work (sharding, precomputation) on the first call."""
 
-    def plan(self, trainer: Any, loader: Any) -> None:  # noqa: B027 (optional hook)
+    def plan(self, trainer: Trainer, loader: DataLoader) -> None:  # noqa: B027 (optional hook)
         """Called with the training dataloader before its first batch (the examples the run will draw)."""
 
     @abc.abstractmethod
@@ -175,7 +180,7 @@ class CopyReference(Reference):
         tensors = list(self.model.parameters()) + list(self.model.buffers())
         return sum(t.numel() * t.element_size() for t in tensors)
 
-    def prepare(self, trainer: Any, model: nn.Module) -> None:
+    def prepare(self, trainer: Trainer, model: nn.Module) -> None:
         if self.engine is not None:
             return
         if getattr(trainer, "is_deepspeed_enabled", False):
@@ -189,7 +194,7 @@ class CopyReference(Reference):
         return forward(module, batch, self.family, layer, logits=layer is None)
 
 
-def deepspeed_frozen(model: nn.Module, accelerator: Any) -> Any:
+def deepspeed_frozen(model: nn.Module, accelerator: Accelerator) -> Any:
     """Wrap a frozen model with DeepSpeed for inference inside a ZeRO run (ZeRO-3 shards it; other stages
     keep it whole), with the run's own DeepSpeed config minus its optimizer and scheduler."""
     import deepspeed
@@ -233,7 +238,7 @@ class NLLTable:
         return SequenceNLL(self.total[idx].to(index.device), self.count[idx].to(index.device))
 
 
-def drawn_items(loader: Any, micro_batches: int, num_processes: int) -> list[int] | None:
+def drawn_items(loader: DataLoader, micro_batches: int, num_processes: int) -> list[int] | None:
     """Dataset items of the first `micro_batches` micro-batches of every process, or None when the loader's
     order cannot be replayed (then every example is computed).
 
@@ -295,7 +300,7 @@ class PrecomputedReference(Reference):
         self.tables: dict[str, NLLTable] | None = None
         self.drawn: dict[str, list[int]] = {side: list(range(len(examples[side]))) for side in self.sides}
 
-    def plan(self, trainer: Any, loader: Any) -> None:
+    def plan(self, trainer: Trainer, loader: DataLoader) -> None:
         """Keep only the examples of the first `max_steps x accumulation` micro-batches (with `max_steps`)."""
         args = trainer.args
         if args.max_steps <= 0:
@@ -306,7 +311,7 @@ class PrecomputedReference(Reference):
         dataset = trainer.train_dataset
         self.drawn = {side: sorted({dataset[i][side].index for i in items}) for side in self.sides}
 
-    def prepare(self, trainer: Any, model: nn.Module) -> None:
+    def prepare(self, trainer: Trainer, model: nn.Module) -> None:
         if self.tables is not None:
             return
         stored = self.load()
@@ -400,7 +405,7 @@ def compute_table(
     examples: Sequence[Any],
     collator: Callable[[list[Any]], dict[str, Any]],
     batch_size: int,
-    trainer: Any,
+    trainer: Trainer,
     family: FamilyAdapter,
     *,
     indices: Sequence[int] | None = None,

@@ -34,6 +34,10 @@ from unmirage.train.recipe import Recipe, make_training_arguments, preflight
 from unmirage.train.reference import STATS_FILE, build_reference, choose_kind
 
 if TYPE_CHECKING:
+    from torch import nn
+    from transformers import Trainer, TrainingArguments
+
+    from unmirage.data.collate import Collator
     from unmirage.models import LoadedModel
 
 METRICS_FILE = "metrics.jsonl"
@@ -201,7 +205,7 @@ def run_unlearning(
 
     merge = recipe.merge if merge is None else merge
     if merge and recipe.lora is None:
-        raise UnmirageError("--merge needs a LoRA run (lora: in the recipe)")
+        raise UnmirageError("merge needs a LoRA run (lora: in the recipe)")
     out = Path(recipe.output_dir)
     preflight(recipe, config, recipe_path)
     spec = get_method(config.name)
@@ -333,8 +337,8 @@ def run_unlearning(
 def make_method_inputs(
     config: MethodConfig,
     loaded: LoadedModel,
-    collator: Any,
-    args: Any,
+    collator: Collator,
+    args: TrainingArguments,
     *,
     forget: list[Any] | None,
     seed: int,
@@ -369,7 +373,7 @@ def make_method_inputs(
     return config.extra_inputs(context)
 
 
-def tensorboard_into(trainer: Any, folder: Path) -> None:
+def tensorboard_into(trainer: Trainer, folder: Path) -> None:
     """TensorBoard events go to `folder` (output_dir/tensorboard) instead of transformers' dated
     `output_dir/runs/<date>_<host>/`; the TENSORBOARD_LOGGING_DIR environment variable still wins."""
     from transformers.integrations import TensorBoardCallback
@@ -399,7 +403,7 @@ def claim_run(
     main = int(os.environ.get("RANK", "0")) == 0
     if resume is True and last_complete_checkpoint(out) is None:
         raise UnmirageError(
-            "--resume: no checkpoint to resume from (no complete checkpoint-* folder)", file=out
+            "resume: no checkpoint to resume from (no complete checkpoint-* folder)", file=out
         )
     if main or check:
         claim = claim_folder(
@@ -420,7 +424,7 @@ def claim_run(
 
 
 @contextlib.contextmanager
-def checkpoints_in_model_format(model: Any) -> Iterator[None]:
+def checkpoints_in_model_format(model: nn.Module) -> Iterator[None]:
     """Write `checkpoint-*` weights with the model's own parameter names.
 
     transformers 5 saves some families (LLaVA) under their original Hub key names, but `Trainer` reloads a

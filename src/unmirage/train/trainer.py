@@ -12,7 +12,7 @@ the logging window and over processes, by `MetricsCallback`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -24,6 +24,9 @@ from unmirage.models.families import FamilyAdapter
 from unmirage.runs import JsonlAppender, read_jsonl_resumable
 from unmirage.train.forward import forward, position_mask
 from unmirage.train.reference import Reference
+
+if TYPE_CHECKING:
+    from transformers import TrainerControl, TrainerState, TrainingArguments
 
 
 class NonFiniteLoss(RuntimeError):
@@ -134,7 +137,9 @@ class UnlearningTrainer(Trainer):
 class PermissionsCallback(TrainerCallback):
     """Gives each checkpoint the permissions of normally created files (safetensors writes them 0o600)."""
 
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         if state.is_world_process_zero:
             from unmirage.runs import normal_permissions
 
@@ -158,7 +163,9 @@ class MetricsCallback(TrainerCallback):
         self.trainer.callback_handler.callbacks.insert(0, self)
         return self
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         if not state.is_world_process_zero:
             return
         rows = read_jsonl_resumable(self.path)
@@ -172,7 +179,12 @@ class MetricsCallback(TrainerCallback):
         self.writer = JsonlAppender(self.path)
 
     def on_log(
-        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
         if logs is None or "loss" not in logs:
             return
@@ -186,7 +198,9 @@ class MetricsCallback(TrainerCallback):
             row.update(terms)
             self.writer.write_many([row])
 
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         if self.writer is not None:
             self.writer.close()
             self.writer = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Any
+from typing import TYPE_CHECKING
 
 from unmirage.errors import UnmirageError
 from unmirage.models.families.base import FAMILIES, V1_SYSTEM, FamilyAdapter, register_family, unwrap
@@ -17,6 +17,10 @@ for _module in pkgutil.iter_modules(__path__):
 
 from unmirage.models.families.causal import CausalLMAdapter  # noqa: E402 (fallbacks of family_for)
 from unmirage.models.families.generic import GenericAdapter  # noqa: E402
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PretrainedConfig
 
 
 def get_family(name: str) -> FamilyAdapter:
@@ -31,7 +35,7 @@ def family_class(model_type: str | None) -> type[FamilyAdapter] | None:
     return next((cls for cls in FAMILIES.values() if model_type in cls.model_types), None)
 
 
-def family_for(model: Any) -> FamilyAdapter:
+def family_for(model: nn.Module | PretrainedConfig) -> FamilyAdapter:
     """The adapter for a loaded model (or its config): by `model_type`, else causal or generic."""
     base = unwrap(model) if hasattr(model, "config") else None
     config = base.config if base is not None else model

@@ -19,7 +19,11 @@ from torch import nn
 from unmirage.errors import UnmirageError
 
 if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase, ProcessorMixin
+
     from unmirage.models.tiny import TinySpec, TinyTokenizer
+
+    Processor = ProcessorMixin | PreTrainedTokenizerBase  # a VLM's processor, a text-only model's tokenizer
 
 V1_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -77,7 +81,7 @@ class FamilyAdapter:
         """Raise `UnmirageError` on sizes this family's tiny model cannot have."""
 
     @classmethod
-    def build_tiny_model(cls, spec: TinySpec, tokenizer: Any) -> tuple[Any, Any]:
+    def build_tiny_model(cls, spec: TinySpec, tokenizer: PreTrainedTokenizerBase) -> tuple[Any, Any]:
         """(model, processor) of the tiny random model (after `torch.manual_seed(spec.seed)`)."""
         raise UnmirageError(f"family '{cls.name}' has no tiny model")
 
@@ -128,7 +132,7 @@ class FamilyAdapter:
         return getattr(config, "text_config", config).hidden_size
 
     # ----- image tokens ----------------------------------------------------------------------------------------
-    def image_token_id(self, model_or_config: Any) -> int | None:
+    def image_token_id(self, model_or_config: nn.Module | PretrainedConfig) -> int | None:
         """Id of the token that marks image positions in input_ids (None for text-only models)."""
         config = getattr(unwrap(model_or_config), "config", model_or_config)
         value = getattr(config, "image_token_id", None)
@@ -136,7 +140,9 @@ class FamilyAdapter:
             value = getattr(config, "image_token_index", None)
         return value
 
-    def image_mask(self, input_ids: torch.Tensor, model_or_config: Any) -> torch.Tensor:
+    def image_mask(
+        self, input_ids: torch.Tensor, model_or_config: nn.Module | PretrainedConfig
+    ) -> torch.Tensor:
         """Boolean mask of image-token positions."""
         token = self.image_token_id(model_or_config)
         if token is None:
@@ -150,7 +156,7 @@ class FamilyAdapter:
         answer: str | None = None,
         *,
         template: str = "chat",
-        processor: Any = None,
+        processor: Processor | None = None,
         has_image: bool = True,
         system: str | None = None,
     ) -> str:
@@ -174,7 +180,7 @@ class FamilyAdapter:
         image = f"{self.image_placeholder}\n" if has_image and self.multimodal else ""
         return f"{V1_SYSTEM if system is None else system} USER: {image}{question} ASSISTANT:"
 
-    def answer_text(self, answer: str, *, template: str, processor: Any = None) -> str:
+    def answer_text(self, answer: str, *, template: str, processor: Processor | None = None) -> str:
         """What follows the prompt in a training example: the answer and the end-of-turn marker.
 
         Under `v1` that is ` {answer}</s>` (the reference). Under `chat` the text around the answer is read off
@@ -185,11 +191,11 @@ class FamilyAdapter:
         prefix, end = self.chat_turn_affixes(processor)
         return f"{prefix}{answer}{end}"
 
-    def end_of_turn(self, processor: Any) -> str:
+    def end_of_turn(self, processor: Processor) -> str:
         """Text that closes an assistant turn under the model's chat template (e.g. `<|im_end|>\n`)."""
         return self.chat_turn_affixes(processor)[1]
 
-    def chat_turn_affixes(self, processor: Any) -> tuple[str, str]:
+    def chat_turn_affixes(self, processor: Processor) -> tuple[str, str]:
         """(text between the generation prompt and the answer, text that closes the assistant turn).
 
         Both are read off the chat template by rendering one exchange with a sentinel answer. When the rendered
@@ -208,7 +214,9 @@ class FamilyAdapter:
             cache[key] = self._render_affixes(processor, tokenizer, eos)
         return cache[key]
 
-    def _render_affixes(self, processor: Any, tokenizer: Any, eos: str) -> tuple[str, str]:
+    def _render_affixes(
+        self, processor: Processor, tokenizer: PreTrainedTokenizerBase, eos: str
+    ) -> tuple[str, str]:
         question = [{"type": "text", "text": "Q"}]
         answer = [{"type": "text", "text": ANSWER_SENTINEL}]
         if not self.multimodal:
@@ -238,7 +246,7 @@ class FamilyAdapter:
         return messages
 
     def chat_prompt(
-        self, question: str, *, processor: Any, has_image: bool = True, system: str | None = None
+        self, question: str, *, processor: Processor, has_image: bool = True, system: str | None = None
     ) -> str:
         """The model's own chat template with the generation prompt appended."""
         if processor is None:

@@ -4,11 +4,14 @@ the reference's v1 prompt ends every answer with `</s>`. Its tiny model: a CLIP 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from unmirage.errors import UnmirageError
 from unmirage.models.families.base import FamilyAdapter, register_family
 from unmirage.models.tiny import TinySpec, TinyTokenizer, text_kwargs
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 # llava-hf style: "USER: <image>\n{question} ASSISTANT: {answer}</s>"
 LLAVA_CHAT_TEMPLATE = (
@@ -57,7 +60,7 @@ class LlavaAdapter(FamilyAdapter):
             )
 
     @classmethod
-    def build_tiny_model(cls, spec: TinySpec, tokenizer: Any) -> tuple[Any, Any]:
+    def build_tiny_model(cls, spec: TinySpec, tokenizer: PreTrainedTokenizerBase) -> tuple[Any, Any]:
         from transformers import (
             CLIPImageProcessorPil,
             CLIPVisionConfig,

@@ -4,11 +4,14 @@ no torchvision (`models/processors.py`). Its tiny model: a 2x2-merging vision to
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from unmirage.errors import UnmirageError
 from unmirage.models.families.base import FamilyAdapter, register_family
 from unmirage.models.tiny import TinySpec, TinyTokenizer, text_kwargs
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 # Qwen2.5-VL style ChatML with a default system turn.
 QWEN_CHAT_TEMPLATE = (
@@ -77,7 +80,7 @@ class Qwen25VLAdapter(FamilyAdapter):
             raise UnmirageError(f"tiny qwen2_5_vl: image_size {spec.image_size} must be a multiple of {step}")
 
     @classmethod
-    def build_tiny_model(cls, spec: TinySpec, tokenizer: Any) -> tuple[Any, Any]:
+    def build_tiny_model(cls, spec: TinySpec, tokenizer: PreTrainedTokenizerBase) -> tuple[Any, Any]:
         from transformers import (
             Qwen2_5_VLConfig,
             Qwen2_5_VLForConditionalGeneration,
