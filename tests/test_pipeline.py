@@ -134,7 +134,7 @@ def test_smol_vlguard_plan_renders(monkeypatch):
     assert all("--placeholder-images" in s.argv for s in vlm_evals if s.stage != "unlearn-data")
     assert not any("--placeholder-images" in s.argv for s in steps if s.variant == "text")
     evals = [s for s in steps if s.argv[0] == "eval"]
-    assert len(evals) == 24 and all(
+    assert len(evals) == 25 and all(
         "/data/vlguard/test.json" in s.argv and "--prefill" in s.argv for s in evals
     )
     # form-balanced unlearning: the text model on rewritten sets, compared with the text base and SFT
@@ -146,6 +146,13 @@ def test_smol_vlguard_plan_renders(monkeypatch):
     assert "runs/smol-vlguard/text/eval-base" in balanced["report"].argv
     assert "text form-balanced NPO" in balanced["eval-npo"].argv
     assert all("--auto-resume" in s.argv for s in steps if s.argv[0] == "unlearn")
+    # experiment 5: RMU on the answer tokens of the forget dialogues (the later data.forget wins)
+    answer = {s.stage: s for s in steps if s.variant == "answer-rmu"}
+    assert set(answer) == {"unlearn-data", "rmu", "eval-rmu", "report"}
+    rmu_argv = answer["rmu"].argv
+    forgets = [a for a in rmu_argv if a.startswith("data.forget=")]
+    assert forgets[-1] == "data.forget=runs/smol-vlguard/data/text/unlearn/forget.json"
+    assert "method.mask=answer" in rmu_argv and "runs/smol-vlguard/text/eval-sft" in answer["report"].argv
     random_pick = {s.stage: s for s in steps if s.variant == "balanced-random"}
     assert set(random_pick) == {"unlearn-data-balanced", "rmu", "eval-rmu"}
     assert random_pick["unlearn-data-balanced"].argv[-3:-1] == ["random", "--out"]
