@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from unmirage.models import LoadedModel
 
 IGNORE_INDEX = -100
+#: Distinct (question, has image) prompts a collator keeps rendered.
+PROMPT_CACHE_SIZE = 65536
 
 
 class Collator:
@@ -57,6 +59,7 @@ class Collator:
         self.image_loader = image_loader or ImageLoader()
         self.placeholder_images = placeholder_images
         self.system = system
+        self._prompts: dict[tuple[str, bool], str] = {}
 
     def _image(self, example: Example) -> Image.Image | None:
         if not self.family.multimodal:
@@ -66,17 +69,23 @@ class Collator:
             image = placeholder_image(placeholder_size(self.processor))
         return image
 
-    def answer_token_count(self, prompt: str, full: str, example_id: str) -> int:
-        """Tokens that the answer adds to the prompt (checked to be a clean suffix)."""
-        prompt_ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        full_ids = self.tokenizer(full, add_special_tokens=True)["input_ids"]
-        if full_ids[: len(prompt_ids)] != prompt_ids:
-            raise UnmirageError(
-                "the tokenizer merges the prompt's last token with the answer; labels would be "
-                "misaligned (use another template)",
-                record=example_id,
-            )
-        return len(full_ids) - len(prompt_ids)
+    def answer_token_counts(
+        self, prompts: Sequence[str], fulls: Sequence[str], examples: Sequence[Example]
+    ) -> list[int]:
+        """Tokens that each answer adds to its prompt (checked to be a clean suffix); one batched tokenizer
+        call per side."""
+        prompt_ids = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+        full_ids = self.tokenizer(list(fulls), add_special_tokens=True)["input_ids"]
+        counts = []
+        for prompt, full, example in zip(prompt_ids, full_ids, examples):
+            if full[: len(prompt)] != prompt:
+                raise UnmirageError(
+                    "the tokenizer merges the prompt's last token with the answer; labels would be "
+                    "misaligned (use another template)",
+                    record=example.id,
+                )
+            counts.append(len(full) - len(prompt))
+        return counts
 
     def _images(self, examples: Sequence[Example]) -> tuple[list[Image.Image | None], list[bool]]:
         """Each example's image (None for text-only models) and whether it has one; all or none must."""
@@ -92,13 +101,19 @@ class Collator:
         return images, has_image
 
     def _prompt(self, example: Example, with_image: bool) -> str:
-        return self.family.build_prompt(
-            example.question,
-            template=self.template,
-            processor=self.processor,
-            has_image=with_image,
-            system=self.system,
-        )
+        key = (example.question, with_image)
+        prompt = self._prompts.get(key)
+        if prompt is None:  # rendering a chat template costs about as much as tokenizing the text
+            prompt = self.family.build_prompt(
+                example.question,
+                template=self.template,
+                processor=self.processor,
+                has_image=with_image,
+                system=self.system,
+            )
+            if len(self._prompts) < PROMPT_CACHE_SIZE:
+                self._prompts[key] = prompt
+        return prompt
 
     def encode_prompts(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
         """Right-padded model inputs of the examples' prompts alone (no answer, no labels): each row's last
@@ -109,14 +124,12 @@ class Collator:
 
     def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
         images, has_image = self._images(examples)
-        texts, n_answer = [], []
-        for example, with_image in zip(examples, has_image):
-            prompt = self._prompt(example, with_image)
-            full = prompt + self.family.answer_text(
-                example.answer, template=self.template, processor=self.processor
-            )
-            texts.append(full)
-            n_answer.append(self.answer_token_count(prompt, full, example.id))
+        prompts = [self._prompt(e, with_image) for e, with_image in zip(examples, has_image)]
+        texts = [
+            prompt + self.family.answer_text(e.answer, template=self.template, processor=self.processor)
+            for prompt, e in zip(prompts, examples)
+        ]
+        n_answer = self.answer_token_counts(prompts, texts, examples)
         batch = self._encode(texts, images if all(has_image) else None)
         return self._labels_and_truncate(batch, n_answer, examples)
 
