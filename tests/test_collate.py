@@ -128,3 +128,39 @@ def test_examples_from_a_conversation_file_with_an_image_root(tiny, tmp_path):
     assert "index" not in batch and (batch["labels"] != IGNORE_INDEX).any()
     with pytest.raises(UnmirageError, match="record id f0: image not found"):
         Collator(tiny, template="v1", image_loader=ImageLoader(root=tmp_path))(examples)
+
+
+class _MergingTokenizer:
+    """The tiny model's tokenizer, except that a text holding MERGE gets its second token changed: what a
+    tokenizer that merges the prompt's last token with the answer looks like to the collator."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+    def __setattr__(self, name, value):
+        if name == "tokenizer":
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.tokenizer, name, value)
+
+    def __call__(self, texts, **kwargs):
+        out = self.tokenizer(texts, **kwargs)
+        for row, text in enumerate(texts):
+            if "MERGE" in text:
+                out["input_ids"][row][1] += 1
+        return out
+
+
+def test_an_answer_merged_into_the_prompt_is_an_error_naming_the_record(tiny):
+    examples = _examples()
+    examples[1] = Example(id="r1", question=examples[1].question, answer="MERGE here", image=examples[1].image)
+    collator = Collator(tiny, template="v1")
+    collator.tokenizer = _MergingTokenizer(collator.tokenizer)
+    with pytest.raises(UnmirageError, match="merges the prompt's last token") as caught:
+        collator(examples)
+    assert "r1" in str(caught.value)
+    examples[1] = _examples()[1]
+    assert collator(examples)["labels"].shape[0] == 3
