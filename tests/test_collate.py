@@ -156,7 +156,9 @@ class _MergingTokenizer:
 
 def test_an_answer_merged_into_the_prompt_is_an_error_naming_the_record(tiny):
     examples = _examples()
-    examples[1] = Example(id="r1", question=examples[1].question, answer="MERGE here", image=examples[1].image)
+    examples[1] = Example(
+        id="r1", question=examples[1].question, answer="MERGE here", image=examples[1].image
+    )
     collator = Collator(tiny, template="v1")
     collator.tokenizer = _MergingTokenizer(collator.tokenizer)
     with pytest.raises(UnmirageError, match="merges the prompt's last token") as caught:

@@ -35,6 +35,14 @@ def run(
         False, "--resume", help="Skip the stages whose outputs are already in --out."
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars or stage lines."),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        min=1,
+        help="Processes side by side: data-parallel base training, then the four trainings and the "
+        "evaluations at once (default: one per core, at most 4; 1: all in this process). A seed's numbers "
+        "are reproducible for a given number.",
+    ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace --out if it holds a lab run with other settings or seeds."
     ),
@@ -54,6 +62,7 @@ def run(
         progress=not quiet,
         resume=resume,
         overwrite=overwrite,
+        workers=workers,
     )
     print(table_markdown(result["models"]))
     print(f"MirageLab: {time.perf_counter() - start:.0f} s wall; report: {out / 'miragelab.md'}")

@@ -15,6 +15,7 @@ the toolkit's commands.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
@@ -25,6 +26,7 @@ import torch
 from pydantic import Field
 
 from unmirage.config import StrictModel
+from unmirage.lab.parallel import all_sum, rank_and_size, share, sum_gradients
 from unmirage.lab.world import World, WorldExample
 
 if TYPE_CHECKING:
@@ -81,15 +83,21 @@ def _batches(n: int, batch_size: int, steps: int, seed: int) -> Iterator[list[in
         del order[:batch_size]
 
 
-def answer_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def answer_loss(
+    model: PreTrainedModel, batch: dict[str, torch.Tensor], denominator: float | None = None
+) -> torch.Tensor:
     """The model's causal-LM loss (mean cross-entropy over the labelled tokens), with the LM head applied to
     the labelled positions only: the same value as `model(**batch).loss` for a fraction of the head's FLOPs
-    (answers are about a quarter of a lab sequence)."""
+    (answers are about a quarter of a lab sequence). With `denominator` (the labelled tokens of the whole
+    batch, in data-parallel training), the cross-entropy summed over this batch's tokens, divided by it."""
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     hidden = model.model(**inputs).last_hidden_state[:, :-1]
     targets = batch["labels"][:, 1:]
     keep = targets != -100
-    return torch.nn.functional.cross_entropy(model.lm_head(hidden[keep]).float(), targets[keep])
+    logits = model.lm_head(hidden[keep]).float()
+    if denominator is None:
+        return torch.nn.functional.cross_entropy(logits, targets[keep])
+    return torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum") / denominator
 
 
 def feature_layer_tokens(model: PreTrainedModel, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -146,26 +154,42 @@ def pretrain_vision(
     kind_acc = colour_acc = 0.0
 
     def loss_and_logits(
-        model: PreTrainedModel, head: torch.nn.Module, index: list[int]
+        model: PreTrainedModel, head: torch.nn.Module, index: list[int], whole: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed over this rank's pictures, divided by the whole batch's: the batch mean over the ranks."""
         logits = head(feature_layer_tokens(model, pixels[index]).flatten(1))
-        loss = torch.nn.functional.cross_entropy(logits[:, :n_kinds], kinds[index])
-        return loss + torch.nn.functional.cross_entropy(logits[:, n_kinds:], colours[index]), logits
+        cross_entropy = functools.partial(torch.nn.functional.cross_entropy, reduction="sum")
+        loss = cross_entropy(logits[:, :n_kinds], kinds[index]) + cross_entropy(
+            logits[:, n_kinds:], colours[index]
+        )
+        return loss / whole, logits
 
-    bar = _progress(stage.steps, "vision pretraining", progress)
+    rank, _ = rank_and_size()
+    bar = _progress(stage.steps, "vision pretraining", progress and rank == 0)
     start, flop = time.perf_counter(), 0
-    for step, index in enumerate(_batches(len(specs), stage.batch_size, stage.steps, seed)):
+    for step, whole in enumerate(_batches(len(specs), stage.batch_size, stage.steps, seed)):
         for group in optimizer.param_groups:
             group["lr"] = stage.learning_rate * cosine_factor(step, stage.steps, stage.warmup)
+        index = share(whole)
         if step == 0:  # every step has the same shape
-            flop = stage.steps * step_flop([model, head], lambda m, h, i=index: loss_and_logits(m, h, i)[0])
-        loss, logits = loss_and_logits(model, head, index)
+            counted = step_flop(
+                [model, head], lambda m, h, i=index, n=len(whole): loss_and_logits(m, h, i, n)[0]
+            )
+            flop = stage.steps * int(all_sum(torch.tensor(counted, dtype=torch.float64)).item())
+        loss, logits = loss_and_logits(model, head, index, len(whole))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        sum_gradients(params)
         optimizer.step()
-        kind_acc = (logits[:, :n_kinds].argmax(-1) == kinds[index]).float().mean().item()
-        colour_acc = (logits[:, n_kinds:].argmax(-1) == colours[index]).float().mean().item()
-        bar.set_postfix(loss=f"{loss.item():.3f}", kind=f"{kind_acc:.2f}")
+        right = torch.stack(
+            [
+                (logits[:, :n_kinds].argmax(-1) == kinds[index]).sum(),
+                (logits[:, n_kinds:].argmax(-1) == colours[index]).sum(),
+            ]
+        ).float()
+        kind_acc, colour_acc = (all_sum(right) / len(whole)).tolist()
+        loss_value = float(all_sum(loss.detach().clone()))
+        bar.set_postfix(loss=f"{loss_value:.3f}", kind=f"{kind_acc:.2f}")
         bar.update()
     bar.close()
     tower.eval()
@@ -174,7 +198,7 @@ def pretrain_vision(
     return {
         "kind_accuracy": kind_acc,
         "colour_accuracy": colour_acc,
-        "loss": float(loss.item()),
+        "loss": loss_value,
         "seconds": round(time.perf_counter() - start, 3),
         "train_flop": float(flop),
     }
@@ -212,24 +236,28 @@ def train_base(
     optimizer = torch.optim.AdamW(params, lr=stage.learning_rate, weight_decay=0.0)
     model.train()
     losses: list[float] = []
-    bar = _progress(stage.steps, "base training", progress)
+    rank, _ = rank_and_size()
+    bar = _progress(stage.steps, "base training", progress and rank == 0)
     start, tokens, flop_per_token = time.perf_counter(), 0, 0.0
-    for step, index in enumerate(_batches(len(items), stage.batch_size, stage.steps, seed + 1)):
+    for step, whole in enumerate(_batches(len(items), stage.batch_size, stage.steps, seed + 1)):
         for group in optimizer.param_groups:
             group["lr"] = stage.learning_rate * cosine_factor(step, stage.steps)
-        batch = collate([items[i] for i in index])
+        batch = collate([items[i] for i in share(whole)])
         batch.pop("index", None)
         tokens += batch["input_ids"].numel()
+        labelled = float(all_sum((batch["labels"][:, 1:] != -100).sum().double()))
         if step == 0:
             flop_per_token = (
-                step_flop([model], lambda m, b=batch: answer_loss(m, b)) / batch["input_ids"].numel()
+                step_flop([model], lambda m, b=batch, n=labelled: answer_loss(m, b, n))
+                / batch["input_ids"].numel()
             )
-        loss = answer_loss(model, batch)
+        loss = answer_loss(model, batch, labelled)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        sum_gradients(params)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        losses.append(loss.item())
+        losses.append(float(all_sum(loss.detach().clone())))
         if log is not None:
             log(step, losses[-1])
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
@@ -243,6 +271,6 @@ def train_base(
         "final_loss": sum(tail) / len(tail),
         "first_loss": losses[0],
         "seconds": round(time.perf_counter() - start, 3),
-        "tokens": tokens,
-        "train_flop": flop_per_token * tokens,
+        "tokens": int(all_sum(torch.tensor(tokens)).item()),
+        "train_flop": float(all_sum(torch.tensor(flop_per_token * tokens, dtype=torch.float64)).item()),
     }

@@ -32,18 +32,21 @@ from typing import Any
 from unmirage.errors import UnmirageError
 from unmirage.lab.config import MODELS, LabConfig
 from unmirage.lab.narrative import lab_markdown, median_rows
+from unmirage.lab.parallel import default_workers
 from unmirage.lab.stages import STAGES, SeedRun
 from unmirage.runs import atomic_write_json, atomic_write_text
 
 #: The folders a run writes under OUT (removed before a run that does not resume).
-LAB_FOLDERS = ("world", "models", "data", "recipes", "spurious", "report", *MODELS)
+LAB_FOLDERS = ("world", "models", "data", "recipes", "spurious", "report", "logs", *MODELS)
 
 
 def run_seed(
-    config: LabConfig, out: Path, seed: int, progress: bool = True, resume: bool = False
+    config: LabConfig, out: Path, seed: int, progress: bool = True, resume: bool = False, workers: int = 1
 ) -> dict[str, Any]:
     """The whole lab for one seed under `out` (`stages.STAGES` in order, each timed); returns the seed's
-    summary ({model: headline numbers} under "models").
+    summary ({model: headline numbers} under "models"). With `workers` > 1 the base model trains
+    data-parallel and the trainings after it, then the evaluations, run side by side in forked processes
+    (`unmirage.lab.parallel`); a seed's numbers are reproducible for a given number of workers.
 
     With `resume`, stages whose outputs are already there (a finished model folder, an eval's metrics.json
     with its oracle block, ...) are skipped, so a killed run continues where it stopped.
@@ -52,12 +55,13 @@ def run_seed(
         for name in LAB_FOLDERS:
             shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    run = SeedRun(config, out, seed, progress, resume)
+    run = SeedRun(config, out, seed, progress, resume, workers)
+    start = time.perf_counter()
     for name, stage in STAGES:
         with run.runner.stage(name):
             stage(run)
     timings = dict(run.runner.timings)
-    timings["total"] = round(sum(run.runner.timings.values()), 2)
+    timings["total"] = round(time.perf_counter() - start, 2)
     atomic_write_json(out / "timings.json", timings)
     summary = {
         "seed": seed,
@@ -79,8 +83,10 @@ def run_lab(
     resume: bool = False,
     on_seed: Callable[[int, dict[str, Any]], None] | None = None,
     overwrite: bool = False,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Run every seed (one seed: directly under `out`; several: `out/seed-<s>/`) and write the medians.
+    `workers`: processes side by side (None: one per core, at most 4; see `run_seed`).
 
     `out` is claimed first (`unmirage.outputs.claim_folder`): a lab run with the same settings and seeds
     reruns (or, with `resume`, continues) in it, one with other settings needs `overwrite`, and a folder of
@@ -101,11 +107,13 @@ def run_lab(
     )
     if os.environ.get("OMP_NUM_THREADS") is None:
         torch.set_num_threads(max(1, min(os.cpu_count() or 1, 4)))
+    if workers is None:
+        workers = default_workers()
     start = time.perf_counter()
     per_seed = []
     for seed in seeds:
         folder = out if len(seeds) == 1 else out / f"seed-{seed}"
-        summary = run_seed(config, folder, seed, progress, resume)
+        summary = run_seed(config, folder, seed, progress, resume, workers)
         per_seed.append(summary["models"])
         if on_seed is not None:
             on_seed(seed, summary)

@@ -5,6 +5,7 @@ already there is skipped."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -27,34 +28,59 @@ if TYPE_CHECKING:
     from unmirage.lab.world import World
 
 
-class Runner:
-    """Runs `unmirage` commands in this process, logs them to commands.sh and times every stage."""
+def _execute(argv: list[str]) -> None:
+    from unmirage.cli.main import app
 
-    def __init__(self, out: Path, progress: bool = True) -> None:
+    try:
+        app(args=argv, prog_name="unmirage", standalone_mode=False)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise UnmirageError(f"'unmirage {argv[0]}' exited with status {exc.code}") from None
+    except Exception as exc:  # usage errors of click (or typer's copy of it)
+        if "click" in type(exc).__module__:
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            raise UnmirageError(f"'unmirage {' '.join(argv[:2])}': {message}") from None
+        raise
+
+
+class Runner:
+    """Runs `unmirage` commands in this process (or, side by side, in forked ones), logs them to commands.sh
+    in the order given and times every stage."""
+
+    def __init__(self, out: Path, progress: bool = True, workers: int = 1) -> None:
         self.out = out
         self.progress = progress
+        self.workers = workers
         self.timings: dict[str, float] = {}
         self.commands: list[str] = []
 
-    def cli(self, *args: str | os.PathLike, **options: str | os.PathLike | int | float) -> None:
-        """`unmirage ARGS --OPTION VALUE ...`, exactly as a user would type it (an option's name is its keyword
-        with dashes: `max_new_tokens=32` is `--max-new-tokens 32`); raises UnmirageError on failure."""
-        from unmirage.cli.main import app
-
+    def _record(self, args: Sequence[str | os.PathLike], options: dict[str, Any]) -> list[str]:
+        """argv of `unmirage ARGS --OPTION VALUE ...` (an option's name is its keyword with dashes:
+        `max_new_tokens=32` is `--max-new-tokens 32`), appended to commands.sh."""
         flags = [item for key, value in options.items() for item in ("--" + key.replace("_", "-"), value)]
         argv = [str(a) for a in (*args, *flags)]
         self.commands.append("unmirage " + " ".join(shlex.quote(a) for a in argv))
         atomic_write_text(self.out / "commands.sh", "\n".join(self.commands) + "\n")
-        try:
-            app(args=argv, prog_name="unmirage", standalone_mode=False)
-        except SystemExit as exc:
-            if exc.code not in (0, None):
-                raise UnmirageError(f"'unmirage {argv[0]}' exited with status {exc.code}") from None
-        except Exception as exc:  # usage errors of click (or typer's copy of it)
-            if "click" in type(exc).__module__:
-                message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-                raise UnmirageError(f"'unmirage {' '.join(argv[:2])}': {message}") from None
-            raise
+        return argv
+
+    def cli(self, *args: str | os.PathLike, **options: str | os.PathLike | int | float) -> None:
+        """`unmirage ARGS --OPTION VALUE ...`, exactly as a user would type it; raises UnmirageError on
+        failure."""
+        _execute(self._record(args, options))
+
+    def side_by_side(
+        self, commands: Sequence[tuple[str, Sequence[Any], dict[str, Any]]], desc: str, logs: Path
+    ) -> None:
+        """`(name, args, options)` commands that do not depend on each other, `workers` at a time in forked
+        processes (`unmirage.lab.parallel.run_jobs`, output in `logs/<name>.log`); each one's time goes to
+        `timings` under its name."""
+        from unmirage.lab.parallel import run_jobs
+
+        jobs = [
+            (name, functools.partial(_execute, self._record(args, options)))
+            for name, args, options in commands
+        ]
+        self.timings.update(run_jobs(jobs, self.workers, progress=self.progress, desc=desc, logs=logs))
 
     @contextmanager
     def stage(self, name: str) -> Any:
@@ -92,8 +118,19 @@ def write_sft_files(world_dir: Path, replay_counts: Sequence[int]) -> dict[int, 
     return files
 
 
-def build_base_model(config: LabConfig, world: World, out: Path, seed: int, progress: bool) -> dict[str, Any]:
-    """Tiny LLaVA -> vision pretraining -> base training -> saved to `out` (model + processor)."""
+def build_base_model(
+    config: LabConfig, world: World, out: Path, seed: int, progress: bool, ranks: int = 1
+) -> dict[str, Any]:
+    """Tiny LLaVA -> vision pretraining -> base training -> saved to `out` (model + processor), trained
+    data-parallel over `ranks` forked processes (`unmirage.lab.parallel.run_ranks`; rank 0 saves)."""
+    from unmirage.lab.parallel import run_ranks
+
+    run_ranks(lambda: _train_and_save_base(config, world, out, seed, progress), ranks)
+    return json.loads((out / "lab_training.json").read_text(encoding="utf-8"))
+
+
+def _train_and_save_base(config: LabConfig, world: World, out: Path, seed: int, progress: bool) -> None:
+    from unmirage.lab.parallel import rank_and_size
     from unmirage.lab.pretrain import pretrain_vision, train_base
     from unmirage.models import load_model
 
@@ -102,14 +139,16 @@ def build_base_model(config: LabConfig, world: World, out: Path, seed: int, prog
     loaded = load_model("tiny-llava", dtype="float32", tiny_sizes=sizes)
     vision = pretrain_vision(loaded, world, config.vision, seed=seed, progress=progress)
     base = train_base(loaded, world, config.base, seed=seed, template=config.eval.template, progress=progress)
+    rank, size = rank_and_size()
+    if rank != 0:
+        return
     out.mkdir(parents=True, exist_ok=True)
     loaded.model.save_pretrained(out)
     loaded.processor.save_pretrained(out)
     normal_permissions(out)
     parameters = sum(p.numel() for p in loaded.model.parameters())
-    info = {"vision": vision, "base": base, "parameters": parameters, "sizes": sizes}
+    info = {"vision": vision, "base": base, "parameters": parameters, "sizes": sizes, "ranks": size}
     atomic_write_json(out / "lab_training.json", info)
-    return info
 
 
 def _train_section(stage: TrainStage, seed: int, progress: bool) -> dict[str, Any]:
@@ -183,6 +222,7 @@ class SeedRun:
     seed: int
     progress: bool = True
     resume: bool = False
+    workers: int = 1
     sft_files: dict[int, Path] = field(default_factory=dict)
     base_info: dict[str, Any] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
@@ -193,7 +233,7 @@ class SeedRun:
         world = self.config.world.model_copy(update={"seed": self.seed})
         self.config = self.config.model_copy(update={"world": world})
         self.world = World(world)
-        self.runner = Runner(self.out, self.progress)
+        self.runner = Runner(self.out, self.progress, self.workers)
         self.files = world_files(self.out / "world")
         self.attacks = {
             "what": self.out / "world" / "test_what_3shot.json",
@@ -222,15 +262,19 @@ class SeedRun:
             image_root=self.files.image_root,
             template=self.config.eval.template,
             seed=self.seed,
-            progress=self.progress,
+            progress=self.progress and self.workers == 1,  # side by side, bars go to each job's log
             **data,
         )
         return write_recipe(self.out / "recipes" / f"{name}.yaml", recipe)
 
-    def unlearn_model(self, name: str, recipe: Path) -> None:
-        """`unmirage unlearn RECIPE` unless the model is there (resume)."""
-        if self.todo(self.models / name / "model.safetensors"):
-            self.runner.cli("unlearn", recipe)
+    def train(self, recipes: dict[str, Path], desc: str) -> None:
+        """`unmirage unlearn RECIPE` for each model not there yet (resume), side by side."""
+        commands = [
+            (name, ["unlearn", recipe], {})
+            for name, recipe in recipes.items()
+            if self.todo(self.models / name / "model.safetensors")
+        ]
+        self.runner.side_by_side(commands, desc, self.out / "logs")
 
 
 def world(run: SeedRun) -> None:
@@ -260,17 +304,12 @@ def spurious(run: SeedRun) -> None:
 
 
 def base_model(run: SeedRun) -> None:
-    """The lab's base model (`build_base_model`), and its training record."""
+    """The lab's base model (`build_base_model`, data-parallel over the run's workers, at most 2: a batch of
+    64 split further gains little), and its training record."""
     base = run.models / "base"
     if run.todo(base / "lab_training.json"):
-        build_base_model(run.config, run.world, base, run.seed, run.progress)
+        build_base_model(run.config, run.world, base, run.seed, run.progress, ranks=min(run.workers, 2))
     run.base_info = json.loads((base / "lab_training.json").read_text(encoding="utf-8"))
-
-
-def safety_sft(run: SeedRun) -> None:
-    """`unlearn` with method sft: Posthoc (safety pairs only) and Mixed (with general replay)."""
-    for name, stage in (("sft-posthoc", run.config.sft_posthoc), ("sft-mixed", run.config.sft_mixed)):
-        run.unlearn_model(name, run.recipe(name, stage, {"name": "sft"}, retain=run.sft_files[stage.replay]))
 
 
 def forget_retain(run: SeedRun) -> None:
@@ -302,57 +341,70 @@ def forget_retain(run: SeedRun) -> None:
     )
 
 
-def npo(run: SeedRun) -> None:
-    """`unlearn` NPO from the base model."""
-    cfg = run.config.npo
-    method = {"name": "npo", "beta": cfg.beta, "retain_ce_weight": cfg.retain_ce_weight}
-    data = {"retain": run.unlearn / "retain_mixed.json", "forget": run.unlearn / "forget.json"}
-    run.unlearn_model("npo", run.recipe("npo", cfg, method, **data))
-
-
-def rmu(run: SeedRun) -> None:
-    """`unlearn` RMU from the base model (`steering_coeff: auto`, layers 0 to the steered one trained)."""
-    cfg = run.config.rmu
-    method = {
+def trainings(run: SeedRun) -> None:
+    """`unlearn` of the four models trained from the base model, side by side: Mixed and Posthoc safety SFT,
+    NPO, and RMU (`steering_coeff: auto`, layers 0 to the steered one trained)."""
+    cfg = run.config
+    unlearn = {"retain": run.unlearn / "retain_mixed.json"}
+    rmu = {
         "name": "rmu",
-        "layer": cfg.layer,
+        "layer": cfg.rmu.layer,
         "steering_coeff": "auto",
-        "steering_relative": cfg.steering_relative,
-        "alpha": cfg.alpha,
-        "retain_ce_weight": cfg.retain_ce_weight,
-        "mask": cfg.mask,
-        "trainable_layers": list(range(cfg.layer + 1)),
+        "steering_relative": cfg.rmu.steering_relative,
+        "alpha": cfg.rmu.alpha,
+        "retain_ce_weight": cfg.rmu.retain_ce_weight,
+        "mask": cfg.rmu.mask,
+        "trainable_layers": list(range(cfg.rmu.layer + 1)),
     }
-    data = {"retain": run.unlearn / "retain_mixed.json", "forget": run.unlearn / "forget_rmu.json"}
-    run.unlearn_model("rmu", run.recipe("rmu", cfg, method, **data))
+    npo = {"name": "npo", "beta": cfg.npo.beta, "retain_ce_weight": cfg.npo.retain_ce_weight}
+    recipes = {  # longest first, so the last one to start is a short one
+        "sft-mixed": run.recipe(
+            "sft-mixed", cfg.sft_mixed, {"name": "sft"}, retain=run.sft_files[cfg.sft_mixed.replay]
+        ),
+        "sft-posthoc": run.recipe(
+            "sft-posthoc", cfg.sft_posthoc, {"name": "sft"}, retain=run.sft_files[cfg.sft_posthoc.replay]
+        ),
+        "rmu": run.recipe("rmu", cfg.rmu, rmu, forget=run.unlearn / "forget_rmu.json", **unlearn),
+        "npo": run.recipe("npo", cfg.npo, npo, forget=run.unlearn / "forget.json", **unlearn),
+    }
+    run.train(recipes, "training")
 
 
-def evaluate(run: SeedRun, name: str) -> None:
-    """`eval` of one model on the four cases and the prefill attack, then the oracle's scoring."""
+def evaluations(run: SeedRun) -> None:
+    """`eval` of every model on the four cases and the prefill attack, side by side, then the oracle's
+    scoring of each."""
     from unmirage.lab.oracle import Oracle
     from unmirage.lab.score import file_oracle, load_objects
 
-    cfg, files, run_dir = run.config.eval, run.files, run.out / name
-    metrics_path = run_dir / "metrics.json"
-    if run.todo(metrics_path) or "oracle" not in json.loads(metrics_path.read_text(encoding="utf-8")):
-        run.runner.cli(
-            "eval",
-            model=run.models / name,
-            vlguard_test=files.test,
-            share=run.attacks["share"],
-            what=run.attacks["what"],
-            image_root=files.image_root,
-            out=run_dir,
-            label=name,
-            template=cfg.template,
-            max_new_tokens=cfg.max_new_tokens,
-            batch_size=cfg.batch_size,
-            bootstrap=cfg.bootstrap,
-            seed=run.seed,
-            prefill=cfg.prefill,
+    cfg, files = run.config.eval, run.files
+    options = {
+        "vlguard_test": files.test,
+        "share": run.attacks["share"],
+        "what": run.attacks["what"],
+        "image_root": files.image_root,
+        "template": cfg.template,
+        "max_new_tokens": cfg.max_new_tokens,
+        "batch_size": cfg.batch_size,
+        "bootstrap": cfg.bootstrap,
+        "seed": run.seed,
+        "prefill": cfg.prefill,
+    }
+    commands = [
+        (
+            f"eval {name}",
+            ["eval"],
+            {"model": run.models / name, "out": run.out / name, "label": name, **options},
         )
-        file_oracle(run_dir, Oracle.from_world_file(files.world), load_objects(files.objects), files.world)
-    run.results[name] = headline(json.loads(metrics_path.read_text(encoding="utf-8")))
+        for name in MODELS
+        if run.todo(run.out / name / "metrics.json")
+    ]
+    run.runner.side_by_side(commands, "evaluation", run.out / "logs")
+    oracle, objects = Oracle.from_world_file(files.world), load_objects(files.objects)
+    for name in MODELS:
+        metrics_path = run.out / name / "metrics.json"
+        if "oracle" not in json.loads(metrics_path.read_text(encoding="utf-8")):
+            file_oracle(run.out / name, oracle, objects, files.world)
+        run.results[name] = headline(json.loads(metrics_path.read_text(encoding="utf-8")))
 
 
 def report(run: SeedRun) -> None:
@@ -361,20 +413,14 @@ def report(run: SeedRun) -> None:
     run.runner.cli("report", *[run.out / name for name in MODELS], out=run.out / "report", figure=figure)
 
 
-def _evaluation(name: str) -> Callable[[SeedRun], None]:
-    return lambda run: evaluate(run, name)
-
-
 #: (stage name in OUT/timings.json, stage), in the order they run.
 STAGES: tuple[tuple[str, Callable[[SeedRun], None]], ...] = (
     ("world", world),
     ("attack files", attack_files),
     ("analyze spurious", spurious),
     ("base model", base_model),
-    ("safety SFT", safety_sft),
     ("forget/retain data", forget_retain),
-    ("NPO", npo),
-    ("RMU", rmu),
-    *((f"eval {name}", _evaluation(name)) for name in MODELS),
+    ("trainings from the base", trainings),
+    ("evaluations", evaluations),
     ("report", report),
 )
