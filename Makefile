@@ -41,7 +41,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/unmirage lab run --out lab-out
 
 test: $(VENV)/.installed-dev
-	$(PY) -m pytest -n 2 --timeout 600
+	$(PY) -m pytest -n 2 --timeout 600 --durations=15
 
 bench: $(VENV)/.installed-dev
 	$(PY) bench/run_all.py

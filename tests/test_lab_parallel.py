@@ -86,7 +86,6 @@ def test_a_failing_rank_is_an_error():
         run_ranks(fail, 2)
 
 
-@pytest.mark.slow
 def test_base_model_trained_on_two_ranks_matches_one_process(tmp_path):
     """The lab's vision pretraining and base training, data-parallel over 2 forked ranks, give the model and
     the training record one process gives (to float rounding)."""
