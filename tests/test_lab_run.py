@@ -241,6 +241,8 @@ def test_reduced_lab_reproduces_the_directions(tmp_path) -> None:
     metrics = json.loads((tmp_path / "lab" / "npo" / "metrics.json").read_text())
     assert {"rr_normal", "rr_share", "asr_normal", "asr_attack", "oracle"} <= set(metrics)
     assert (tmp_path / "lab" / "report" / "report.md").is_file()
+    manifest = json.loads((tmp_path / "lab" / "manifest.json").read_text())  # finished, not a claim
+    assert manifest["command"] == "lab run" and "status" not in manifest and manifest["workers"] == 1
     # the report tells miragelab.md's story: the oracle decides ASR, and the spurious chart is in both
     import csv
 

@@ -34,7 +34,7 @@ from unmirage.lab.config import MODELS, LabConfig
 from unmirage.lab.narrative import lab_markdown, median_rows
 from unmirage.lab.parallel import default_workers
 from unmirage.lab.stages import STAGES, SeedRun
-from unmirage.runs import atomic_write_json, atomic_write_text
+from unmirage.runs import atomic_write_json, atomic_write_text, write_manifest
 
 #: The folders a run writes under OUT (removed before a run that does not resume).
 LAB_FOLDERS = ("world", "models", "data", "recipes", "spurious", "report", "logs", *MODELS)
@@ -98,10 +98,11 @@ def run_lab(
     out = Path(out)
     if not seeds:
         raise UnmirageError("give at least one seed")
+    identity = {"config": config.model_dump(mode="json"), "seeds": list(seeds)}
     claim_folder(
         out,
         command="lab run",
-        identity={"config": config.model_dump(mode="json"), "seeds": list(seeds)},
+        identity=identity,
         overwrite=overwrite,
         resume_hint="the same settings rerun it; ",
     )
@@ -126,4 +127,15 @@ def run_lab(
         atomic_write_text(
             out / "miragelab.md", lab_markdown(rows, {"total": wall}, config, seeds, f"seed-{seeds[0]}/")
         )
+    # the claim ("running") becomes the finished run's manifest
+    write_manifest(
+        out,
+        command="lab run",
+        identity=identity,
+        config=identity["config"],
+        seed=seeds[0],
+        seeds=list(seeds),
+        workers=workers,
+        outputs=[out / "summary.json", out / "miragelab.md"],
+    )
     return result
