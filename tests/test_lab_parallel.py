@@ -127,3 +127,17 @@ def test_base_model_trained_on_two_ranks_matches_one_process(tmp_path):
         difference = (two[name] - one[name]).abs().max().item()
         assert difference <= 0.25 * stage.learning_rate * stage.steps, (name, difference)
     assert json.loads((tmp_path / "2" / "lab_training.json").read_text())["sizes"] == info[1]["sizes"]
+
+
+def test_default_workers_follow_cores_threads_and_the_system(monkeypatch):
+    import unmirage.lab.parallel as parallel
+
+    monkeypatch.setattr(parallel.sys, "platform", "linux")
+    monkeypatch.setattr(parallel, "cpu_cores", lambda: 8)
+    monkeypatch.setattr(parallel.torch, "get_num_threads", lambda: 8)
+    assert parallel.default_workers() == 4 and parallel.default_workers(cap=2) == 2
+    monkeypatch.setattr(parallel.torch, "get_num_threads", lambda: 1)  # OMP_NUM_THREADS=1
+    assert parallel.default_workers() == 1
+    monkeypatch.setattr(parallel.torch, "get_num_threads", lambda: 8)
+    monkeypatch.setattr(parallel.sys, "platform", "darwin")
+    assert parallel.default_workers() == 1

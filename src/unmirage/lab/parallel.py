@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import re
 import socket
+import sys
 import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait
@@ -43,7 +44,10 @@ def cpu_cores() -> int:
 
 def default_workers(cap: int = 4) -> int:
     """Processes the lab runs side by side by default: one per core and per torch thread this process may
-    use (OMP_NUM_THREADS=1 means one), at most `cap`."""
+    use (OMP_NUM_THREADS=1 means one), at most `cap`; one outside Linux, where forking a process that has
+    loaded system frameworks is unsafe (macOS) or impossible (Windows)."""
+    if not sys.platform.startswith("linux"):
+        return 1
     return max(1, min(cpu_cores(), torch.get_num_threads(), cap))
 
 
@@ -53,8 +57,6 @@ def _child(target: Callable[[], None], conn: multiprocessing.connection.Connecti
     os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     torch.set_num_threads(1)
     if log is not None:  # side-by-side jobs would garble one terminal's progress bars: each gets a file
-        import sys
-
         sys.stdout.flush()
         sys.stderr.flush()
         handle = open(log, "w", encoding="utf-8")  # noqa: SIM115 (the process's output until it ends)
