@@ -4,8 +4,10 @@ Prints the machine's fp32 matmul speed (measured before and after the run, with 
 wall time and each stage's time, the FLOP/s that vision pretraining and base training reached (their FLOPs
 are counted by the lab on the first step) as a share of the matmul speed (MFU), and the wall time scaled to
 a 49 GFLOP/s machine (the 2-core reference machine of the README). The budget is 300 s on such a machine.
+With `--compare`, the same seed first runs in one process (`--workers 1`) and the ratio of the two wall times
+is printed as well (the lab with its default workers over the lab in one process, measured in this run).
 
-`python bench/lab_demo.py [--quick] [--keep DIR]`
+`python bench/lab_demo.py [--quick] [--keep DIR] [--compare]`
 """
 
 from __future__ import annotations
@@ -35,17 +37,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="time `lab run --quick` instead")
     parser.add_argument("--keep", type=Path, default=None, help="write the lab here and keep it")
+    parser.add_argument(
+        "--compare", action="store_true", help="first time the lab in one process (--workers 1)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="lab-demo-") as tmp:
         out = args.keep or Path(tmp) / "lab-out"
         env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1")
+        command = [sys.executable, "-m", "unmirage", "lab", "run", "--quiet", "--overwrite"]
+        command += ["--quick"] if args.quick else []
+
+        def timed(*extra: str) -> float:
+            start = time.perf_counter()
+            subprocess.run(
+                [*command, "--out", str(out), *extra], check=True, env=env, stdout=subprocess.DEVNULL
+            )
+            return time.perf_counter() - start
+
         before = machine_gflops()
-        start = time.perf_counter()
-        command = [sys.executable, "-m", "unmirage", "lab", "run", "--out", str(out), "--quiet"]
-        subprocess.run(
-            command + (["--quick"] if args.quick else []), check=True, env=env, stdout=subprocess.DEVNULL
-        )
-        wall = time.perf_counter() - start
+        one_process = timed("--workers", "1") if args.compare else None
+        wall = timed()
         after = machine_gflops()
         timings = json.loads((out / "timings.json").read_text())
         training = json.loads((out / "models" / "base" / "lab_training.json").read_text())
@@ -57,6 +68,15 @@ def main() -> None:
     emit(
         "lab_demo", "wall time, one seed", wall, "s", f"<= {BUDGET_S:.0f} s at {REFERENCE_GFLOPS:.0f} GFLOP/s"
     )
+    if one_process is not None:
+        emit(
+            "lab_demo",
+            "wall time, one seed in one process (--workers 1)",
+            one_process,
+            "s",
+            None,
+            ratio_default_to_one_process=round(wall / one_process, 3),
+        )
     emit(
         "lab_demo",
         f"wall time scaled to {REFERENCE_GFLOPS:.0f} GFLOP/s",
