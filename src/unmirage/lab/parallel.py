@@ -89,16 +89,17 @@ class _Forked:
         self.process.start()
         send.close()
 
-    def finish(self) -> tuple[float, str | None]:
-        """Seconds it ran and its error (None when it succeeded)."""
+    def finish(self) -> float:
+        """Seconds it ran, once it has ended; `UnmirageError` naming it (and its log) if it failed."""
         self.process.join()
         message = self.receive.recv() if self.receive.poll() else "ended without a result"
         self.receive.close()
         if message is None and self.process.exitcode != 0:
             message = f"exited with status {self.process.exitcode}"
-        if message is not None and self.log is not None:
-            message += f" (its output: {self.log})"
-        return round(time.perf_counter() - self.start, 2), message
+        if message is not None:
+            where = f" (its output: {self.log})" if self.log is not None else ""
+            raise UnmirageError(f"{self.name} failed: {message}{where}")
+        return round(time.perf_counter() - self.start, 2)
 
 
 def _stop(children: Sequence[_Forked]) -> None:
@@ -145,10 +146,7 @@ def run_jobs(
             wait([child.process.sentinel for child in running])
             for child in [c for c in running if not c.process.is_alive()]:
                 running.remove(child)
-                took, error = child.finish()
-                if error is not None:
-                    raise UnmirageError(f"{child.name} failed: {error}")
-                seconds[child.name] = took
+                took = seconds[child.name] = child.finish()
                 bar.set_postfix_str(f"{child.name} {took:.0f} s")
                 bar.update()
     finally:
@@ -183,9 +181,7 @@ def run_ranks(target: Callable[[], None], ranks: int) -> None:
     children = [_Forked(f"rank {r}", lambda r=r: rank_main(r)) for r in range(ranks)]
     try:
         for child in children:
-            _, error = child.finish()
-            if error is not None:
-                raise UnmirageError(f"{child.name} failed: {error}")
+            child.finish()
     finally:
         _stop(children)
 
