@@ -191,8 +191,9 @@ def test_runner_reports_failing_commands(tmp_path) -> None:
 
 
 def reduced_config() -> LabConfig:
-    """A lab small enough for the test suite: 6 distinct shapes (2 hazards), fewer pictures and steps."""
-    from unmirage.lab.config import EvalStage, NPOStage, RMUStage, SFTStage
+    """A lab small enough for the test suite: 6 distinct shapes (2 hazards), 16-pixel patches (4 image tokens,
+    not 16), fewer pictures and steps."""
+    from unmirage.lab.config import EvalStage, ModelSizes, NPOStage, RMUStage, SFTStage
     from unmirage.lab.pretrain import BaseStage, VisionStage
 
     world = WorldConfig(
@@ -205,9 +206,11 @@ def reduced_config() -> LabConfig:
     )
     return LabConfig(
         world=world,
+        # 16-pixel patches: 18% less time than 8-pixel ones here, and Posthoc SFT's What-attack leak on this seed
+        # is 19 of 30 questions (1 as asked) against 4 of 30; 140 base steps pass too, on seeds 0-2, with a
+        # What leak of 16, 3 and 5 of 30: too thin a margin on seed 1
+        model=ModelSizes(patch_size=16),
         vision=VisionStage(steps=400, pictures=6400),
-        # 140 base steps also pass on seeds 0-2, but Posthoc SFT's What-attack leak falls to 2, 5 and 1 of 30
-        # questions (0 as asked): too thin a margin for the test's own seed
         base=BaseStage(steps=200, examples=8000, learning_rate=2e-3),
         sft_posthoc=SFTStage(max_steps=80, batch_size=32),
         sft_mixed=SFTStage(max_steps=80, batch_size=32, replay=100),
