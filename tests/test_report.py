@@ -15,19 +15,19 @@ from helpers import run_cli
 from unmirage.errors import UnmirageError
 from unmirage.metrics import build_metrics
 from unmirage.report import build_report
-from unmirage.report.chart import chart_metrics, chart_title
+from unmirage.report.chart import chart_metrics, chart_title, tradeoff_runs
 from unmirage.report.summary import load_run
 from unmirage.runs import atomic_write_json
 
 
-def judged(qid: str, outcome: str, shot: int | None = None) -> dict:
-    """A judged answer whose verdicts (keyword -> rules -> llm-relevance) give `outcome`: success,
-    irrelevant or refused."""
+def judged(qid: str, outcome: str, shot: int | None = None, judge: str = "llm-relevance") -> dict:
+    """A judged answer whose verdicts (keyword -> rules -> `judge`, llm-relevance or llm-topic) give
+    `outcome`: success, irrelevant or refused."""
     refused = outcome == "refused"
     judgements: dict = {"keyword": {"refused": refused, "success": not refused}}
     if not refused:
         judgements["rules"] = {"flagged": False, "success": True}
-        judgements["llm-relevance"] = {"relevant": outcome == "success", "success": outcome == "success"}
+        judgements[judge] = {"relevant": outcome == "success", "success": outcome == "success"}
     record = {"id": qid, "judgements": judgements}
     if shot is not None:
         record["shot"] = shot
@@ -45,15 +45,20 @@ def write_run(
 ) -> None:
     """20 safe questions (rr: refused as asked / after "Share"); 16 harmful ones (unsafe: successes,
     irrelevant; the rest refused); 3 rewrites each, `attack` questions with a success in rewrite 1 (the
-    others irrelevant)."""
-    safe = [judged(f"s{i}", "refused" if i < rr[0] else "success") for i in range(20)]
-    share = [judged(f"s{i}", "refused" if i < rr[1] else "success") for i in range(20)]
+    others irrelevant). The LLM verdicts are llm-topic's when `methods` has it, else llm-relevance's."""
+    judge = "llm-topic" if "llm-topic" in methods else "llm-relevance"
+
+    def answer(qid: str, outcome: str, shot: int | None = None) -> dict:
+        return judged(qid, outcome, shot, judge)
+
+    safe = [answer(f"s{i}", "refused" if i < rr[0] else "success") for i in range(20)]
+    share = [answer(f"s{i}", "refused" if i < rr[1] else "success") for i in range(20)]
     normal = [
-        judged(f"u{i}", "success" if i < unsafe[0] else "irrelevant" if i < sum(unsafe) else "refused")
+        answer(f"u{i}", "success" if i < unsafe[0] else "irrelevant" if i < sum(unsafe) else "refused")
         for i in range(16)
     ]
     kshot = [
-        judged(f"u{i}", "success" if i < attack and s == 1 else "irrelevant" if s == 1 else "refused", shot=s)
+        answer(f"u{i}", "success" if i < attack and s == 1 else "irrelevant" if s == 1 else "refused", shot=s)
         for i in range(16)
         for s in range(3)
     ]
@@ -173,6 +178,31 @@ def test_chart_title_names_only_what_is_drawn(tmp_path) -> None:
         "ASR on harmful questions (llm-relevance), RR"
     )
     assert "utility" not in chart_title(runs[1:], chart_metrics(runs[1:]))
+
+
+def test_tradeoff_chart_places_the_runs_that_have_both_measures(tmp_path) -> None:
+    # llm-topic also judges the safe answers (on topic or not); llm-relevance and keywords do not
+    topic = ("keyword", "llm-topic")
+    write_run(tmp_path / "npo", "models/npo", rr=(1, 2), unsafe=(0, 14), attack=0, methods=topic)
+    write_run(tmp_path / "rel", "models/rel", rr=(1, 2), unsafe=(0, 14), attack=0, methods=("llm-relevance",))
+    write_run(tmp_path / "rmu", "models/rmu", rr=(4, 4), unsafe=(2, 10), attack=5, methods=topic)
+    runs = [tmp_path / "npo", tmp_path / "rel", tmp_path / "rmu"]
+    loaded = [load_run(p) for p in runs]
+    assert tradeoff_runs(loaded) == [0, 2]
+    # by hand: rmu answers 16 of its 20 safe questions (4 refused) and 5 of 16 harmful ones under the attack
+    assert loaded[2].value("answered_normal") == pytest.approx(16 / 20)
+    assert loaded[2].value("success@unsafe_attack") == pytest.approx(5 / 16)
+    assert loaded[0].value("answered_normal") == pytest.approx(19 / 20)
+    out = tmp_path / "report"
+    paths = build_report(runs, out)
+    assert paths["tradeoff.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report_md = (out / "report.md").read_text()
+    assert "## Attack vs safe answers" in report_md and "](tradeoff.png)" in report_md
+    assert "<h2>Attack vs safe answers</h2>" in (out / "report.html").read_text()
+    # a single run with both measures is no trade-off: no chart, no section
+    build_report(runs[:2], tmp_path / "two")
+    assert not (tmp_path / "two" / "tradeoff.png").exists()
+    assert "Attack vs safe answers" not in (tmp_path / "two" / "report.md").read_text()
 
 
 def test_report_figures_are_copied_and_shown(tmp_path) -> None:

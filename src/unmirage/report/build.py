@@ -21,7 +21,7 @@ from unmirage.errors import UnmirageError
 from unmirage.metrics import (
     HEADLINE_KEYS,
 )
-from unmirage.report.chart import bar_chart
+from unmirage.report.chart import TRADEOFF_TITLE, bar_chart, tradeoff_chart, tradeoff_runs
 from unmirage.report.summary import ATTACK_CASES, SAFE_CASES, RunSummary, load_run
 
 # Case -> how the report names it.
@@ -33,6 +33,12 @@ CASE_NAMES = {
     "safe_normal": "safe, as asked",
     "safe_share": 'safe, rewritten to start with "Share"',
 }
+TRADEOFF_FILE = "tradeoff.png"
+TRADEOFF_TEXT = (
+    "One point per run: across, the safe questions it answers on topic; up, the harmful questions it answers on "
+    "topic under the K-shot attack. A model that unlearned the harm and kept its answers sits in the lower "
+    "right corner; a low ASR on the left of the chart came with safe answers lost (look at its IR)."
+)
 NOT_REFUSED_NOTE = (
     'No judge that can tell irrelevant answers ran ({judge}): "not refused" counts every answer without a '
     "refusal phrase, word salad included, so it is not an attack success rate; add `--judge llm-topic`, "
@@ -500,9 +506,10 @@ def markdown_report(
     chart_name: str = "chart.png",
     judge_chart: str | None = None,
     figures: Sequence[str] = (),
+    tradeoff: str | None = None,
 ) -> str:
     """report.md: the headline table of every run, the chart, the paper-style table, the by-judge table
-    and chart when the runs used several judge methods, extra figures, notes."""
+    and chart when the runs used several judge methods, the trade-off chart, extra figures, notes."""
     protocol = protocol_runs(runs)
     parts = [
         "# unmirage evaluation report",
@@ -541,6 +548,8 @@ def markdown_report(
             parts += [f"## {title}", "", _markdown_table(rows), ""]
             if title == "ASR by judge" and judge_chart:
                 parts += [f"![ASR by judge and safe questions answered on topic]({judge_chart})", ""]
+    if tradeoff:
+        parts += ["## Attack vs safe answers", "", TRADEOFF_TEXT, "", f"![{TRADEOFF_TITLE}]({tradeoff})", ""]
     if figures:
         parts += ["## Figures", "", *[f"![{Path(f).stem}]({f})\n" for f in figures]]
     caveats = notes(runs)
@@ -602,7 +611,7 @@ def html_report(
     charts: dict[str, bytes] | None = None,
 ) -> str:
     """report.html: self-contained (the charts and figures are embedded as data URLs); `charts`: the
-    benchmark charts by file name."""
+    benchmark charts and the trade-off chart (`TRADEOFF_FILE`) by file name."""
     charts = charts or {}
     protocol = protocol_runs(runs)
     cases = _reported_cases(protocol)
@@ -630,6 +639,9 @@ def html_report(
         )
         if rows is not None
     )
+    if TRADEOFF_FILE in charts:
+        extra += f"<h2>Attack vs safe answers</h2><p>{html.escape(TRADEOFF_TEXT)}</p>"
+        extra += _html_image(charts[TRADEOFF_FILE], TRADEOFF_TITLE)
     if figures:
         extra += "<h2>Figures</h2>" + "".join(_html_image(png, name) for name, png in figures)
     caveats = "".join(f"<li>{html.escape(c)}</li>" for c in notes(runs))
@@ -660,7 +672,8 @@ def build_report(
     overwrite: bool = False,
 ) -> dict[str, Path]:
     """Write OUT/table.md, OUT/headline.csv, OUT/chart.png, OUT/report.md, OUT/report.html and
-    OUT/summary.json (OUT/chart_judges.png when the runs used several judge methods; OUT/benchmark_<name>.png
+    OUT/summary.json (OUT/chart_judges.png when the runs used several judge methods; OUT/tradeoff.png when
+    two or more runs have both a K-shot attack ASR and safe questions answered on topic; OUT/benchmark_<name>.png
     per benchmark the runs measured, with one table per benchmark and a cross-benchmark summary; chart.png
     shows the cross-benchmark means when no run measured the VLGuard protocol); `figures` (PNG files, e.g.
     a spurious-word chart) are copied into OUT and shown in both pages.
@@ -681,7 +694,7 @@ def build_report(
             raise UnmirageError("a figure must be an existing PNG file", file=figure)
     names = ("table.md", "headline.csv", "chart.png", "report.md", "report.html", "summary.json")
     bench_charts = {f"benchmark_{name}.png": name for name in benchmark_names(runs)}
-    taken = {*names, "chart_judges.png", *bench_charts}
+    taken = {*names, "chart_judges.png", TRADEOFF_FILE, *bench_charts}
     for figure in extra:
         if figure.name in taken:
             raise UnmirageError(
@@ -724,6 +737,11 @@ def build_report(
                 metrics=judge_metrics,
                 title=judge_chart_title(runs, judge_metrics),
             )
+    tradeoff = len(tradeoff_runs(runs)) >= 2
+    if tradeoff:
+        paths[TRADEOFF_FILE] = out / TRADEOFF_FILE
+        with atomic_open(paths[TRADEOFF_FILE], "wb") as handle:
+            tradeoff_chart(runs, handle)
     for figure in extra:
         if figure.resolve() != (out / figure.name).resolve():
             with atomic_open(out / figure.name, "wb") as handle:
@@ -735,7 +753,10 @@ def build_report(
     tables += [f"{name}\n\n{_markdown_table(benchmark_rows(runs, name))}" for name in bench_charts.values()]
     atomic_write_text(paths["table.md"], "\n\n".join(tables) + "\n")
     atomic_write_text(paths["headline.csv"], csv_text(runs))
-    atomic_write_text(paths["report.md"], markdown_report(runs, "chart.png", judge_name, figure_names))
+    atomic_write_text(
+        paths["report.md"],
+        markdown_report(runs, "chart.png", judge_name, figure_names, TRADEOFF_FILE if tradeoff else None),
+    )
     judge_png = paths["chart_judges.png"].read_bytes() if judge_metrics else None
     figure_pngs = [(name, (out / name).read_bytes()) for name in figure_names]
     atomic_write_text(
@@ -745,7 +766,10 @@ def build_report(
             paths["chart.png"].read_bytes(),
             judge_png,
             figure_pngs,
-            {file: paths[file].read_bytes() for file in bench_charts},
+            {
+                file: paths[file].read_bytes()
+                for file in (*bench_charts, *([TRADEOFF_FILE] if tradeoff else []))
+            },
         ),
     )
     summary = [

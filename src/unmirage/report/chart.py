@@ -1,4 +1,5 @@
-"""The grouped bar chart: one group per metric, one bar per run, 95% intervals as error bars.
+"""The grouped bar chart: one group per metric, one bar per run, 95% intervals as error bars; and the
+trade-off chart: one point per run, harmful answers under the K-shot attack against safe answers kept.
 
 A reader must never mistake a missing number for a zero or miss a zero: a value of 0 gets a marker on the
 axis, a run without a value gets "n/a" in its slot, and (up to 40 bars) every bar carries its value.
@@ -140,6 +141,53 @@ def bar_chart(
         ncol=min(5, len(runs)),
     )
     axes.set_title(title or "Rates per run with 95% intervals", fontsize="medium")
+    figure.tight_layout()
+    figure.savefig(
+        path if hasattr(path, "write") else os.fspath(path), format="png", metadata={"Software": None}
+    )
+
+
+#: The trade-off chart's axes: (key for `RunSummary.value`, axis label).
+TRADEOFF_X = ("answered_normal", "safe questions answered on topic (%) ↑")
+TRADEOFF_Y = ("success@unsafe_attack", "ASR under the K-shot attack (%) ↓")
+TRADEOFF_TITLE = "Harmful answers under the attack vs safe answers kept; 95% Wilson intervals"
+
+
+def tradeoff_runs(runs: Sequence[RunSummary]) -> list[int]:
+    """Indices of the runs that have both trade-off measures: a K-shot attack ASR from a judge that tells
+    irrelevant answers apart, and safe questions answered on topic (a judge that checks safe answers)."""
+    keys = (TRADEOFF_X[0], TRADEOFF_Y[0])
+    return [i for i, run in enumerate(runs) if all(run.value(key) is not None for key in keys)]
+
+
+def tradeoff_chart(runs: Sequence[RunSummary], path: str | os.PathLike | BinaryIO) -> None:
+    """Write a PNG: each run of `tradeoff_runs` as a point (safe questions answered on topic across, ASR under
+    the K-shot attack up), with both 95% intervals, in the run's colour of the bar chart. A model that unlearned
+    the harm and kept its answers sits in the lower right corner; one that lowered the attack ASR by breaking
+    its answers sits in the lower left."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.5, 5.6), dpi=110)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    colours = run_colours(len(runs))
+    for i in tradeoff_runs(runs):
+        run = runs[i]
+        point = []
+        for key, _label in (TRADEOFF_X, TRADEOFF_Y):
+            value, (low, high) = run.value(key), run.interval(key)
+            low, high = value if low is None else low, value if high is None else high
+            point.append((100 * value, [[100 * (value - low)], [100 * (high - value)]]))
+        (x, xerr), (y, yerr) = point
+        axes.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", color=colours[i], capsize=3, label=run.label)
+    axes.set_xlabel(TRADEOFF_X[1])
+    axes.set_ylabel(TRADEOFF_Y[1])
+    axes.set_xlim(-3, 103)
+    axes.set_ylim(-3, 103)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
+    axes.set_title(TRADEOFF_TITLE, fontsize="medium")
     figure.tight_layout()
     figure.savefig(
         path if hasattr(path, "write") else os.fspath(path), format="png", metadata={"Software": None}
