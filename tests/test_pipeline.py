@@ -134,7 +134,7 @@ def test_smol_vlguard_plan_renders(monkeypatch):
     assert all("--placeholder-images" in s.argv for s in vlm_evals if s.stage != "unlearn-data")
     assert not any("--placeholder-images" in s.argv for s in steps if s.variant == "text")
     evals = [s for s in steps if s.argv[0] == "eval"]
-    assert len(evals) == 26 and all(
+    assert len(evals) == 27 and all(
         "/data/vlguard/test.json" in s.argv and "--prefill" in s.argv for s in evals
     )
     # form-balanced unlearning: the text model on rewritten sets, compared with the text base and SFT
@@ -231,6 +231,7 @@ def test_smol_vlguard_plan_experiments(monkeypatch):
     mid = by[("rmu", "balanced-mid")].argv
     assert {"method.layer=23", "method.steering_coeff=auto"} <= set(mid) and "method.layer=29" not in mid
     assert "output_dir=runs/smol-vlguard/balanced-mid/rmu" in mid
+    assert "method.alpha=100.0" in by[("rmu", "balanced-mid-a100")].argv and "method.alpha=100.0" not in mid
     paper = by[("npo", "npo-paper")].argv
     assert {"method.reduction=mean", "data.epoch_over=forget", "train.max_steps=-1"} <= set(paper)
     assert "data.forget=runs/smol-vlguard/data/text/unlearn-balanced/forget.json" in paper
