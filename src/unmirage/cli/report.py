@@ -13,7 +13,8 @@ def register(app: typer.Typer) -> None:
         short_help="Headline tables, CSV, bar chart and report pages across evaluation runs.",
         help="Compare evaluation runs: per run, ASR / IR / RR of each harmful case by the best judge that ran "
         "and RR of the safe cases, with 95% Wilson intervals and counts (headline.csv: the same, flat); the "
-        "paper-style table; a grouped bar chart; report.md and report.html.",
+        "paper-style table; a grouped bar chart; with two or more llm-topic runs, tradeoff.png (ASR under the "
+        "K-shot attack against safe questions answered on topic); report.md and report.html.",
     )(report)
 
 
@@ -23,7 +24,8 @@ def report(
     ),
     out: Path = typer.Option(
         ...,
-        help="Folder for report.md, report.html, headline.csv, table.md, chart.png, summary.json.",
+        help="Folder for report.md, report.html, headline.csv, table.md, chart.png, summary.json (and "
+        "tradeoff.png, chart_judges.png when they apply).",
     ),
     figure: list[Path] = typer.Option(
         [], "--figure", help="A PNG to copy next to the report and show in it (repeatable)."
