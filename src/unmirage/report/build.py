@@ -766,10 +766,7 @@ def build_report(
             paths["chart.png"].read_bytes(),
             judge_png,
             figure_pngs,
-            {
-                file: paths[file].read_bytes()
-                for file in (*bench_charts, *([TRADEOFF_FILE] if tradeoff else []))
-            },
+            {file: paths[file].read_bytes() for file in [*bench_charts, TRADEOFF_FILE] if file in paths},
         ),
     )
     summary = [

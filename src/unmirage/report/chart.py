@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from unmirage.report.summary import ATTACK_CASES, RunSummary
 
@@ -142,9 +142,7 @@ def bar_chart(
     )
     axes.set_title(title or "Rates per run with 95% intervals", fontsize="medium")
     figure.tight_layout()
-    figure.savefig(
-        path if hasattr(path, "write") else os.fspath(path), format="png", metadata={"Software": None}
-    )
+    _save_png(figure, path)
 
 
 #: The trade-off chart's axes: (key for `RunSummary.value`, axis label).
@@ -189,6 +187,12 @@ def tradeoff_chart(runs: Sequence[RunSummary], path: str | os.PathLike | BinaryI
     axes.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
     axes.set_title(TRADEOFF_TITLE, fontsize="medium")
     figure.tight_layout()
+    _save_png(figure, path)
+
+
+def _save_png(figure: Any, path: str | os.PathLike | BinaryIO) -> None:
+    """A matplotlib figure as PNG to a path or a binary file object, without a software stamp (same bytes
+    for the same chart)."""
     figure.savefig(
         path if hasattr(path, "write") else os.fspath(path), format="png", metadata={"Software": None}
     )
