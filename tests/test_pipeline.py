@@ -236,6 +236,12 @@ def test_smol_vlguard_plan_experiments(monkeypatch):
     assert {"method.reduction=mean", "data.epoch_over=forget", "train.max_steps=-1"} <= set(paper)
     assert "data.forget=runs/smol-vlguard/data/text/unlearn-balanced/forget.json" in paper
     assert by[("report", "npo-paper")].argv[3:5] == ["runs/smol-vlguard/npo-paper/eval-npo", "--out"]
+    requests = "data/labels/vlguard_test_requests.jsonl"
+    for step in ("report", "report-experiments"):
+        argv = by[(step, "npo-paper" if step == "report" else None)].argv
+        assert (
+            argv[-2:] == ["--request-labels", requests] and (Path(__file__).parents[1] / requests).is_file()
+        )
     probe = by[("probe", "text")].argv
     assert (
         probe[:2] == ["analyze", "probe"]

@@ -53,8 +53,8 @@ def write_run(
 
     safe = [answer(f"s{i}", "refused" if i < rr[0] else "success") for i in range(20)]
     share = [answer(f"s{i}", "refused" if i < rr[1] else "success") for i in range(20)]
-    normal = [
-        answer(f"u{i}", "success" if i < unsafe[0] else "irrelevant" if i < sum(unsafe) else "refused")
+    normal = [  # shot 0, as `unmirage eval` writes the questions as asked
+        answer(f"u{i}", "success" if i < unsafe[0] else "irrelevant" if i < sum(unsafe) else "refused", 0)
         for i in range(16)
     ]
     kshot = [
@@ -62,11 +62,11 @@ def write_run(
         for i in range(16)
         for s in range(3)
     ]
-    doc = build_metrics(
-        {"safe_normal": safe, "safe_share": share, "unsafe_normal": normal, "unsafe_attack": kshot},
-        asr_methods=methods,
-        model=model,
-    )
+    cases = {"safe_normal": safe, "safe_share": share, "unsafe_normal": normal, "unsafe_attack": kshot}
+    doc = build_metrics(cases, asr_methods=methods, model=model)
+    (folder / "judged").mkdir(parents=True, exist_ok=True)
+    for case, records in cases.items():
+        (folder / "judged" / f"{case}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if utility is not None:
         doc["utility"] = {
             "vqa": {"accuracy": {"value": utility, "ci": [utility - 0.05, utility + 0.05], "n": 50}}
@@ -306,3 +306,72 @@ def test_every_run_gets_its_own_colour(n) -> None:
     from unmirage.report.chart import run_colours
 
     assert len({to_rgba(c) for c in run_colours(n)}) == n
+
+
+def test_request_labels_restrict_each_harmful_case_to_the_labelled_requests(tmp_path):
+    """Hand-computed: as asked, u0 u1 (success), u6 (irrelevant), u10 (refused) harmful, u2 not -> 2/4; the
+    attack: u0 (rewrite 1 succeeds), u9 (rewrite 1 irrelevant), u12 (rewrite 0 refused) and u3 (rewrite 1
+    succeeds but only rewrite 0, refused, is harmful) -> 1/4. The answers as asked carry shot 0 and must not
+    take the labels of rewrite 0."""
+    from unmirage.report.requests import read_request_labels
+
+    write_run(tmp_path / "run", "m", rr=(2, 10), unsafe=(6, 4), attack=9, methods=("keyword", "llm-topic"))
+    lines = [("u0", None, True), ("u1", None, True), ("u6", None, True), ("u10", None, True)]
+    lines += [("u2", None, False), ("u0", 1, True), ("u9", 1, True), ("u12", 0, True), ("u3", 1, False)]
+    lines += [
+        ("u3", 0, True),
+        ("u2", 0, True),
+    ]  # u2's rewrite 0 is labelled, its question as asked is not harmful
+    labels = tmp_path / "requests.jsonl"
+    labels.write_text("".join(json.dumps({"id": i, "shot": s, "harmful": h}) + "\n" for i, s, h in lines))
+    paths = build_report([tmp_path / "run"], tmp_path / "report", request_labels=labels)
+    doc = json.loads(paths["requests.json"].read_text())
+    assert (doc["requests"], doc["harmful"]) == (11, 9)
+    cases = doc["runs"][0]["cases"]
+    normal, attack = cases["unsafe_normal"], cases["unsafe_attack"]
+    assert normal["method"] == attack["method"] == "llm-topic"
+    assert (normal["all"]["k"], normal["all"]["n"]) == (6, 16)
+    assert (normal["harmful"]["k"], normal["harmful"]["n"], normal["harmful"]["value"]) == (2, 4, 0.5)
+    assert normal["harmful"]["ci"][0] < 0.5 < normal["harmful"]["ci"][1]
+    assert (normal["unlabelled"], normal["questions_harmful"]) == (11, 4)
+    assert (attack["all"]["k"], attack["all"]["n"]) == (9, 16)
+    assert (attack["harmful"]["k"], attack["harmful"]["n"]) == (1, 5)  # u2 rewrite 0 (refused) counts too
+    assert (attack["unlabelled"], attack["questions_harmful"]) == (48 - 6, 5)
+    report = paths["report.md"].read_text()
+    assert "## On requests labelled harmful" in report
+    assert "| m | unsafe_attack | llm-topic | 56.2 [" in report and "(1/5) | 42 |" in report
+    assert "On requests labelled harmful" in paths["report.html"].read_text()
+    plain = build_report([tmp_path / "run"], tmp_path / "plain")
+    assert "requests.json" not in plain and "labelled harmful" not in plain["report.md"].read_text()
+    # a file naming no harmful request of a case gives n/a, not a rate over nothing
+    none = tmp_path / "none.jsonl"
+    none.write_text(json.dumps({"id": "u0", "shot": None, "harmful": False}) + "\n")
+    again = build_report([tmp_path / "run"], tmp_path / "none", request_labels=none)
+    assert (
+        json.loads(again["requests.json"].read_text())["runs"][0]["cases"]["unsafe_attack"]["harmful"] is None
+    )
+    assert "| n/a | 48 |" in again["report.md"].read_text()
+    assert read_request_labels(labels).harmful[("u3", 0)] is True
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("not json", "on line 2: not JSON"),
+        ('{"shot": null, "harmful": true}', "on line 2: field 'id'"),
+        ('{"id": "a", "shot": "1", "harmful": true}', "on line 2: field 'shot'"),
+        ('{"id": "a", "shot": -1, "harmful": true}', "on line 2: field 'shot'"),
+        ('{"id": "a", "shot": 0, "harmful": "yes"}', "on line 2: field 'harmful'"),
+        ('{"id": "a", "shot": null, "harmful": false}', "request repeats line 1"),
+    ],
+)
+def test_bad_request_labels_are_one_line_errors_and_write_nothing(tmp_path, capsys, line, message):
+    write_run(tmp_path / "run", "m", rr=(2, 10), unsafe=(6, 4), attack=9)
+    labels = tmp_path / "requests.jsonl"
+    labels.write_text('{"id": "a", "shot": null, "harmful": true}\n' + line + "\n")
+    argv = ["report", str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--request-labels", str(labels)]
+    result = run_cli(argv, capsys)
+    assert result.code == 2, result.err
+    assert message in result.err and "requests.jsonl" in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

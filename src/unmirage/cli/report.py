@@ -14,7 +14,8 @@ def register(app: typer.Typer) -> None:
         help="Compare evaluation runs: per run, ASR / IR / RR of each harmful case by the best judge that ran "
         "and RR of the safe cases, with 95% Wilson intervals and counts (headline.csv: the same, flat); the "
         "paper-style table; a grouped bar chart; with two or more llm-topic runs, tradeoff.png (ASR under the "
-        "K-shot attack against safe questions answered on topic); report.md and report.html.",
+        "K-shot attack against safe questions answered on topic); with --request-labels, ASR on the requests "
+        "labelled harmful; report.md and report.html.",
     )(report)
 
 
@@ -30,6 +31,13 @@ def report(
     figure: list[Path] = typer.Option(
         [], "--figure", help="A PNG to copy next to the report and show in it (repeatable)."
     ),
+    request_labels: Path | None = typer.Option(
+        None,
+        "--request-labels",
+        help="A request-labels file (JSON lines: id, shot, harmful): adds each harmful case's ASR on the "
+        "requests labelled harmful, and requests.json. data/labels/vlguard_test_requests.jsonl labels the "
+        "80 VLGuard test questions of --subsample 80 and their What rewrites, read without the image.",
+    ),
     overwrite: bool = typer.Option(
         False,
         "--overwrite",
@@ -39,5 +47,5 @@ def report(
     """Build the report for one or more evaluation runs."""
     from unmirage.report import build_report
 
-    paths = build_report(runs, out, figures=figure, overwrite=overwrite)
+    paths = build_report(runs, out, figures=figure, overwrite=overwrite, request_labels=request_labels)
     typer.echo(f"wrote {paths['report.md']} and {paths['report.html']} ({len(runs)} runs)")

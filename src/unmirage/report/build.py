@@ -22,6 +22,15 @@ from unmirage.metrics import (
     HEADLINE_KEYS,
 )
 from unmirage.report.chart import TRADEOFF_TITLE, bar_chart, tradeoff_chart, tradeoff_runs
+from unmirage.report.requests import (
+    REQUESTS_FILE,
+    REQUESTS_TEXT,
+    REQUESTS_TITLE,
+    read_request_labels,
+    requests_document,
+    requests_rows,
+    run_on_harmful,
+)
 from unmirage.report.summary import ATTACK_CASES, SAFE_CASES, RunSummary, load_run
 
 # Case -> how the report names it.
@@ -507,9 +516,11 @@ def markdown_report(
     judge_chart: str | None = None,
     figures: Sequence[str] = (),
     tradeoff: str | None = None,
+    requests: list[list[str]] | None = None,
 ) -> str:
     """report.md: the headline table of every run, the chart, the paper-style table, the by-judge table
-    and chart when the runs used several judge methods, the trade-off chart, extra figures, notes."""
+    and chart when the runs used several judge methods, the trade-off chart, the rates on requests labelled
+    harmful (`requests`: `report.requests.requests_rows`), extra figures, notes."""
     protocol = protocol_runs(runs)
     parts = [
         "# unmirage evaluation report",
@@ -550,6 +561,8 @@ def markdown_report(
                 parts += [f"![ASR by judge and safe questions answered on topic]({judge_chart})", ""]
     if tradeoff:
         parts += ["## Attack vs safe answers", "", TRADEOFF_TEXT, "", f"![{TRADEOFF_TITLE}]({tradeoff})", ""]
+    if requests:
+        parts += [f"## {REQUESTS_TITLE}", "", REQUESTS_TEXT, "", _markdown_table(requests), ""]
     if figures:
         parts += ["## Figures", "", *[f"![{Path(f).stem}]({f})\n" for f in figures]]
     caveats = notes(runs)
@@ -609,9 +622,11 @@ def html_report(
     judge_png: bytes | None = None,
     figures: Sequence[tuple[str, bytes]] = (),
     charts: dict[str, bytes] | None = None,
+    requests: list[list[str]] | None = None,
 ) -> str:
     """report.html: self-contained (the charts and figures are embedded as data URLs); `charts`: the
-    benchmark charts and the trade-off chart (`TRADEOFF_FILE`) by file name."""
+    benchmark charts and the trade-off chart (`TRADEOFF_FILE`) by file name; `requests`: as in
+    `markdown_report`."""
     charts = charts or {}
     protocol = protocol_runs(runs)
     cases = _reported_cases(protocol)
@@ -642,6 +657,8 @@ def html_report(
     if TRADEOFF_FILE in charts:
         extra += f"<h2>Attack vs safe answers</h2><p>{html.escape(TRADEOFF_TEXT)}</p>"
         extra += _html_image(charts[TRADEOFF_FILE], TRADEOFF_TITLE)
+    if requests:
+        extra += f"<h2>{REQUESTS_TITLE}</h2><p>{html.escape(REQUESTS_TEXT)}</p>{_html_table(requests)}"
     if figures:
         extra += "<h2>Figures</h2>" + "".join(_html_image(png, name) for name, png in figures)
     caveats = "".join(f"<li>{html.escape(c)}</li>" for c in notes(runs))
@@ -670,13 +687,16 @@ def build_report(
     out: str | os.PathLike,
     figures: Sequence[str | os.PathLike] = (),
     overwrite: bool = False,
+    request_labels: str | os.PathLike | None = None,
 ) -> dict[str, Path]:
     """Write OUT/table.md, OUT/headline.csv, OUT/chart.png, OUT/report.md, OUT/report.html and
     OUT/summary.json (OUT/chart_judges.png when the runs used several judge methods; OUT/tradeoff.png when
     two or more runs have both a K-shot attack ASR and safe questions answered on topic; OUT/benchmark_<name>.png
     per benchmark the runs measured, with one table per benchmark and a cross-benchmark summary; chart.png
     shows the cross-benchmark means when no run measured the VLGuard protocol); `figures` (PNG files, e.g.
-    a spurious-word chart) are copied into OUT and shown in both pages.
+    a spurious-word chart) are copied into OUT and shown in both pages. With `request_labels` (a
+    request-labels file, `report.requests`), both pages gain each harmful case's ASR on the requests labelled
+    harmful, and OUT/requests.json holds it.
 
     OUT is claimed like every output (`unmirage.outputs.claim_folder`): a report of the same runs and
     figures is rebuilt in place, a report of other runs is replaced only with `overwrite`, and a folder of
@@ -692,9 +712,11 @@ def build_report(
     for figure in extra:
         if not figure.is_file() or figure.suffix.lower() != ".png":
             raise UnmirageError("a figure must be an existing PNG file", file=figure)
+    labels = read_request_labels(request_labels) if request_labels is not None else None
+    requests = [run_on_harmful(run, labels) for run in runs] if labels else None
     names = ("table.md", "headline.csv", "chart.png", "report.md", "report.html", "summary.json")
     bench_charts = {f"benchmark_{name}.png": name for name in benchmark_names(runs)}
-    taken = {*names, "chart_judges.png", TRADEOFF_FILE, *bench_charts}
+    taken = {*names, "chart_judges.png", TRADEOFF_FILE, REQUESTS_FILE, *bench_charts}
     for figure in extra:
         if figure.name in taken:
             raise UnmirageError(
@@ -705,6 +727,7 @@ def build_report(
     identity = {
         "runs": [str(run.path.resolve()) for run in runs],
         "figures": [str(figure.resolve()) for figure in extra],
+        **({"request_labels": str(labels.path.resolve())} if labels else {}),
     }
     claim_folder(
         out,
@@ -747,6 +770,10 @@ def build_report(
             with atomic_open(out / figure.name, "wb") as handle:
                 handle.write(figure.read_bytes())
         paths[figure.name] = out / figure.name
+    rows = requests_rows(runs, requests) if labels and requests else None
+    if labels and requests:
+        paths[REQUESTS_FILE] = out / REQUESTS_FILE
+        atomic_write_json(paths[REQUESTS_FILE], requests_document(runs, labels, requests))
     judge_name = "chart_judges.png" if judge_metrics else None
     figure_names = [f.name for f in extra]
     tables = [_markdown_table(table_rows(protocol))] if protocol else []
@@ -755,7 +782,9 @@ def build_report(
     atomic_write_text(paths["headline.csv"], csv_text(runs))
     atomic_write_text(
         paths["report.md"],
-        markdown_report(runs, "chart.png", judge_name, figure_names, TRADEOFF_FILE if tradeoff else None),
+        markdown_report(
+            runs, "chart.png", judge_name, figure_names, TRADEOFF_FILE if tradeoff else None, rows
+        ),
     )
     judge_png = paths["chart_judges.png"].read_bytes() if judge_metrics else None
     figure_pngs = [(name, (out / name).read_bytes()) for name in figure_names]
@@ -767,6 +796,7 @@ def build_report(
             judge_png,
             figure_pngs,
             {file: paths[file].read_bytes() for file in [*bench_charts, TRADEOFF_FILE] if file in paths},
+            rows,
         ),
     )
     summary = [
