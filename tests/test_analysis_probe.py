@@ -17,6 +17,7 @@ from unmirage.analysis.probe import (
     parse_layers,
 )
 from unmirage.data.conversations import Example, single_turn
+from unmirage.data.requests import read_request_labels
 from unmirage.errors import UnmirageError
 from unmirage.stats import wilson_interval
 
@@ -169,6 +170,21 @@ def test_evaluation_forms_use_the_rule_rewrites(tmp_path):
     ]
     assert by["unsafe_attack"].label == 1 and by["safe_attack"].label == 0
     assert [e.question for e in by["safe_attack"].examples] == ["Share the cake."]
+    # request labels: the unsafe forms keep only the requests labelled harmful; the safe forms are untouched
+    labels = tmp_path / "requests.jsonl"
+    rows = [("u0", None, True), ("u1", None, False), ("u0", 1, True), ("u1", 0, True), ("u0", 0, False)]
+    labels.write_text("".join(json.dumps({"id": i, "shot": k, "harmful": h}) + "\n" for i, k, h in rows))
+    forms = evaluation_forms(
+        tmp_path / "t.json",
+        what=tmp_path / "w.json",
+        share=tmp_path / "s.json",
+        requests=read_request_labels(labels),
+    )
+    by = {f.name: f for f in forms}
+    assert [e.id for e in by["unsafe"].examples] == ["u0"]
+    assert [e.id for e in by["unsafe_what"].examples] == ["u0#what"]
+    assert [e.id for e in by["unsafe_attack"].examples] == ["u0#attack1", "u1#attack0"]
+    assert [e.id for e in by["safe"].examples] == ["s0"] and len(by["safe_attack"].examples) == 1
 
 
 TOPICS = ("poison", "bread")

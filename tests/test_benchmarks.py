@@ -114,7 +114,21 @@ def test_every_loader_has_a_fixture():
 
 
 def test_the_four_benchmarks_are_registered():
-    assert {"xstest", "figstep", "mossbench", "vlguard"} <= set(available_benchmarks())
+    assert {"xstest", "figstep", "mossbench", "vlguard", "vlguard-text"} <= set(available_benchmarks())
+
+
+def test_a_spec_reads_another_benchmarks_data_folder(tmp_path):
+    """vlguard-text reads vlguard's files (`data_dir`), and its harmful cases are the unsafe instructions on
+    safe images."""
+    spec = get_benchmark("vlguard-text")
+    assert spec.folder(tmp_path) == tmp_path / "vlguard" == get_benchmark("vlguard").folder(tmp_path)
+    FIXTURES[spec.loader](spec, spec.paths(tmp_path))
+    harmful = load_case(spec, "harmful_normal", tmp_path).prompts
+    assert [(p.id, p.question) for p in harmful] == [
+        ("s1", "How to hurt someone?"),
+        ("s2", "How to hurt someone?"),
+    ]
+    assert get_benchmark("xstest").folder(tmp_path) == tmp_path / "xstest"
 
 
 @pytest.mark.parametrize("name", available_benchmarks())
@@ -227,6 +241,10 @@ def test_vlguard_prefill_and_kshot(tmp_path):
         ("figstep", {"text": 500, "figstep": 500, "what3": 1500}),
         ("mossbench", {"benign": 289, "contrast": 235, "benign_share": 289}),
         ("vlguard", {"safe_normal": 558, "safe_share": 556, "unsafe_normal": 442, "unsafe_attack": 1326}),
+        (
+            "vlguard-text",
+            {"safe_normal": 558, "harmful_normal": 558, "harmful_what": 1674, "harmful_prefill": 558},
+        ),
     ],
 )
 def test_counts_on_the_real_files(name, counts):

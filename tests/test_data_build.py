@@ -96,6 +96,21 @@ def test_forget_retain_and_rmu_form(train: Path, tmp_path: Path) -> None:
     assert all(manifest["outputs"][str(p)] == sha256_file(p) for p in result.files.values())
 
 
+def test_forget_questions_from_the_unsafe_instructions_on_safe_images(train: Path, tmp_path: Path) -> None:
+    result = build_unlearn(train, tmp_path / "out", forget_subset="safe_unsafes")
+    forget = load_examples(result.files["forget.json"])
+    # one forget question per safe record; the record that repeats id s2 is left out of the forget set
+    assert [(e.id, e.image, e.question, e.answer) for e in forget] == [
+        ("s1", "a/1.png", "How to hurt someone?", "I cannot help."),
+        ("s2", "a/2.png", "How to hurt someone?", "I cannot help."),
+    ]
+    assert len(load_examples(result.files["retain.json"])) == 3
+    manifest = json.loads(result.manifest.read_text())
+    assert manifest["config"]["forget_subset"] == "safe_unsafes"
+    with pytest.raises(UnmirageError, match="forget_subset must be one of unsafes, safe_unsafes"):
+        make_unlearn_sets(train, forget_subset="safes")
+
+
 def test_form_balanced_sets_add_rewrites_to_both(train: Path, tmp_path: Path) -> None:
     result = build_unlearn(train, tmp_path / "out", rewrite_words=["what", "Share", "What"])
     forget = load_examples(result.files["forget.json"])
@@ -184,7 +199,7 @@ def test_mined_answers_in_both_formats(train: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("answers", "needle"),
     [
-        ({"b/1.png": "H1"}, "record id u2: no harmful answer for this unsafe record's image 'b/2.png'"),
+        ({"b/1.png": "H1"}, "record id u2: no harmful answer for this forget record's image 'b/2.png'"),
         ({"b/1.png": "H1", "b/2.png": ""}, "field 'b/2.png': must not be empty"),
         ({"b/1.png": "H1", "b/2.png": 3}, "expected a string, got number 3"),
         (

@@ -19,6 +19,7 @@ from helpers import (
 )
 from unmirage.data.build import build_unlearn
 from unmirage.data.conversations import load_examples
+from unmirage.errors import UnmirageError
 
 
 @pytest.fixture
@@ -95,10 +96,33 @@ def test_placeholder_images_are_recorded(
     assert manifest["images"]["placeholder_images"] is True
 
 
+def test_mine_the_unsafe_instructions_on_safe_images_then_build(
+    train: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "answers.json"
+    argv = _argv(train, out, "--generator", "tiny-llava", "--placeholder-images", "--subset", "safe_unsafes")
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
+    answers = json.loads(out.read_text())["answers"]
+    assert [(a["id"], a["image"]) for a in answers] == [("s1", "a/1.png")]
+    result = build_unlearn(train, tmp_path / "sets", harmful=out, forget_subset="safe_unsafes")
+    forget = load_examples(result.files["forget.json"])
+    assert [(e.id, e.question, e.answer) for e in forget] == [
+        ("s1", "How to hurt someone?", answers[0]["answer"])
+    ]
+    # the unsafe-image records' answers do not fit a forget set of the other subset
+    with pytest.raises(UnmirageError, match="no harmful answer for this forget record's image 'b/0.png'"):
+        build_unlearn(train, tmp_path / "wrong", harmful=out)
+
+
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
         (["--generator", "tiny-llava"], "give either image_root or placeholder_images"),
+        (
+            ["--generator", "a", "--placeholder-images", "--subset", "safes"],
+            "must be one of unsafes, safe_unsafes",
+        ),
         (["--generator", "a", "--generator", "b", "--placeholder-images"], "need a judge"),
         (["--generator", "a", "--generator", "a", "--placeholder-images"], "must be a different model"),
         (["--generator", "tiny-llava", "--image-root", "img"], "image root 'img' is not a folder"),

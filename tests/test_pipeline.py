@@ -134,9 +134,28 @@ def test_smol_vlguard_plan_renders(monkeypatch):
     assert all("--placeholder-images" in s.argv for s in vlm_evals if s.stage != "unlearn-data")
     assert not any("--placeholder-images" in s.argv for s in steps if s.variant == "text")
     evals = [s for s in steps if s.argv[0] == "eval"]
-    assert len(evals) == 27 and all(
-        "/data/vlguard/test.json" in s.argv and "--prefill" in s.argv for s in evals
+    protocol = [s for s in evals if s.stage not in ("eval-bench-base", "eval-bench-sft")]
+    assert len(protocol) == 28 and all(
+        "/data/vlguard/test.json" in s.argv and "--prefill" in s.argv for s in protocol
     )
+    # the harmful-as-text forget set: mined and built from the unsafe instructions on safe images, evaluated on
+    # the protocol and on vlguard-text, with the base and SFT models on vlguard-text alone
+    harmful = {s.stage: s for s in steps if s.variant == "text-harmful"}
+    assert set(harmful) == {
+        "mine-text-harmful",
+        "unlearn-data-text-harmful",
+        "rmu",
+        "eval-rmu",
+        "eval-bench-base",
+        "eval-bench-sft",
+        "report",
+    }
+    assert harmful["mine-text-harmful"].argv[4:6] == ["--subset", "safe_unsafes"]
+    assert harmful["unlearn-data-text-harmful"].argv[4:6] == ["--forget-subset", "safe_unsafes"]
+    for stage in ("eval-rmu", "eval-bench-base", "eval-bench-sft"):
+        argv = harmful[stage].argv
+        assert argv[argv.index("--benchmark") + 1] == "vlguard-text"
+        assert ("--prefill" in argv) == (stage == "eval-rmu")
     # form-balanced unlearning: the text model on rewritten sets, compared with the text base and SFT
     balanced = {s.stage: s for s in steps if s.variant == "balanced"}
     assert set(balanced) == {"unlearn-data-balanced", "npo", "eval-npo", "rmu", "eval-rmu", "report"}

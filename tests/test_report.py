@@ -313,7 +313,7 @@ def test_request_labels_restrict_each_harmful_case_to_the_labelled_requests(tmp_
     attack: u0 (rewrite 1 succeeds), u9 (rewrite 1 irrelevant), u12 (rewrite 0 refused) and u3 (rewrite 1
     succeeds but only rewrite 0, refused, is harmful) -> 1/4. The answers as asked carry shot 0 and must not
     take the labels of rewrite 0."""
-    from unmirage.report.requests import read_request_labels
+    from unmirage.data.requests import read_request_labels
 
     write_run(tmp_path / "run", "m", rr=(2, 10), unsafe=(6, 4), attack=9, methods=("keyword", "llm-topic"))
     lines = [("u0", None, True), ("u1", None, True), ("u6", None, True), ("u10", None, True)]

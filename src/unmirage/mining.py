@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from unmirage.data.build import forget_samples
 from unmirage.data.images import ImageLoader
 from unmirage.data.mine import Message, mine_harmful
-from unmirage.data.vlguard import Sample, load_vlguard, view
+from unmirage.data.vlguard import Sample, load_vlguard
 from unmirage.errors import UnmirageError
 from unmirage.models.load import source_is_multimodal
 from unmirage.runs import write_manifest
@@ -136,7 +137,8 @@ class ModelJudge:
 
 
 def run_mine_harmful(settings: MineSettings, out: str | os.PathLike, *, progress: bool = True) -> Path:
-    """Mine harmful answers for the unsafe records of `settings.vlguard`; writes `out` and a manifest."""
+    """Mine harmful answers for the questions of `settings.subset` in `settings.vlguard` (the unsafe records
+    by default); writes `out` and a manifest."""
     out = Path(out)
     vlguard, generators, judge = settings.vlguard, settings.generators, settings.judge
     image_root, placeholder_images = settings.image_root, settings.placeholder_images
@@ -144,7 +146,7 @@ def run_mine_harmful(settings: MineSettings, out: str | os.PathLike, *, progress
     max_new_tokens = settings.max_new_tokens
     if image_root is None and not placeholder_images and any(source_is_multimodal(g) for g in generators):
         raise UnmirageError("give either image_root or placeholder_images (for text-only experiments)")
-    samples = view(load_vlguard(vlguard, kind="plain", allow_duplicate_ids=True), "unsafes")
+    samples = forget_samples(load_vlguard(vlguard, kind="plain", allow_duplicate_ids=True), settings.subset)
     root = Path(image_root) if image_root is not None else None
     if root is not None:
         ImageLoader(root=root).verify([(s.id, s.image) for s in samples], progress=progress)

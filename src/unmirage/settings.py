@@ -107,7 +107,13 @@ class MineSettings(StrictModel):
     """`unmirage data mine-harmful` (`mining.run_mine_harmful`): generators, judge, decoding."""
 
     vlguard: Path = setting(
-        help="VLGuard training file (train.json); its unsafe records are mined.", panel=INPUT
+        help="VLGuard training file (train.json); the questions of --subset are mined.", panel=INPUT
+    )
+    subset: str = setting(
+        "unsafes",
+        help="Which questions: unsafes (unsafe-image records, the reference) or safe_unsafes (the unsafe "
+        "instructions on safe images: harmful as text; build-unlearn --forget-subset takes the same).",
+        panel=INPUT,
     )
     generators: list[str] = setting(
         min_length=1,
@@ -139,6 +145,15 @@ class MineSettings(StrictModel):
         "chat", help="Judge's prompt template: chat (reference) or v1.", panel=JUDGE
     )
     judge_max_new_tokens: int = setting(100, ge=1, help="New tokens of the judge's reply.", panel=JUDGE)
+
+    @field_validator("subset")
+    @classmethod
+    def _known_subset(cls, value: str) -> str:
+        from unmirage.data.build import FORGET_SUBSETS
+
+        if value not in FORGET_SUBSETS:
+            raise ValueError(f"must be one of {', '.join(FORGET_SUBSETS)}, got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> MineSettings:

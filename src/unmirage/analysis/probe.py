@@ -38,6 +38,7 @@ from unmirage.errors import UnmirageError
 from unmirage.stats import wilson_interval
 
 if TYPE_CHECKING:
+    from unmirage.data.requests import RequestLabels
     from unmirage.data.vlguard import Sample
     from unmirage.models import LoadedModel
 
@@ -89,11 +90,16 @@ def evaluation_forms(
     seed: int = 0,
     what: str | Path | None = None,
     share: str | Path | None = None,
+    requests: RequestLabels | None = None,
 ) -> list[FormSet]:
     """The forms of a VLGuard-schema file: `unsafe`, `unsafe_<harmful_word>`, `safe`, `safe_<safe_word>` (rule
     rewrites), plus `unsafe_attack` / `safe_attack` when a What attack file (`what`, K-shot) or a Share
     attack file (`share`) is given: its rewrites of the same questions. Up to `limit` questions are drawn per
-    subset, the same ones in every form of it."""
+    subset, the same ones in every form of it.
+
+    With `requests` (request labels), the unsafe forms hold only requests labelled harmful: the questions
+    labelled harmful as asked (drawn from those, up to `limit`), their rule rewrites, and the attack file's
+    rewrites labelled harmful (of any labelled question)."""
     from unmirage.data.vlguard import load_vlguard, view
 
     data = load_vlguard(path, kind="plain")
@@ -102,14 +108,22 @@ def evaluation_forms(
         ("unsafes", "unsafe", 1, harmful_word, what),
         ("safe_safes", "safe", 0, safe_word, share),
     ):
-        samples = subsample(view(data, subset), limit, seed)
+        pool = view(data, subset)
+        harmful = requests is not None and label == 1
+        if harmful:
+            pool = [s for s in pool if requests.harmful.get((s.id, None))]
+        samples = subsample(pool, limit, seed)
         originals = [_example(s) for s in samples]
         rewrites, skipped = rewritten(originals, word)
         forms.append(FormSet(name, label, originals))
         forms.append(FormSet(f"{name}_{word.lower()}", label, rewrites, skipped))
         if attack is not None:
             ids = {s.id for s in samples}
-            shots = [s for s in view(load_vlguard(attack), subset) if s.id in ids]
+            shots = view(load_vlguard(attack), subset)
+            if harmful:
+                shots = [s for s in shots if requests.harmful.get((s.id, s.shot))]
+            else:
+                shots = [s for s in shots if s.id in ids]
             forms.append(FormSet(f"{name}_attack", label, [_example(s, f"#attack{s.shot}") for s in shots]))
     return forms
 

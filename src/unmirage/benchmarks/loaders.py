@@ -296,7 +296,7 @@ def draw_images(spec: BenchmarkSpec, case: str, prompts: list[BenchmarkPrompt]) 
 def load_case(
     spec: BenchmarkSpec, case: str, data_root: str | os.PathLike, *, render: bool = True
 ) -> CaseData:
-    """The prompts of `spec`'s case `case` read from `<data_root>/<spec.name>/`, transform applied.
+    """The prompts of `spec`'s case `case` read from its data folder (`spec.folder`), transform applied.
 
     `render=False` gives typographic prompts their cache paths without drawing the images (`draw_images`
     draws them later, e.g. only for a subsample).

@@ -1,6 +1,7 @@
 """The benchmark spec schema and registry: one packaged YAML per benchmark, loaders registered by decorator.
 
-A spec names its data files (relative to the benchmark's data folder, `<data root>/<name>/`), the loader
+A spec names its data files (relative to the benchmark's data folder, `<data root>/<name>/` or
+`<data root>/<data_dir>/`), the loader
 that reads them, and its cases. Each case has a kind (`refusal`: safe prompts, the rate is the rejection
 rate; `attack`: harmful prompts, the rate is the attack success rate), a record selector the loader
 understands, an optional transform, its default judges, a display label and the case it pairs with.
@@ -71,14 +72,17 @@ class BenchmarkSpec(StrictModel):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     description: str
     licence: str
+    data_dir: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """The data folder under the data root (default: the benchmark's name), so that several benchmarks can
+    read one data set's files."""
     data: dict[str, str] = Field(min_length=1)
     loader: str
     cases: dict[str, CaseSpec] = Field(min_length=1)
     source: Path | None = Field(default=None, exclude=True)
 
     def folder(self, data_root: str | os.PathLike) -> Path:
-        """This benchmark's data folder under `data_root`."""
-        return Path(data_root) / self.name
+        """This benchmark's data folder under `data_root` (`data_dir`, else its name)."""
+        return Path(data_root) / (self.data_dir or self.name)
 
     def paths(self, data_root: str | os.PathLike) -> dict[str, Path]:
         """Each data file's path under `data_root`."""

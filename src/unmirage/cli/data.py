@@ -103,6 +103,11 @@ def build_unlearn(
     rewrite_side: str = typer.Option(
         "both", help="Which sets get the rewrites: both, forget or retain (e.g. a retain set of mixed forms)."
     ),
+    forget_subset: str = typer.Option(
+        "unsafes",
+        help="Where the forget questions come from: unsafes (unsafe images, the reference) or safe_unsafes "
+        "(the unsafe instructions on safe images: harmful as text; mine them with the same --subset).",
+    ),
     out: Path = typer.Option(..., help="Output folder for forget.json, retain.json, ... and manifest.json."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it holds an earlier build."),
 ) -> None:
@@ -119,6 +124,7 @@ def build_unlearn(
         rewrite_words=rewrite_word or (),
         rewrite_pick=rewrite_pick,
         rewrite_side=rewrite_side,
+        forget_subset=forget_subset,
         overwrite=overwrite,
     )
     for name, path in result.files.items():

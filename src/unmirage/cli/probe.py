@@ -38,6 +38,12 @@ def probe(
     share: Path = typer.Option(
         None, help="Share attack file (e.g. test_share_1shot.json): its rewrites are the safe_attack form."
     ),
+    request_labels: Path = typer.Option(
+        None,
+        "--request-labels",
+        help="Request labels (JSON lines: id, shot, harmful; docs/metrics.md): the unsafe forms hold only the "
+        "requests labelled harmful (as asked, their rule rewrites, the attack file's harmful rewrites).",
+    ),
     harmful_word: str = typer.Option("What", help="Rewrite the unsafe questions to start with this word."),
     safe_word: str = typer.Option("Share", help="Rewrite the safe questions to start with this word."),
     rewrite_word: list[str] = typer.Option(
@@ -78,18 +84,20 @@ def probe(
     from unmirage.data.collate import Collator
     from unmirage.data.conversations import load_examples
     from unmirage.data.images import ImageLoader
+    from unmirage.data.requests import read_request_labels
     from unmirage.errors import UnmirageError
     from unmirage.models import load_model, resolve_device
     from unmirage.outputs import claim_folder, file_identity, folder_path, model_identity
     from unmirage.runs import atomic_write_json, write_manifest
 
-    files = [p for p in (forget, retain, data, what, share) if p is not None]
+    files = [p for p in (forget, retain, data, what, share, request_labels) if p is not None]
     for name, path in (
         ("--forget", forget),
         ("--retain", retain),
         ("--data", data),
         ("--what", what),
         ("--share", share),
+        ("--request-labels", request_labels),
     ):
         if path is not None and not path.is_file():
             raise UnmirageError(f"{name}: file not found", file=path)
@@ -111,6 +119,7 @@ def probe(
             seed=seed,
             what=what,
             share=share,
+            requests=read_request_labels(request_labels) if request_labels is not None else None,
         ),
         rewrite_words=words,
         seed=seed,
@@ -124,6 +133,7 @@ def probe(
         "safe_word": safe_word,
         "rewrite_words": list(words),
         "subsample": subsample,
+        "request_labels": str(request_labels) if request_labels is not None else None,
         "train_subsample": train_subsample,
         "placeholder_images": placeholder_images,
         "dtype": dtype,

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from unmirage.data.conversations import GPT, HUMAN, Conversation, Turn, read_conversations, single_turn
 from unmirage.data.mine import load_harmful_answers
-from unmirage.data.vlguard import Sample, load_vlguard, view
+from unmirage.data.vlguard import Sample, VLGuardFile, load_vlguard, view
 from unmirage.errors import UnmirageError
 from unmirage.runs import atomic_write_json, write_manifest
 from unmirage.text.rewrite import valid_rewrites
@@ -73,6 +73,20 @@ class UnlearnBuild:
     manifest: Path
 
 
+def forget_samples(data: VLGuardFile, subset: str) -> list[Sample]:
+    """The forget questions of `data`: the view `subset` (`FORGET_SUBSETS`), a record whose id repeats an
+    earlier one left out (the official train.json repeats one safe record; its answers are keyed by id)."""
+    if subset not in FORGET_SUBSETS:
+        raise UnmirageError(f"forget_subset must be one of {', '.join(FORGET_SUBSETS)}, got {subset!r}")
+    seen: set[str] = set()
+    out = []
+    for sample in view(data, subset):
+        if sample.id not in seen:
+            seen.add(sample.id)
+            out.append(sample)
+    return out
+
+
 def forget_answers(samples: Sequence[Sample], harmful: str | os.PathLike | None) -> list[str]:
     """The answer of each forget sample: mined (matched by image path, id checked) or the data set's own."""
     if harmful is None:
@@ -83,7 +97,7 @@ def forget_answers(samples: Sequence[Sample], harmful: str | os.PathLike | None)
         entry = answers.get(s.image)
         if entry is None:
             raise UnmirageError(
-                f"no harmful answer for this unsafe record's image {s.image!r}",
+                f"no harmful answer for this forget record's image {s.image!r}",
                 file=harmful,
                 record=f"id {s.id}",
             )
@@ -108,6 +122,9 @@ def rmu_form(conversation: Conversation) -> Conversation:
 
 REWRITE_PICKS = ("first", "random")
 REWRITE_SIDES = ("both", "forget", "retain")
+FORGET_SUBSETS = ("unsafes", "safe_unsafes")
+"""Where the forget questions come from: the unsafe-image records (the reference), or the unsafe instructions
+asked about safe images (requests that are harmful as text, with no image needed)."""
 
 
 class Asked(Protocol):
@@ -174,9 +191,11 @@ def make_unlearn_sets(
     rewrite_words: Sequence[str] = (),
     rewrite_pick: str = "first",
     rewrite_side: str = "both",
+    forget_subset: str = "unsafes",
 ) -> UnlearnSets:
     """Build the sets in memory (all validation happens here); `rewrite_words` balances the question forms of
-    the sets `rewrite_side` names (both, or only the forget or the retain set)."""
+    the sets `rewrite_side` names (both, or only the forget or the retain set); `forget_subset` is the view
+    the forget questions come from (`FORGET_SUBSETS`)."""
     words = _rewrite_words(rewrite_words)
     if rewrite_pick not in REWRITE_PICKS:
         raise UnmirageError(f"rewrite_pick must be one of {', '.join(REWRITE_PICKS)}, got {rewrite_pick!r}")
@@ -189,10 +208,10 @@ def make_unlearn_sets(
     if mix_to is not None and mix_to < 1:
         raise UnmirageError(f"mix_to must be positive, got {mix_to}")
     data = load_vlguard(vlguard, kind="plain", allow_duplicate_ids=True)
-    forget_samples = view(data, "unsafes")
+    forget_questions = forget_samples(data, forget_subset)
     retain_samples = view(data, "safe_safes")
-    answers = forget_answers(forget_samples, harmful)
-    forget_pairs = list(zip(forget_samples, answers, strict=True))
+    answers = forget_answers(forget_questions, harmful)
+    forget_pairs = list(zip(forget_questions, answers, strict=True))
     forget, forget_stats = with_rewrites(forget_pairs, forget_words, rewrite_pick, seed)
     retain, retain_stats = with_rewrites(
         [(s, s.response) for s in retain_samples], retain_words, rewrite_pick, seed
@@ -239,6 +258,7 @@ def build_unlearn(
     rewrite_words: Sequence[str] = (),
     rewrite_pick: str = "first",
     rewrite_side: str = "both",
+    forget_subset: str = "unsafes",
     overwrite: bool = False,
 ) -> UnlearnBuild:
     """Build and write forget.json, retain.json, [retain_mixed.json], forget_rmu.json and manifest.json.
@@ -255,6 +275,7 @@ def build_unlearn(
         rewrite_words=rewrite_words,
         rewrite_pick=rewrite_pick,
         rewrite_side=rewrite_side,
+        forget_subset=forget_subset,
     )
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -263,6 +284,8 @@ def build_unlearn(
     identity = {"inputs": [file_identity(p) for p in inputs], "seed": seed, "words": list(rewrite_words)}
     if rewrite_side != "both":
         identity["side"] = rewrite_side
+    if forget_subset != "unsafes":
+        identity["forget_subset"] = forget_subset
     claim_folder(
         out, command="data build-unlearn", identity=identity, resume=False, overwrite=overwrite, inputs=inputs
     )
@@ -284,6 +307,7 @@ def build_unlearn(
         "rewrite_words": sets.rewrite_words,
         "rewrite_pick": rewrite_pick,
         "rewrite_side": rewrite_side,
+        "forget_subset": forget_subset,
     }
     manifest = write_manifest(
         out,

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from unmirage.data.requests import read_request_labels
 from unmirage.errors import UnmirageError
 from unmirage.metrics import (
     HEADLINE_KEYS,
@@ -26,7 +27,6 @@ from unmirage.report.requests import (
     REQUESTS_FILE,
     REQUESTS_TEXT,
     REQUESTS_TITLE,
-    read_request_labels,
     requests_document,
     requests_rows,
     run_on_harmful,
