@@ -135,7 +135,7 @@ def test_smol_vlguard_plan_renders(monkeypatch):
     assert not any("--placeholder-images" in s.argv for s in steps if s.variant == "text")
     evals = [s for s in steps if s.argv[0] == "eval"]
     protocol = [s for s in evals if s.stage not in ("eval-bench-base", "eval-bench-sft")]
-    assert len(protocol) == 28 and all(
+    assert len(protocol) == 29 and all(
         "/data/vlguard/test.json" in s.argv and "--prefill" in s.argv for s in protocol
     )
     # the harmful-as-text forget set: mined and built from the unsafe instructions on safe images, evaluated on
@@ -156,6 +156,9 @@ def test_smol_vlguard_plan_renders(monkeypatch):
         argv = harmful[stage].argv
         assert argv[argv.index("--benchmark") + 1] == "vlguard-text"
         assert ("--prefill" in argv) == (stage == "eval-rmu")
+    l15 = {s.stage: s for s in steps if s.variant == "text-harmful-l15"}
+    assert {"method.layer=15", "method.steering_coeff=auto"} <= set(l15["rmu"].argv)
+    assert "runs/smol-vlguard/text-harmful/eval-sft" in l15["report"].argv
     # form-balanced unlearning: the text model on rewritten sets, compared with the text base and SFT
     balanced = {s.stage: s for s in steps if s.variant == "balanced"}
     assert set(balanced) == {"unlearn-data-balanced", "npo", "eval-npo", "rmu", "eval-rmu", "report"}
