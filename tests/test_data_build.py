@@ -107,7 +107,7 @@ def test_forget_questions_from_the_unsafe_instructions_on_safe_images(train: Pat
     assert len(load_examples(result.files["retain.json"])) == 3
     manifest = json.loads(result.manifest.read_text())
     assert manifest["config"]["forget_subset"] == "safe_unsafes"
-    with pytest.raises(UnmirageError, match="forget_subset must be one of unsafes, safe_unsafes"):
+    with pytest.raises(UnmirageError, match="subset must be one of unsafes, safe_unsafes"):
         make_unlearn_sets(train, forget_subset="safes")
 
 

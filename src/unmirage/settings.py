@@ -146,15 +146,6 @@ class MineSettings(StrictModel):
     )
     judge_max_new_tokens: int = setting(100, ge=1, help="New tokens of the judge's reply.", panel=JUDGE)
 
-    @field_validator("subset")
-    @classmethod
-    def _known_subset(cls, value: str) -> str:
-        from unmirage.data.build import FORGET_SUBSETS
-
-        if value not in FORGET_SUBSETS:
-            raise ValueError(f"must be one of {', '.join(FORGET_SUBSETS)}, got {value!r}")
-        return value
-
     @model_validator(mode="after")
     def _consistent(self) -> MineSettings:
         if len(set(self.generators)) != len(self.generators):

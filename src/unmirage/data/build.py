@@ -77,7 +77,7 @@ def forget_samples(data: VLGuardFile, subset: str) -> list[Sample]:
     """The forget questions of `data`: the view `subset` (`FORGET_SUBSETS`), a record whose id repeats an
     earlier one left out (the official train.json repeats one safe record; its answers are keyed by id)."""
     if subset not in FORGET_SUBSETS:
-        raise UnmirageError(f"forget_subset must be one of {', '.join(FORGET_SUBSETS)}, got {subset!r}")
+        raise UnmirageError(f"subset must be one of {', '.join(FORGET_SUBSETS)}, got {subset!r}")
     seen: set[str] = set()
     out = []
     for sample in view(data, subset):
