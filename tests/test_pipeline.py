@@ -157,7 +157,8 @@ def test_smol_vlguard_plan_renders(monkeypatch):
         assert argv[argv.index("--benchmark") + 1] == "vlguard-text"
         assert ("--prefill" in argv) == (stage == "eval-rmu")
     l15 = {s.stage: s for s in steps if s.variant == "text-harmful-l15"}
-    assert {"method.layer=15", "method.steering_coeff=auto"} <= set(l15["rmu"].argv)
+    assert {"data.max_length=192", "method.layer=15", "method.steering_coeff=auto"} <= set(l15["rmu"].argv)
+    assert "data.max_length=192" in harmful["rmu"].argv
     assert "runs/smol-vlguard/text-harmful/eval-sft" in l15["report"].argv
     # form-balanced unlearning: the text model on rewritten sets, compared with the text base and SFT
     balanced = {s.stage: s for s in steps if s.variant == "balanced"}
