@@ -71,6 +71,28 @@ def test_truncation_cuts_answer_never_image(tiny):
         Collator(tiny, template="v1", max_length=length - n_answer - 1)(_examples(1))
 
 
+def test_prompts_that_cannot_fit_are_found_before_training(tiny):
+    """The length the check computes (text tokens + the first image's tokens) is each prompt's real length,
+    so it names the longest prompt and the max_length to set, and passes at exactly that length."""
+    examples = [
+        Example(id=f"q{i}", question="What is " + "very " * (3 * i) + "red?", answer="Red.", image=image)
+        for i, image in enumerate(e.image for e in _examples(3))
+    ]
+    collator = Collator(tiny, template="chat", max_length=10_000)
+    real = [int(collator.encode_prompts([e])["attention_mask"].sum()) for e in examples]
+    assert real == sorted(real) and real[0] < real[2]
+    with pytest.raises(
+        UnmirageError, match=rf"record q2: 1 of 3 forget prompts .* has {real[2]} tokens: set "
+    ):
+        Collator(tiny, template="chat", max_length=real[2] - 1).check_prompts_fit(examples, "forget")
+    Collator(tiny, template="chat", max_length=real[2]).check_prompts_fit(examples, "forget")
+    text_only = [Example(id="t", question="What " * 40 + "?", answer="A.")]
+    with pytest.raises(UnmirageError, match="record t: 1 of 1 retain prompts"):
+        Collator(tiny, template="v1", max_length=20, placeholder_images=True).check_prompts_fit(
+            text_only, "retain"
+        )
+
+
 def test_placeholder_and_mixed_batches(tiny):
     text_only = [Example(id="t", question="What?", answer="It is.")]
     batch = Collator(tiny, template="v1", placeholder_images=True)(text_only)

@@ -115,6 +115,30 @@ class Collator:
                 self._prompts[key] = prompt
         return prompt
 
+    def check_prompts_fit(self, examples: Sequence[Example], what: str) -> None:
+        """Fail before training, not at the batch that holds it, when a prompt (image tokens included) is longer
+        than `max_length`: a one-line error naming the longest prompt's record and the length to set. Text is
+        tokenized in one call; a model's image tokens are counted once, on the first example, so the check is
+        exact when every image takes as many tokens (LLaVA-class models, placeholder images) and the per-batch
+        check still guards a model whose image tokens vary with the image size."""
+        if not examples:
+            return
+        with_image = self._image(examples[0]) is not None
+        prompts = [self._prompt(e, with_image) for e in examples]
+        lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=True)["input_ids"]]
+        if with_image:  # the processor expands the image placeholder into the image's tokens
+            encoded = self.encode_prompts(examples[:1])
+            lengths = [n + int(encoded["attention_mask"][0].sum()) - lengths[0] for n in lengths]
+        longest = max(range(len(examples)), key=lengths.__getitem__)
+        if lengths[longest] > self.max_length:
+            too_long = sum(n > self.max_length for n in lengths)
+            raise UnmirageError(
+                f"{too_long} of {len(examples)} {what} prompts are longer than max_length {self.max_length} (image tokens "
+                f"included; truncation would cut the image or question); the longest has {lengths[longest]} "
+                f"tokens: set data.max_length to at least {lengths[longest]}",
+                record=examples[longest].id,
+            )
+
     def encode_prompts(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
         """Right-padded model inputs of the examples' prompts alone (no answer, no labels): each row's last
         prompt token is at `attention_mask.sum() - 1`, and padding never shifts a real token's position."""

@@ -225,6 +225,9 @@ def run_unlearning(
     collator = Collator(
         loaded, template=data.template, max_length=data.max_length, placeholder_images=data.placeholder_images
     )
+    for name, examples in (("forget", forget), ("retain", retain)):
+        if examples is not None:
+            collator.check_prompts_fit(examples, name)
 
     args = make_training_arguments(recipe, recipe_path)
     zero3 = is_deepspeed_zero3_enabled()
