@@ -64,7 +64,10 @@ def test_unlearn_errors_are_one_line(tmp_path, capsys):
         (["bogus=1"], "bogus: unknown key"),
         (["--resume", "--auto-resume"], "give --resume or --auto-resume, not both"),
         # found before training starts (and before output_dir is claimed), not at the batch that holds it
-        (["data.placeholder_images=true", "data.max_length=8"], "forget prompts are longer than max_length 8"),
+        (
+            ["data.placeholder_images=true", "data.max_length=8"],
+            "forget prompts are longer than max_length 8",
+        ),
     ]:
         assert cli_status(["unlearn", str(recipe), *extra]) == 2
         err = capsys.readouterr().err
