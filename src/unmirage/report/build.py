@@ -31,7 +31,7 @@ from unmirage.report.requests import (
     requests_rows,
     run_on_harmful,
 )
-from unmirage.report.summary import ATTACK_CASES, SAFE_CASES, RunSummary, load_run
+from unmirage.report.summary import ATTACK_CASES, SAFE_CASES, RunSummary, load_run, rate_cell
 
 # Case -> how the report names it.
 CASE_NAMES = {
@@ -68,15 +68,6 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
-def _cell(rate: dict[str, Any] | None) -> str:
-    """`12.5 [4.0, 33.5] (2/16)` from a rate object; `n/a` when absent."""
-    if not rate or rate.get("value") is None:
-        return "n/a"
-    low, high = rate.get("ci") or [None, None]
-    ci = f" [{_pct(low)}, {_pct(high)}]" if low is not None else ""
-    return f"{_pct(rate['value'])}{ci} ({rate.get('k')}/{rate.get('n')})"
-
-
 def _arrow(run: RunSummary, a: str, b: str) -> str:
     return f"{_pct(run.value(a))} → {_pct(run.value(b))}"
 
@@ -110,13 +101,13 @@ def headline_rows(run: RunSummary, cases: Sequence[str] = (*ATTACK_CASES, *SAFE_
         if split is None:
             rows.append([name, *["n/a"] * (len(first) + 3)])
             continue
-        rr = _cell(split.get("refusal"))
+        rr = rate_cell(split.get("refusal"))
         if case in SAFE_CASES:
             cells = ["n/a"] * len(first) + [f"{rr} ↓"]
         elif tells:
-            cells = [_cell(split.get("success")), _cell(split.get("irrelevant")), rr]
+            cells = [rate_cell(split.get("success")), rate_cell(split.get("irrelevant")), rr]
         else:
-            cells = [_cell(split.get("not_refused")), rr]
+            cells = [rate_cell(split.get("not_refused")), rr]
         errors = (split.get("error") or {}).get("k")
         rows.append([name, *cells, "n/a" if errors is None else str(errors), _units(split)])
     return rows
@@ -393,7 +384,7 @@ def benchmark_rows(runs: Sequence[RunSummary], name: str) -> list[list[str]]:
             if rate is None or entry is None:
                 row.append("n/a")
                 continue
-            text = f"{_cell(rate)} {entry['judge']}"
+            text = f"{rate_cell(rate)} {entry['judge']}"
             if entry.get("skipped") and "/" not in key:
                 text += f", {entry['skipped']} skipped"
             row.append(text)

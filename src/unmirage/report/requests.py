@@ -16,7 +16,7 @@ from typing import Any
 
 from unmirage.data.requests import RequestLabels
 from unmirage.metrics import attack_success, kshot_attack_success
-from unmirage.report.summary import ATTACK_CASES, RunSummary
+from unmirage.report.summary import ATTACK_CASES, RunSummary, rate_cell
 from unmirage.runs import read_jsonl
 
 REQUESTS_FILE = "requests.json"
@@ -65,13 +65,6 @@ def run_on_harmful(run: RunSummary, labels: RequestLabels) -> dict[str, dict[str
     return out
 
 
-def _pct(rate: dict[str, Any] | None) -> str:
-    if rate is None or rate.get("value") is None:
-        return "n/a"
-    low, high = rate["ci"]
-    return f"{100 * rate['value']:.1f} [{100 * low:.1f}, {100 * high:.1f}] ({rate['k']}/{rate['n']})"
-
-
 def requests_rows(
     runs: Sequence[RunSummary], results: Sequence[dict[str, dict[str, Any]]]
 ) -> list[list[str]]:
@@ -84,8 +77,8 @@ def requests_rows(
                     run.label,
                     case,
                     entry["method"],
-                    _pct(entry["all"]),
-                    _pct(entry["harmful"]),
+                    rate_cell(entry["all"]),
+                    rate_cell(entry["harmful"]),
                     str(entry["unlabelled"]),
                 ]
             )

@@ -172,3 +172,12 @@ def load_run(path: str | os.PathLike) -> RunSummary:
         raise UnmirageError(f"not an unmirage metrics file (expected schema '{METRICS_SCHEMA}')", file=file)
     label = metrics.get("label") or Path(str(metrics.get("model") or file.parent.name)).name
     return RunSummary(label=str(label), path=file.parent, metrics=metrics)
+
+
+def rate_cell(rate: dict[str, Any] | None) -> str:
+    """`12.5 [4.0, 33.5] (2/16)` from a rate object (value, ci, k, n as fractions); `n/a` when absent."""
+    if not rate or rate.get("value") is None:
+        return "n/a"
+    low, high = rate.get("ci") or [None, None]
+    ci = f" [{100 * low:.1f}, {100 * high:.1f}]" if low is not None else ""
+    return f"{100 * rate['value']:.1f}{ci} ({rate.get('k')}/{rate.get('n')})"
