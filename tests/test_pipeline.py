@@ -57,10 +57,41 @@ def test_steps_render_splice_and_order(tmp_path):
     assert steps[1].argv == ["eval", "--model", "A", "--x", "1", "-n", "5"]
     assert steps[2].argv == ["eval", "--model", "B", "-n", "5"]
     assert steps[3].argv == ["report", f"{tmp_path}/runs/b"]
+    steps, _ = plan_steps(plan, variants=["b"])
+    assert steps[-1].label == "all" and "variants a too" in steps[-1].skip_reason
     steps, _ = plan_steps(plan, variants=["b"], only=["one", "all"])
-    assert [s.label for s in steps] == ["one.b", "all"] and steps[1].skip_reason
+    assert [s.label for s in steps] == ["one.b", "all"] and not steps[1].skip_reason
     records = run_plan(plan, dry_run=True, echo=lambda _line: None)
     assert [r["status"] for r in records] == ["planned"] * 5
+
+
+def test_default_variants_and_all(tmp_path):
+    data = _base(
+        tmp_path,
+        [
+            {"name": "one", "per_variant": True, "run": ["eval", "{m}"]},
+            {"name": "both", "all_variants": True, "run": ["report", "{runs}/a", "{runs}/b"]},
+            {"name": "only-b", "all_variants": True, "variants": ["b"], "run": ["report", "{runs}/b"]},
+        ],
+    )
+    data["default_variants"] = ["b"]
+    plan = _plan(tmp_path, data)
+    steps, _ = plan_steps(plan)
+    assert [(s.label, bool(s.skip_reason)) for s in steps] == [
+        ("one.b", False),
+        ("both", True),
+        ("only-b", False),
+    ]
+    steps, _ = plan_steps(plan, variants=["all"])
+    assert [(s.label, bool(s.skip_reason)) for s in steps] == [
+        ("one.a", False),
+        ("one.b", False),
+        ("both", False),
+        ("only-b", False),
+    ]
+    data["default_variants"] = ["c"]
+    with pytest.raises(UnmirageError, match="no variant 'c'"):
+        plan_steps(_plan(tmp_path, data))
 
 
 @pytest.mark.parametrize(
@@ -118,8 +149,13 @@ def test_run_times_skips_and_fails_clearly(tmp_path):
 def test_smol_vlguard_plan_renders(monkeypatch):
     monkeypatch.setenv("UNMIRAGE_VLGUARD_DIR", "/data/vlguard")
     plan = load_plan(RECIPES / "pipeline.yaml")
-    steps, out = plan_steps(plan)
+    # a plain run: the text form and the recipe that works (text-harmful); its combined reports are skipped
+    default = plan_steps(plan)[0]
+    assert {s.variant for s in default} == {None, "text", "text-harmful"}
+    assert [s.label for s in default if s.skip_reason] == ["report-all", "report-experiments"]
+    steps, out = plan_steps(plan, variants=["all"])
     labels = [s.label for s in steps]
+    assert not any(s.skip_reason for s in steps)
     assert labels[:2] == ["convert", "compose"] and labels[-2:] == ["report-all", "report-experiments"]
     for variant in ("text", "vlm"):
         for stage in ("eval-base", "sft", "eval-sft", "npo", "eval-npo", "rmu", "eval-rmu", "triggers"):
@@ -201,7 +237,7 @@ def test_smol_vlguard_plan_experiments(monkeypatch):
     alpha 1, form-balanced RMU at a deep layer with an automatic control norm, per-example NPO; the probe."""
     monkeypatch.setenv("UNMIRAGE_VLGUARD_DIR", "/data/vlguard")
     plan = load_plan(RECIPES / "pipeline.yaml")
-    steps, _ = plan_steps(plan)
+    steps, _ = plan_steps(plan, variants=["all"])
     by = {(s.stage, s.variant): s for s in steps}
     hazard = "runs/smol-vlguard/data/hazard"
     assert by[("hazard-data", "hazard")].argv == [

@@ -3,7 +3,8 @@
 A plan names variables, optional variants (e.g. `text` and `vlm`, each a set of variables) and stages; a
 stage is one `unmirage` command line whose items are templates (`{name}` is a variable; an item that is
 exactly `{name}` of a list variable is spliced in, so a variant can add flags or none). A stage with
-`per_variant: true` runs once per variant. A stage whose `creates` path exists is skipped, so rerunning a
+`per_variant: true` runs once per variant; a run without `--variant` goes through the plan's
+`default_variants` (all variants if it names none; `--variant all` always means all). A stage whose `creates` path exists is skipped, so rerunning a
 killed plan resumes where it stopped. Each command runs as a child process (`python -m unmirage ...`); its
 output goes to `OUTPUT_DIR/logs/STAGE[.VARIANT].log` and the runner appends one line per stage to
 `OUTPUT_DIR/stages.jsonl` with the wall time, the child's peak resident memory and any `*tokens_per_s*`
@@ -42,8 +43,16 @@ class Stage(StrictModel):
     run: list[str] = Field(min_length=1, description="unmirage argv (templates)")
     creates: str | None = Field(None, description="path that exists once the stage is done (skip if so)")
     per_variant: bool = False
-    variants: list[str] | None = Field(None, description="only these variants (default: all)")
-    all_variants: bool = Field(False, description="uses every variant's outputs: skipped under --variant")
+    variants: list[str] | None = Field(
+        None,
+        description="per-variant stage: only these variants; all_variants stage: the variants whose outputs "
+        "it reads (default: all)",
+    )
+    all_variants: bool = Field(
+        False,
+        description="reads the outputs of several variants (`variants`): skipped unless the run includes "
+        "them all or `--only` names the stage",
+    )
     env: dict[str, str] = Field(default_factory=dict)
 
 
@@ -54,6 +63,9 @@ class Plan(StrictModel):
     output_dir: str = Field(description="where stages.jsonl and logs/ go (a template)")
     vars: dict[str, VarValue] = Field(default_factory=dict)
     variants: dict[str, dict[str, VarValue]] = Field(default_factory=dict)
+    default_variants: list[str] | None = Field(
+        None, description="the variants a run without --variant goes through (default: all)"
+    )
     env: dict[str, str] = Field(default_factory=dict)
     stages: list[Stage] = Field(min_length=1)
 
@@ -150,16 +162,21 @@ def plan_steps(
     plan: Plan, *, only: Iterable[str] = (), variants: Iterable[str] = ()
 ) -> tuple[list[Step], Path]:
     """The steps to run, in order: stages in file order; a run of consecutive per-variant stages goes through
-    all of its stages for the first variant, then for the next, and so on."""
+    all of its stages for the first variant, then for the next, and so on.
+
+    `variants` picks the variants (`all`: every one); without it the plan's `default_variants` run."""
     only, chosen = set(only), list(variants)
     known = {s.name for s in plan.stages}
     for name in only - known:
         raise UnmirageError(f"only: no stage named '{name}' (stages: {', '.join(sorted(known))})")
-    for name in chosen:
-        if name not in plan.variants:
+    for name in [*chosen, *(plan.default_variants or [])]:
+        if name not in plan.variants and name != "all":
             raise UnmirageError(
-                f"variants: no variant '{name}' (variants: {', '.join(plan.variants) or 'none'})"
+                f"variants: no variant '{name}' (variants: {', '.join(plan.variants) or 'none'}, or all)"
             )
+    chosen = chosen or list(plan.default_variants or ["all"])
+    if "all" in chosen:
+        chosen = list(plan.variants)
     base = resolve_vars(plan.vars, strict=False)
     output_dir = Path(_render(plan.output_dir, base, "output_dir"))
     if PLACEHOLDER.search(str(output_dir)):
@@ -167,18 +184,33 @@ def plan_steps(
     steps = []
     for block in _blocks([s for s in plan.stages if not only or s.name in only]):
         if not block[0].per_variant:
-            steps.extend(_bind(plan, stage, None, base, chosen) for stage in block)
+            steps.extend(
+                _bind(plan, stage, None, base, None if stage.name in only else chosen) for stage in block
+            )
             continue
-        for variant in plan.variants if not chosen else [v for v in plan.variants if v in chosen]:
+        for variant in [v for v in plan.variants if v in chosen]:
             values = resolve_vars(
                 {**plan.vars, **plan.variants[variant], "variant": variant}, f"variants.{variant}"
             )
             steps.extend(
-                _bind(plan, stage, variant, values, chosen)
+                _bind(plan, stage, variant, values, None)
                 for stage in block
                 if stage.variants is None or variant in stage.variants
             )
     return steps, output_dir
+
+
+def _missing_variants(plan: Plan, stage: Stage, chosen: list[str] | None) -> str | None:
+    """Why an all-variants stage cannot run with only the `chosen` variants (None: it can)."""
+    if not stage.all_variants or chosen is None:
+        return None
+    missing = [v for v in stage.variants or plan.variants if v not in chosen]
+    if not missing:
+        return None
+    return (
+        f"reads the variants {', '.join(missing)} too: add them with --variant, "
+        f"or run it alone with --only {stage.name}"
+    )
 
 
 def _blocks(stages: list[Stage]) -> list[list[Stage]]:
@@ -193,9 +225,14 @@ def _blocks(stages: list[Stage]) -> list[list[Stage]]:
 
 
 def _bind(
-    plan: Plan, stage: Stage, variant: str | None, values: dict[str, VarValue], chosen: list[str]
+    plan: Plan,
+    stage: Stage,
+    variant: str | None,
+    values: dict[str, VarValue],
+    chosen: list[str] | None,
 ) -> Step:
-    """A stage with its templates rendered for one variant (or none)."""
+    """A stage with its templates rendered for one variant (or none); an all-variants stage is skipped when
+    `chosen` (the run's variants; None: no restriction) lacks one it reads."""
     if stage.per_variant and not plan.variants:
         raise UnmirageError(f"stage '{stage.name}' is per_variant but the plan has no variants")
     for name in stage.variants or []:
@@ -209,7 +246,7 @@ def _bind(
         argv=render_argv(stage.run, values, where, strict),
         creates=_render(stage.creates, values, where, strict) if stage.creates else None,
         env={**plan.env, **stage.env},
-        skip_reason="needs every variant (--variant given)" if stage.all_variants and chosen else None,
+        skip_reason=_missing_variants(plan, stage, chosen),
     )
     left = [m for item in [*step.argv, step.creates or ""] for m in PLACEHOLDER.findall(item)]
     if left and any(left[0] in v for v in plan.variants.values()):

@@ -25,7 +25,9 @@ def run(
     ),
     only: list[str] | None = typer.Option(None, help="Run only this stage (repeatable)."),
     variant: list[str] | None = typer.Option(
-        None, help="Run per-variant stages only for this variant (repeatable)."
+        None,
+        help="Run per-variant stages only for this variant (repeatable; 'all': every variant). "
+        "Default: the plan's default_variants, or every variant.",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the command lines; run nothing."),
     force: bool = typer.Option(False, "--force", help="Run stages even when their output exists."),
