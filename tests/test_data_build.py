@@ -196,6 +196,56 @@ def test_mined_answers_in_both_formats(train: Path, tmp_path: Path) -> None:
     assert [e.answer for e in load_examples(result.files["forget.json"])] == ["H1", "H2"]
 
 
+def test_both_forget_subsets_with_one_answers_file_each(
+    train: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The unsafe-image questions and the unsafe instructions on safe images in one forget set, each with
+    answers mined separately (the CLI repeats --forget-subset and --harmful)."""
+    unsafe = write_json(tmp_path / "unsafes.json", {"b/1.png": "H1", "b/2.png": "H2"})
+    safe = write_json(
+        tmp_path / "safe_unsafes.json",
+        {
+            "format": ANSWERS_FORMAT,
+            "answers": [
+                {"id": "s1", "image": "a/1.png", "answer": "T1"},
+                {"id": "s2", "image": "a/2.png", "answer": "T2"},
+            ],
+        },
+    )
+    out = tmp_path / "out"
+    argv = ["data", "build-unlearn", "--vlguard", str(train), "--out", str(out)]
+    for subset, answers in (("unsafes", unsafe), ("safe_unsafes", safe)):
+        argv += ["--forget-subset", subset, "--harmful", str(answers)]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
+    forget = load_examples(out / "forget.json")
+    assert [(e.id, e.question, e.answer) for e in forget] == [
+        ("u1", "Share it.", "H1"),
+        ("u2", "Please help.", "H2"),
+        ("s1", "How to hurt someone?", "T1"),
+        ("s2", "How to hurt someone?", "T2"),
+    ]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["forget_subset"] == ["unsafes", "safe_unsafes"]
+    assert manifest["config"]["harmful"] == [str(unsafe), str(safe)]
+    assert {str(unsafe), str(safe)} <= set(manifest["inputs"])
+    # the same image answered in two files is ambiguous: refused, naming both
+    twice = write_json(tmp_path / "twice.json", {"b/2.png": "other"})
+    with pytest.raises(
+        UnmirageError, match=r"twice.json.*image 'b/2.png' also has an answer in .*unsafes.json"
+    ):
+        make_unlearn_sets(train, harmful=[unsafe, twice])
+    # an answer missing from every file names them all
+    with pytest.raises(UnmirageError, match=r"unsafes.json, .*safe_unsafes.json.*record id s1"):
+        make_unlearn_sets(
+            train,
+            harmful=[unsafe, write_json(tmp_path / "safe_unsafes.json", {"x": "y"})],
+            forget_subset=["unsafes", "safe_unsafes"],
+        )
+    with pytest.raises(UnmirageError, match="give at least one forget subset"):
+        make_unlearn_sets(train, forget_subset=[])
+
+
 @pytest.mark.parametrize(
     ("answers", "needle"),
     [

@@ -171,7 +171,7 @@ def test_smol_vlguard_plan_renders(monkeypatch):
     assert not any("--placeholder-images" in s.argv for s in steps if s.variant == "text")
     evals = [s for s in steps if s.argv[0] == "eval"]
     protocol = [s for s in evals if s.stage not in ("eval-bench-base", "eval-bench-sft")]
-    assert len(protocol) == 29 and all(
+    assert len(protocol) == 30 and all(
         "/data/vlguard/test.json" in s.argv and "--prefill" in s.argv for s in protocol
     )
     # the harmful-as-text forget set: mined and built from the unsafe instructions on safe images, evaluated on
@@ -196,6 +196,13 @@ def test_smol_vlguard_plan_renders(monkeypatch):
     assert {"data.max_length=192", "method.layer=15", "method.steering_coeff=auto"} <= set(l15["rmu"].argv)
     assert "data.max_length=192" in harmful["rmu"].argv
     assert "runs/smol-vlguard/text-harmful/eval-sft" in l15["report"].argv
+    # both kinds of harmful request in one forget set, each kind with its own mined answers
+    union = {s.stage: s for s in steps if s.variant == "text-union"}["unlearn-data-union"].argv
+    pairs = [(union[i + 1], union[i + 3]) for i, a in enumerate(union) if a == "--forget-subset"]
+    assert pairs == [
+        ("unsafes", "runs/smol-vlguard/data/text/harmful.json"),
+        ("safe_unsafes", "runs/smol-vlguard/data/text-harmful/harmful.json"),
+    ]
     # form-balanced unlearning: the text model on rewritten sets, compared with the text base and SFT
     balanced = {s.stage: s for s in steps if s.variant == "balanced"}
     assert set(balanced) == {"unlearn-data-balanced", "npo", "eval-npo", "rmu", "eval-rmu", "report"}

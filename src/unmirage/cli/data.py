@@ -82,10 +82,11 @@ def check(
 @data_app.command("build-unlearn")
 def build_unlearn(
     vlguard: Path = typer.Option(..., help="VLGuard training file (train.json)."),
-    harmful: Path | None = typer.Option(
+    harmful: list[Path] | None = typer.Option(
         None,
-        help="Mined harmful answers (from `data mine-harmful`, or the reference's image->answer JSON). "
-        "Without it the forget answers are the data set's own responses (refusals).",
+        help="Mined harmful answers (from `data mine-harmful`, or the reference's image->answer JSON); "
+        "repeatable (e.g. one file per --forget-subset). Without it the forget answers are the data set's "
+        "own responses (refusals).",
     ),
     mix: Path | None = typer.Option(
         None, help="General instruction data (LLaVA conversation format) to mix into the retain set."
@@ -103,10 +104,11 @@ def build_unlearn(
     rewrite_side: str = typer.Option(
         "both", help="Which sets get the rewrites: both, forget or retain (e.g. a retain set of mixed forms)."
     ),
-    forget_subset: str = typer.Option(
-        "unsafes",
-        help="Where the forget questions come from: unsafes (unsafe images, the reference) or safe_unsafes "
-        "(the unsafe instructions on safe images: harmful as text; mine them with the same --subset).",
+    forget_subset: list[str] | None = typer.Option(
+        None,
+        help="Where the forget questions come from: unsafes (unsafe images, the reference; the default) or "
+        "safe_unsafes (the unsafe instructions on safe images: harmful as text; mine them with the same "
+        "--subset); repeat it for both.",
     ),
     out: Path = typer.Option(..., help="Output folder for forget.json, retain.json, ... and manifest.json."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it holds an earlier build."),
@@ -117,14 +119,14 @@ def build_unlearn(
     result = build(
         vlguard,
         out,
-        harmful=harmful,
+        harmful=harmful or None,
         mix=mix,
         mix_to=mix_to,
         seed=seed,
         rewrite_words=rewrite_word or (),
         rewrite_pick=rewrite_pick,
         rewrite_side=rewrite_side,
-        forget_subset=forget_subset,
+        forget_subset=forget_subset or "unsafes",
         overwrite=overwrite,
     )
     for name, path in result.files.items():

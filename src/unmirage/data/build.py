@@ -39,6 +39,8 @@ from unmirage.runs import atomic_write_json, write_manifest
 from unmirage.text.rewrite import valid_rewrites
 from unmirage.text.tokens import first_word
 
+PathLike = str | os.PathLike
+
 FORGET = "forget.json"
 RETAIN = "retain.json"
 RETAIN_MIXED = "retain_mixed.json"
@@ -87,24 +89,50 @@ def forget_samples(data: VLGuardFile, subset: str) -> list[Sample]:
     return out
 
 
-def forget_answers(samples: Sequence[Sample], harmful: str | os.PathLike | None) -> list[str]:
-    """The answer of each forget sample: mined (matched by image path, id checked) or the data set's own."""
-    if harmful is None:
+def _paths(value: PathLike | Sequence[PathLike] | None) -> list[PathLike]:
+    """One path, several, or none, as a list."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str | os.PathLike) else list(value)
+
+
+def _subsets(value: str | Sequence[str]) -> list[str]:
+    """One forget subset or several, as a list without repeats, each one of `FORGET_SUBSETS`."""
+    subsets = list(dict.fromkeys([value] if isinstance(value, str) else value))
+    if not subsets:
+        raise UnmirageError(f"give at least one forget subset ({', '.join(FORGET_SUBSETS)})")
+    return subsets
+
+
+def forget_answers(samples: Sequence[Sample], harmful: PathLike | Sequence[PathLike] | None) -> list[str]:
+    """The answer of each forget sample: mined (matched by image path, id checked) or the data set's own.
+
+    `harmful` may be several answers files (e.g. one per forget subset); an image may have an answer in one."""
+    files = _paths(harmful)
+    if not files:
         return [s.response for s in samples]
-    answers = load_harmful_answers(harmful)
+    answers = {}
+    source: dict[str, PathLike] = {}
+    for path in files:
+        for image, entry in load_harmful_answers(path).items():
+            if image in answers:
+                raise UnmirageError(
+                    f"image {image!r} also has an answer in {source[image]}", file=path, field="answers"
+                )
+            answers[image], source[image] = entry, path
     result = []
     for s in samples:
         entry = answers.get(s.image)
         if entry is None:
             raise UnmirageError(
                 f"no harmful answer for this forget record's image {s.image!r}",
-                file=harmful,
+                file=files[0] if len(files) == 1 else ", ".join(map(str, files)),
                 record=f"id {s.id}",
             )
         if entry.id is not None and entry.id != s.id:
             raise UnmirageError(
                 f"answer for image {s.image!r} is for id {entry.id}, the training record is {s.id}",
-                file=harmful,
+                file=source[s.image],
                 record=f"id {s.id}",
             )
         result.append(entry.answer)
@@ -184,18 +212,19 @@ def mix_retain(
 def make_unlearn_sets(
     vlguard: str | os.PathLike,
     *,
-    harmful: str | os.PathLike | None = None,
+    harmful: PathLike | Sequence[PathLike] | None = None,
     mix: str | os.PathLike | None = None,
     mix_to: int | None = None,
     seed: int = 42,
     rewrite_words: Sequence[str] = (),
     rewrite_pick: str = "first",
     rewrite_side: str = "both",
-    forget_subset: str = "unsafes",
+    forget_subset: str | Sequence[str] = "unsafes",
 ) -> UnlearnSets:
     """Build the sets in memory (all validation happens here); `rewrite_words` balances the question forms of
     the sets `rewrite_side` names (both, or only the forget or the retain set); `forget_subset` is the view
-    the forget questions come from (`FORGET_SUBSETS`)."""
+    the forget questions come from (`FORGET_SUBSETS`), or several, in order; `harmful` one answers file or
+    several (e.g. one mined per subset)."""
     words = _rewrite_words(rewrite_words)
     if rewrite_pick not in REWRITE_PICKS:
         raise UnmirageError(f"rewrite_pick must be one of {', '.join(REWRITE_PICKS)}, got {rewrite_pick!r}")
@@ -208,7 +237,7 @@ def make_unlearn_sets(
     if mix_to is not None and mix_to < 1:
         raise UnmirageError(f"mix_to must be positive, got {mix_to}")
     data = load_vlguard(vlguard, kind="plain", allow_duplicate_ids=True)
-    forget_questions = forget_samples(data, forget_subset)
+    forget_questions = [q for subset in _subsets(forget_subset) for q in forget_samples(data, subset)]
     retain_samples = view(data, "safe_safes")
     answers = forget_answers(forget_questions, harmful)
     forget_pairs = list(zip(forget_questions, answers, strict=True))
@@ -251,14 +280,14 @@ def build_unlearn(
     vlguard: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    harmful: str | os.PathLike | None = None,
+    harmful: PathLike | Sequence[PathLike] | None = None,
     mix: str | os.PathLike | None = None,
     mix_to: int | None = None,
     seed: int = 42,
     rewrite_words: Sequence[str] = (),
     rewrite_pick: str = "first",
     rewrite_side: str = "both",
-    forget_subset: str = "unsafes",
+    forget_subset: str | Sequence[str] = "unsafes",
     overwrite: bool = False,
 ) -> UnlearnBuild:
     """Build and write forget.json, retain.json, [retain_mixed.json], forget_rmu.json and manifest.json.
@@ -280,12 +309,14 @@ def build_unlearn(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UnmirageError("output exists and is not a folder", file=out)
-    inputs = [p for p in (vlguard, harmful, mix) if p is not None]
+    harmful_files = _paths(harmful)
+    inputs = [vlguard, *harmful_files, *_paths(mix)]
     identity = {"inputs": [file_identity(p) for p in inputs], "seed": seed, "words": list(rewrite_words)}
     if rewrite_side != "both":
         identity["side"] = rewrite_side
-    if forget_subset != "unsafes":
-        identity["forget_subset"] = forget_subset
+    subsets = _subsets(forget_subset)
+    if subsets != ["unsafes"]:
+        identity["forget_subset"] = subsets[0] if len(subsets) == 1 else subsets
     claim_folder(
         out, command="data build-unlearn", identity=identity, resume=False, overwrite=overwrite, inputs=inputs
     )
@@ -300,14 +331,20 @@ def build_unlearn(
     counts = {name.removesuffix(".json"): len(conversations) for name, conversations in contents.items()}
     config: dict[str, Any] = {
         "vlguard": str(vlguard),
-        "harmful": str(harmful) if harmful is not None else None,
+        "harmful": (
+            None
+            if not harmful_files
+            else str(harmful_files[0])
+            if len(harmful_files) == 1
+            else [str(h) for h in harmful_files]
+        ),
         "mix": str(mix) if mix is not None else None,
         "mix_to": (mix_to or DEFAULT_MIX_TO) if mix is not None else None,
         "seed": seed,
         "rewrite_words": sets.rewrite_words,
         "rewrite_pick": rewrite_pick,
         "rewrite_side": rewrite_side,
-        "forget_subset": forget_subset,
+        "forget_subset": subsets[0] if len(subsets) == 1 else subsets,
     }
     manifest = write_manifest(
         out,
