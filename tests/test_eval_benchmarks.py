@@ -20,7 +20,7 @@ from unmirage.eval import EvalPrompt, EvalSettings, run_eval
 
 REAL = os.environ.get("UNMIRAGE_DATA_DIR")
 needs_real = pytest.mark.skipif(
-    not (REAL and all(Path(REAL, name).is_dir() for name in available_benchmarks())),
+    not (REAL and all(get_benchmark(name).folder(REAL).is_dir() for name in available_benchmarks())),
     reason="real benchmark data not found (set UNMIRAGE_DATA_DIR)",
 )
 TINY = {"model": "tiny-llava", "max_new_tokens": 3, "batch_size": 4, "dtype": "float32", "bootstrap": 50}
