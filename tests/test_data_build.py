@@ -175,16 +175,15 @@ def test_mixing_follows_the_reference_draw(train: Path, general: Path, tmp_path:
     assert result.counts["retain_mixed"] == 13  # default mix_to 2000, only 10 general records
 
 
+def answers_file(path: Path, rows: list[tuple[str, str, str]]) -> Path:
+    """A harmful-answers file in this project's format, one (id, image, answer) per row."""
+    answers = [{"id": rid, "image": image, "answer": answer} for rid, image, answer in rows]
+    return write_json(path, {"format": ANSWERS_FORMAT, "answers": answers})
+
+
 def test_mined_answers_in_both_formats(train: Path, tmp_path: Path) -> None:
-    ours = write_json(
-        tmp_path / "answers.json",
-        {
-            "format": ANSWERS_FORMAT,
-            "answers": [
-                {"id": "u2", "image": "b/2.png", "answer": "Harmful two."},
-                {"id": "u1", "image": "b/1.png", "answer": "Harmful one."},
-            ],
-        },
+    ours = answers_file(
+        tmp_path / "answers.json", [("u2", "b/2.png", "Harmful two."), ("u1", "b/1.png", "Harmful one.")]
     )
     result = build_unlearn(train, tmp_path / "o1", harmful=ours)
     assert [e.answer for e in load_examples(result.files["forget.json"])] == ["Harmful one.", "Harmful two."]
@@ -202,16 +201,7 @@ def test_both_forget_subsets_with_one_answers_file_each(
     """The unsafe-image questions and the unsafe instructions on safe images in one forget set, each with
     answers mined separately (the CLI repeats --forget-subset and --harmful)."""
     unsafe = write_json(tmp_path / "unsafes.json", {"b/1.png": "H1", "b/2.png": "H2"})
-    safe = write_json(
-        tmp_path / "safe_unsafes.json",
-        {
-            "format": ANSWERS_FORMAT,
-            "answers": [
-                {"id": "s1", "image": "a/1.png", "answer": "T1"},
-                {"id": "s2", "image": "a/2.png", "answer": "T2"},
-            ],
-        },
-    )
+    safe = answers_file(tmp_path / "safe_unsafes.json", [("s1", "a/1.png", "T1"), ("s2", "a/2.png", "T2")])
     out = tmp_path / "out"
     argv = ["data", "build-unlearn", "--vlguard", str(train), "--out", str(out)]
     for subset, answers in (("unsafes", unsafe), ("safe_unsafes", safe)):
