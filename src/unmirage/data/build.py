@@ -96,6 +96,12 @@ def _paths(value: PathLike | Sequence[PathLike] | None) -> list[PathLike]:
     return [value] if isinstance(value, str | os.PathLike) else list(value)
 
 
+def _one_or_list(items: Sequence[Any]) -> Any:
+    """How the manifest records a choice: the item when there is one, else the list (as strings)."""
+    strings = [str(item) for item in items]
+    return strings[0] if len(strings) == 1 else strings
+
+
 def _subsets(value: str | Sequence[str]) -> list[str]:
     """One forget subset or several, as a list without repeats, each one of `FORGET_SUBSETS`."""
     subsets = list(dict.fromkeys([value] if isinstance(value, str) else value))
@@ -316,7 +322,7 @@ def build_unlearn(
         identity["side"] = rewrite_side
     subsets = _subsets(forget_subset)
     if subsets != ["unsafes"]:
-        identity["forget_subset"] = subsets[0] if len(subsets) == 1 else subsets
+        identity["forget_subset"] = _one_or_list(subsets)
     claim_folder(
         out, command="data build-unlearn", identity=identity, resume=False, overwrite=overwrite, inputs=inputs
     )
@@ -331,20 +337,14 @@ def build_unlearn(
     counts = {name.removesuffix(".json"): len(conversations) for name, conversations in contents.items()}
     config: dict[str, Any] = {
         "vlguard": str(vlguard),
-        "harmful": (
-            None
-            if not harmful_files
-            else str(harmful_files[0])
-            if len(harmful_files) == 1
-            else [str(h) for h in harmful_files]
-        ),
+        "harmful": _one_or_list(harmful_files) if harmful_files else None,
         "mix": str(mix) if mix is not None else None,
         "mix_to": (mix_to or DEFAULT_MIX_TO) if mix is not None else None,
         "seed": seed,
         "rewrite_words": sets.rewrite_words,
         "rewrite_pick": rewrite_pick,
         "rewrite_side": rewrite_side,
-        "forget_subset": subsets[0] if len(subsets) == 1 else subsets,
+        "forget_subset": _one_or_list(subsets),
     }
     manifest = write_manifest(
         out,
