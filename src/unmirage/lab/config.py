@@ -68,7 +68,7 @@ class RMUStage(TrainStage):
     batch_size: int = 32
     layer: int = Field(1, ge=0, description="Decoder layer whose output is steered.")
     steering_relative: float = Field(8.0, gt=0, description="Control norm / mean activation norm.")
-    alpha: float = Field(10.0, ge=0, description="Weight of the retain activation MSE.")
+    alpha: float = Field(100.0, ge=0, description="Weight of the retain activation MSE.")
     retain_ce_weight: float = Field(1.0, ge=0, description="Weight of the retain CE term.")
     mask: str = Field("all", description="Positions steered: all | text | answer.")
     trainable: list[str] | None = None
