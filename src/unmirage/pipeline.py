@@ -5,10 +5,10 @@ stage is one `unmirage` command line whose items are templates (`{name}` is a va
 exactly `{name}` of a list variable is spliced in, so a variant can add flags or none). A stage with
 `per_variant: true` runs once per variant; a run without `--variant` goes through the plan's
 `default_variants` (all variants if it names none; `--variant all` always means all). A stage whose
-`creates` path exists is skipped, so rerunning a killed plan resumes where it stopped. Each command runs as a child process (`python -m unmirage ...`); its
-output goes to `OUTPUT_DIR/logs/STAGE[.VARIANT].log` and the runner appends one line per stage to
-`OUTPUT_DIR/stages.jsonl` with the wall time, the child's peak resident memory and any `*tokens_per_s*`
-numbers found in the manifest or metrics file next to what the stage created.
+`creates` path exists is skipped, so rerunning a killed plan resumes where it stopped. Each command runs as
+a child process (`python -m unmirage ...`); its output goes to `OUTPUT_DIR/logs/STAGE[.VARIANT].log` and the
+runner appends one line per stage to `OUTPUT_DIR/stages.jsonl` with the wall time, the child's peak resident
+memory and any `*tokens_per_s*` numbers found in the manifest or metrics file next to what the stage created.
 """
 
 from __future__ import annotations
